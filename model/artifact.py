@@ -1,0 +1,116 @@
+"""A built model on disk: a Hugging Face directory plus ``manifest.json``.
+
+The manifest is what the rest of dapsearch trusts: the model id (a content hash, used in
+cache keys and collection manifests so vectors of two models never mix), the embedding
+size, pooling, prefixes, the maximum length and where the weights came from.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, ValidationError
+
+from model.errors import InputError
+
+MANIFEST = "manifest.json"
+TOKENIZER = "tokenizer.json"
+WEIGHTS = "model.safetensors"
+ONNX_FP32 = "model.onnx"
+ONNX_INT8 = "model.int8.onnx"
+DEFAULT_MODEL_NAME = "multilingual-e5-small"
+
+Pooling = Literal["mean", "cls"]
+Backend = Literal["torch", "onnx", "onnx-int8"]
+BACKENDS: tuple[Backend, ...] = ("torch", "onnx", "onnx-int8")
+
+
+class OnnxFile(BaseModel):
+    """One exported ONNX graph and what it was made from."""
+
+    file: str
+    sha256: str
+    source_model_id: str
+    quantization: str | None = None  # e.g. "dynamic-int8-per-channel"
+    opset: int
+    created: str
+
+
+class Manifest(BaseModel):
+    """Everything needed to embed correctly with a built model."""
+
+    format_version: int = 1
+    id: str = Field(description="name@<first 16 hex of the weights' sha256>")
+    name: str
+    weights_sha256: str
+    architecture: str = "bert"
+    dim: int
+    pooling: Pooling
+    query_prefix: str = ""
+    passage_prefix: str = ""
+    max_length: int
+    provenance: dict[str, str] = Field(default_factory=dict)
+    created: str
+    onnx: dict[str, OnnxFile] = Field(default_factory=dict)  # key: "onnx" or "onnx-int8"
+
+    def prefix(self, kind: str) -> str:
+        return self.query_prefix if kind == "query" else self.passage_prefix
+
+
+def model_id(name: str, weights_sha256: str) -> str:
+    return f"{name}@{weights_sha256[:16]}"
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).replace(microsecond=0).isoformat()
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write to a temporary file in the same directory, fsync, then rename over the target."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_manifest(model_dir: Path, manifest: Manifest) -> None:
+    atomic_write_text(Path(model_dir) / MANIFEST, manifest.model_dump_json(indent=2) + "\n")
+
+
+def read_manifest(model_dir: Path) -> Manifest:
+    path = Path(model_dir) / MANIFEST
+    if not path.is_file():
+        raise InputError(f"no built model at {model_dir} (missing {MANIFEST}); run 'dapsearch model build'")
+    try:
+        return Manifest.model_validate(json.loads(path.read_text(encoding="utf-8")))
+    except (json.JSONDecodeError, ValidationError) as exc:
+        raise InputError(f"{path} is not a valid dapsearch manifest: {exc}") from exc
+
+
+def backend_file(model_dir: Path, backend: Backend) -> Path:
+    """The file a backend loads; the manifest must list ONNX files as exported from this model."""
+    model_dir = Path(model_dir)
+    if backend == "torch":
+        return model_dir / WEIGHTS
+    return model_dir / (ONNX_FP32 if backend == "onnx" else ONNX_INT8)
+
+
+def models_root(home: Path) -> Path:
+    return Path(home) / "models"
+
+
+def default_model_dir(home: Path) -> Path:
+    return models_root(home) / DEFAULT_MODEL_NAME

@@ -1,0 +1,224 @@
+"""Text in, L2-normalised float32 vectors out: tokenize -> forward -> pool, in three steps.
+
+Backends: ``torch`` (fp32, for reference and training), ``onnx`` (fp32) and ``onnx-int8``
+(the serving default). The ONNX backends import neither torch nor transformers.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Protocol
+
+import numpy as np
+
+from model.artifact import (
+    BACKENDS,
+    TOKENIZER,
+    Backend,
+    Manifest,
+    Pooling,
+    backend_file,
+    read_manifest,
+)
+from model.errors import InputError
+
+Kind = Literal["query", "passage"]
+KINDS: tuple[Kind, ...] = ("query", "passage")
+
+
+@dataclass
+class TokenBatch:
+    """Padded ids of one batch, with the positions of its texts in the caller's list."""
+
+    input_ids: np.ndarray  # (n, L) int64
+    attention_mask: np.ndarray  # (n, L) int64
+    order: list[int]
+
+
+@dataclass
+class Tokenized:
+    ids: list[list[int]]
+    truncated: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Embeddings:
+    """Vectors plus what a caller needs to report usage and truncation honestly."""
+
+    vectors: np.ndarray  # (n, dim) float32, L2-normalised
+    truncated: list[int]  # indices of inputs cut at max_length
+    tokens: int  # tokens fed to the model, specials included
+
+
+class TextTokenizer:
+    """Prefixing, tokenisation, explicit truncation and padding."""
+
+    def __init__(self, tokenizer_path: Path, manifest: Manifest) -> None:
+        from tokenizers import Tokenizer
+
+        self._tok = Tokenizer.from_file(str(tokenizer_path))
+        self._tok.no_padding()
+        self._tok.enable_truncation(manifest.max_length)
+        self.manifest = manifest
+        pad = self._tok.token_to_id("<pad>")
+        self.pad_id = 0 if pad is None else pad
+
+    def tokenize(self, texts: Sequence[str], kind: Kind) -> Tokenized:
+        """Tokenize with the kind's prefix; trailing whitespace is dropped as sentencepiece does."""
+        prefix = self.manifest.prefix(kind)
+        encodings = self._tok.encode_batch([prefix + t.strip() for t in texts])
+        return Tokenized(
+            ids=[e.ids for e in encodings],
+            truncated=[i for i, e in enumerate(encodings) if e.overflowing],
+        )
+
+    def batches(self, ids: list[list[int]], batch_size: int) -> Iterator[TokenBatch]:
+        """Length-sorted batches, so each batch pads to nearly its own length."""
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]), reverse=True)
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            width = max(len(ids[i]) for i in chunk)
+            input_ids = np.full((len(chunk), width), self.pad_id, dtype=np.int64)
+            mask = np.zeros((len(chunk), width), dtype=np.int64)
+            for row, i in enumerate(chunk):
+                input_ids[row, : len(ids[i])] = ids[i]
+                mask[row, : len(ids[i])] = 1
+            yield TokenBatch(input_ids, mask, chunk)
+
+
+class ForwardBackend(Protocol):
+    """Runs the network on one padded batch and returns pooled, normalised vectors."""
+
+    name: Backend
+
+    def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray: ...
+
+
+def default_threads() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+
+
+class OnnxBackend:
+    """ONNX Runtime session over a graph that already pools and normalises."""
+
+    def __init__(self, path: Path, name: Backend, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or default_threads()
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.name = name
+        self._output = self.session.get_outputs()[0].name
+
+    def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        feeds = {"input_ids": input_ids, "attention_mask": attention_mask}
+        (out,) = self.session.run([self._output], feeds)
+        return np.asarray(out, dtype=np.float32)
+
+
+class TorchBackend:
+    """Plain PyTorch fp32, the reference the ONNX graphs are checked against."""
+
+    name: Backend = "torch"
+
+    def __init__(self, model_dir: Path, pooling: Pooling, threads: int | None = None) -> None:
+        import torch
+
+        from model.torch_model import load_embedder
+
+        if threads:
+            torch.set_num_threads(threads)
+        self._torch = torch
+        self.module = load_embedder(model_dir, pooling)
+
+    def hidden_states(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        with self._torch.inference_mode():
+            hidden = self.module.hidden_states(
+                self._torch.from_numpy(input_ids), self._torch.from_numpy(attention_mask)
+            )
+        states: np.ndarray = hidden.numpy()
+        return states
+
+    def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        with self._torch.inference_mode():
+            out = self.module(self._torch.from_numpy(input_ids), self._torch.from_numpy(attention_mask))
+        vectors: np.ndarray = out.numpy().astype(np.float32)
+        return vectors
+
+
+def load_backend(
+    model_dir: Path, manifest: Manifest, backend: Backend, threads: int | None
+) -> ForwardBackend:
+    if backend not in BACKENDS:
+        raise InputError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    path = backend_file(model_dir, backend)
+    if not path.is_file():
+        hint = "dapsearch model export" if backend != "torch" else "dapsearch model build"
+        raise InputError(f"backend {backend!r} needs {path}, which does not exist; run '{hint}'")
+    if backend == "torch":
+        return TorchBackend(model_dir, manifest.pooling, threads)
+    entry = manifest.onnx.get(backend)
+    if entry is None or entry.source_model_id != manifest.id:
+        raise InputError(
+            f"{path} was not exported from model {manifest.id}; run 'dapsearch model export' again"
+        )
+    return OnnxBackend(path, backend, threads)
+
+
+class Encoder:
+    """The one way text becomes vectors in dapsearch (CLI, service, index, evaluation)."""
+
+    def __init__(
+        self, manifest: Manifest, tokenizer: TextTokenizer, backend: ForwardBackend, batch_size: int = 32
+    ) -> None:
+        self.manifest = manifest
+        self.tokenizer = tokenizer
+        self.backend = backend
+        self.batch_size = batch_size
+
+    @classmethod
+    def load(
+        cls,
+        model_dir: Path,
+        backend: Backend = "onnx-int8",
+        threads: int | None = None,
+        batch_size: int = 32,
+    ) -> Encoder:
+        model_dir = Path(model_dir)
+        manifest = read_manifest(model_dir)
+        tokenizer = TextTokenizer(model_dir / TOKENIZER, manifest)
+        return cls(manifest, tokenizer, load_backend(model_dir, manifest, backend, threads), batch_size)
+
+    @property
+    def model_id(self) -> str:
+        return self.manifest.id
+
+    @property
+    def dim(self) -> int:
+        return self.manifest.dim
+
+    def encode(
+        self,
+        texts: Sequence[str],
+        kind: Kind = "query",
+        progress: Callable[[int], None] | None = None,
+    ) -> Embeddings:
+        """Embed ``texts``; ``progress`` is called with the number of texts done per batch."""
+        if kind not in KINDS:
+            raise InputError(f"kind must be 'query' or 'passage', not {kind!r}")
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        tokenized = self.tokenizer.tokenize(texts, kind)
+        for batch in self.tokenizer.batches(tokenized.ids, self.batch_size):
+            out[batch.order] = self.backend.forward(batch.input_ids, batch.attention_mask)
+            if progress is not None:
+                progress(len(batch.order))
+        return Embeddings(out, tokenized.truncated, sum(len(ids) for ids in tokenized.ids))
+
+    def embed(self, texts: Sequence[str], kind: Kind = "query") -> np.ndarray:
+        """(n, dim) float32, L2-normalised."""
+        return self.encode(texts, kind).vectors

