@@ -1,0 +1,77 @@
+"""Shared fixtures: a tiny random BERT for fast tests, the real model built once and cached."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from model.artifact import default_model_dir
+from model.encoder import Encoder
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+def data_home() -> Path:
+    """DAPSEARCH_HOME as the product resolves it; the real model is cached there across runs."""
+    return Path(os.environ.get("DAPSEARCH_HOME", REPO / "var"))
+
+
+@pytest.fixture(scope="session")
+def real_model_dir() -> Path:
+    from model.build import ensure_model
+
+    directory = default_model_dir(data_home())
+    ensure_model(directory, "onnx-int8")
+    return directory
+
+
+@pytest.fixture(scope="session")
+def real_encoders(real_model_dir: Path) -> dict[str, Encoder]:
+    return {b: Encoder.load(real_model_dir, backend=b) for b in ("torch", "onnx", "onnx-int8")}
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random 2-layer BERT with the real multilingual tokenizer, saved like a user's checkpoint."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    from model.weights import build_tokenizer, bundled_weights_path, parse_bin
+
+    src = tmp_path_factory.mktemp("tiny-bert-src")
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=250037,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        pad_token_id=1,
+    )
+    BertModel(config, add_pooling_layer=False).save_pretrained(src)
+    build_tokenizer(parse_bin(bundled_weights_path()).vocab).save(str(src / "tokenizer.json"))  # type: ignore[attr-defined]
+    return src
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    from model.build import build_from_checkpoint
+    from model.export import export_all
+
+    out = tmp_path_factory.mktemp("tiny-home") / "models" / "tiny"
+    build_from_checkpoint(
+        tiny_checkpoint,
+        out,
+        "mean",
+        name="tiny",
+        query_prefix="query: ",
+        passage_prefix="passage: ",
+        max_length=16,
+    )
+    export_all(out)
+    yield out

@@ -1,0 +1,127 @@
+"""Encoder mechanics on a tiny random BERT: batching, truncation, prefixes, backends, stale exports."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from model.artifact import MANIFEST, read_manifest
+from model.encoder import Encoder
+from model.errors import InputError
+from tests.sentences import ORDINARY
+
+LONG = "word " * 200
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx", "onnx-int8"])
+def test_shape_norm_and_dtype(tiny_model_dir: Path, backend: str) -> None:
+    enc = Encoder.load(tiny_model_dir, backend=backend)  # type: ignore[arg-type]
+    vectors = enc.embed(ORDINARY[:7])
+    assert vectors.shape == (7, 32)
+    assert vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_length_sorted_padded_batches_equal_one_at_a_time(tiny_model_dir: Path, backend: str) -> None:
+    enc = Encoder.load(tiny_model_dir, backend=backend, batch_size=4)  # type: ignore[arg-type]
+    texts = [*ORDINARY[:9], "a", LONG, "short one"]
+    batched = enc.embed(texts)
+    single = np.stack([enc.embed([t])[0] for t in texts])
+    np.testing.assert_allclose(batched, single, atol=1e-5)
+
+
+def test_batches_are_sorted_by_length_and_restore_order(tiny_model_dir: Path) -> None:
+    enc = Encoder.load(tiny_model_dir, backend="onnx")
+    ids = enc.tokenizer.tokenize(["a", "a b c d e f", "a b c"], "query").ids
+    batches = list(enc.tokenizer.batches(ids, 2))
+    assert [b.order for b in batches] == [[1, 2], [0]]
+    first = batches[0]
+    assert first.input_ids.shape == (2, len(ids[1]))
+    assert first.attention_mask[1].sum() == len(ids[2])
+    assert (first.input_ids[1][len(ids[2]) :] == enc.tokenizer.pad_id).all()
+
+
+def test_truncation_is_explicit_and_reported(tiny_model_dir: Path) -> None:
+    enc = Encoder.load(tiny_model_dir, backend="onnx")
+    result = enc.encode(["short", LONG, "also short", LONG + " more"], "passage")
+    assert result.truncated == [1, 3]
+    ids = enc.tokenizer.tokenize([LONG], "passage").ids[0]
+    assert len(ids) == enc.manifest.max_length == 16
+    assert ids[0] == 0 and ids[-1] == 2  # <s> ... </s> survive truncation
+    assert result.tokens == sum(len(i) for i in enc.tokenizer.tokenize(result_texts(), "passage").ids)
+
+
+def result_texts() -> list[str]:
+    return ["short", LONG, "also short", LONG + " more"]
+
+
+def test_prefix_applied_per_kind(tiny_model_dir: Path) -> None:
+    enc = Encoder.load(tiny_model_dir, backend="onnx")
+    q = enc.tokenizer.tokenize(["hello"], "query").ids[0]
+    p = enc.tokenizer.tokenize(["hello"], "passage").ids[0]
+    assert q != p
+    assert enc.tokenizer.tokenize(["query: hello"], "passage").ids[0][1:] != q[1:]
+    assert not np.allclose(enc.embed(["hello"], "query"), enc.embed(["hello"], "passage"))
+    # trailing whitespace is dropped (sentencepiece behaviour), leading spaces collapse
+    np.testing.assert_array_equal(enc.embed(["hello  "]), enc.embed(["hello"]))
+
+
+def test_bad_kind_and_backend(tiny_model_dir: Path) -> None:
+    enc = Encoder.load(tiny_model_dir, backend="onnx")
+    with pytest.raises(InputError, match="kind"):
+        enc.encode(["x"], "document")  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="unknown backend"):
+        Encoder.load(tiny_model_dir, backend="tensorrt")  # type: ignore[arg-type]
+
+
+def test_empty_input_gives_empty_matrix(tiny_model_dir: Path) -> None:
+    enc = Encoder.load(tiny_model_dir, backend="onnx")
+    assert enc.embed([]).shape == (0, 32)
+
+
+def test_stale_onnx_export_is_refused(tiny_model_dir: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_model_dir, copy)
+    manifest = json.loads((copy / MANIFEST).read_text())
+    manifest["id"] = "tiny@0000000000000000"  # the weights changed after export
+    (copy / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(InputError, match="not exported from model"):
+        Encoder.load(copy, backend="onnx-int8")
+    (copy / "model.onnx").unlink()
+    with pytest.raises(InputError, match="does not exist"):
+        Encoder.load(copy, backend="onnx")
+
+
+def test_manifest_records_export_provenance(tiny_model_dir: Path) -> None:
+    manifest = read_manifest(tiny_model_dir)
+    assert manifest.pooling == "mean"
+    assert manifest.onnx["onnx"].opset == 17
+    assert manifest.onnx["onnx-int8"].quantization == "dynamic-int8-per-channel"
+    assert manifest.onnx["onnx-int8"].source_model_id == manifest.id
+    assert manifest.id.startswith("tiny@")
+
+
+def test_cls_pooling_checkpoint(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """A paper-style checkpoint uses the first token's state, in torch and in the exported graph."""
+    import torch
+
+    from model.build import build_from_checkpoint
+    from model.export import export_onnx
+    from model.torch_model import load_transformer
+
+    out = tmp_path / "cls"
+    build_from_checkpoint(tiny_checkpoint, out, "cls", max_length=16)
+    export_onnx(out)
+    enc = Encoder.load(out, backend="onnx")
+    batch = next(enc.tokenizer.batches(enc.tokenizer.tokenize(["hello world"], "query").ids, 1))
+    with torch.inference_mode():
+        hidden = load_transformer(out)(
+            input_ids=torch.from_numpy(batch.input_ids), attention_mask=torch.from_numpy(batch.attention_mask)
+        ).last_hidden_state
+    cls = torch.nn.functional.normalize(hidden[:, 0], dim=-1).numpy()
+    np.testing.assert_allclose(enc.embed(["hello world"]), cls, atol=1e-5)
