@@ -382,6 +382,19 @@ def run_worker(engine: str, args: argparse.Namespace, texts_file: Path, tmp: Pat
     return Run(engine, {"engine": engine, "error": f"exit {proc.returncode}: {reason}"})
 
 
+def median_run(engine: str, runs: Sequence[Run]) -> Run:
+    """Median of every number over the rounds that succeeded; the first error if none did."""
+    ok = [r.result for r in runs if not r.error]
+    if not ok:
+        return runs[0]
+    merged: dict[str, Any] = dict(ok[0])
+    for key, value in ok[0].items():
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            merged[key] = statistics.median(float(r[key]) for r in ok)
+    merged["rounds"] = len(ok)
+    return Run(engine, merged)
+
+
 def cosine_vs(reference: np.ndarray, other: np.ndarray) -> tuple[float, float]:
     """Row-wise cosine (mean, min); normalised here too, so an engine's own scaling cannot hide."""
     a = reference / np.linalg.norm(reference, axis=1, keepdims=True)
@@ -510,28 +523,33 @@ def parent(args: argparse.Namespace, argv: Sequence[str]) -> int:
     print(f"python {platform.python_version()}, {versions}")
     print(
         f"model: {args.model_dir}; data: {source}; "
-        f"batch {args.batch_size}; ≥{args.seconds:g}s per measurement"
+        f"batch {args.batch_size}; ≥{args.seconds:g}s per measurement; "
+        f"median of {args.rounds} interleaved rounds"
     )
     load_before = os.getloadavg()[0]
     print(f"load average before: {load_before:.2f}")
     print(flush=True)
 
-    runs: list[Run] = []
+    # Engines run interleaved, round after round, and each number is the median over rounds:
+    # on a shared 2-core VM a burst of noise then hits one round of every engine, not one engine.
+    rounds: dict[str, list[Run]] = {engine: [] for engine in engines}
     with tempfile.TemporaryDirectory(prefix="bench-embed-") as tmp_name:
         tmp = Path(tmp_name)
         texts_file = tmp / "texts.json"
         texts_file.write_text(json.dumps(workloads, ensure_ascii=False), encoding="utf-8")
         reference: np.ndarray | None = None
-        for engine in engines:
-            print(f"running {engine} ...", file=sys.stderr, flush=True)
-            run = run_worker(engine, args, texts_file, tmp)
-            if not run.error:
-                vecs = np.load(run.result.pop("vectors"))
-                if engine == REFERENCE:
-                    reference = vecs
-                if reference is not None:
-                    run.result["cosine"] = cosine_vs(reference, vecs)
-            runs.append(run)
+        for round_no in range(args.rounds):
+            for engine in engines:
+                print(f"round {round_no + 1}/{args.rounds}: {engine} ...", file=sys.stderr, flush=True)
+                run = run_worker(engine, args, texts_file, tmp)
+                if not run.error:
+                    vecs = np.load(run.result.pop("vectors"))
+                    if engine == REFERENCE and reference is None:
+                        reference = vecs
+                    if reference is not None:
+                        run.result["cosine"] = cosine_vs(reference, vecs)
+                rounds[engine].append(run)
+    runs = [median_run(engine, rounds[engine]) for engine in engines]
 
     print("\n".join(table(runs)))
     for line in notes(runs, provenance_of(args.model_dir), load_before):
@@ -567,6 +585,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     )
     p.add_argument("--threads", type=int, default=2, help="intra-op threads, the same for every engine")
     p.add_argument("--seconds", type=float, default=5.0, help="minimum timed seconds per measurement")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--texts-per-workload", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)

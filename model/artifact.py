@@ -24,6 +24,7 @@ WEIGHTS = "model.safetensors"
 ONNX_FP32 = "model.onnx"
 ONNX_INT8 = "model.int8.onnx"
 DEFAULT_MODEL_NAME = "multilingual-e5-small"
+INT8_SCHEME = "dynamic-int8-per-channel-reduce-range"  # see model/export.py
 
 Pooling = Literal["mean", "cls"]
 Backend = Literal["torch", "onnx", "onnx-int8"]

@@ -290,5 +290,10 @@ def ensure_model(
 
 
 def _exported(model_dir: Path, manifest: Manifest, key: str) -> bool:
+    """An export is current when it came from these weights, with today's quantisation recipe."""
+    from model.artifact import INT8_SCHEME
+
     entry = manifest.onnx.get(key)
-    return entry is not None and entry.source_model_id == manifest.id and (model_dir / entry.file).is_file()
+    if entry is None or entry.source_model_id != manifest.id or not (model_dir / entry.file).is_file():
+        return False
+    return key != "onnx-int8" or entry.quantization == INT8_SCHEME

@@ -101,7 +101,7 @@ def test_manifest_records_export_provenance(tiny_model_dir: Path) -> None:
     manifest = read_manifest(tiny_model_dir)
     assert manifest.pooling == "mean"
     assert manifest.onnx["onnx"].opset == 17
-    assert manifest.onnx["onnx-int8"].quantization == "dynamic-int8-per-channel"
+    assert manifest.onnx["onnx-int8"].quantization == "dynamic-int8-per-channel-reduce-range"
     assert manifest.onnx["onnx-int8"].source_model_id == manifest.id
     assert manifest.id.startswith("tiny@")
 
