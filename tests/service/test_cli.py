@@ -14,12 +14,12 @@ import pytest
 from model.encoder import Encoder
 
 
-def run(
-    *args: str, stdin: str | None = None, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
+def run(*args: str, stdin: str | None = None, home: Path | None = None) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "service.cli", *args]
-    full_env = {**os.environ, **(env or {})}
-    return subprocess.run(cmd, input=stdin, capture_output=True, text=True, env=full_env, timeout=600)
+    env = dict(os.environ)
+    if home is not None:
+        env["DAPSEARCH_HOME"] = str(home)
+    return subprocess.run(cmd, input=stdin, capture_output=True, text=True, env=env, timeout=600)
 
 
 @pytest.mark.parametrize(
@@ -115,3 +115,8 @@ def test_build_from_checkpoint_via_cli(tiny_checkpoint: Path, tmp_path: Path) ->
     result = run("embed", "-", "--backend", "onnx", "--model-dir", str(out), stdin="hi\n")
     assert result.returncode == 0, result.stderr
     assert len(json.loads(result.stdout)["embedding"]) == 32
+    # without --out a checkpoint lands beside the default model, named after it, never over it
+    home = tmp_path / "home"
+    result = run("model", "build", "--from-checkpoint", str(tiny_checkpoint), "--name", "mine", home=home)
+    assert result.returncode == 0, result.stderr
+    assert (home / "models" / "mine" / "manifest.json").is_file()
