@@ -32,5 +32,9 @@ class Settings(BaseSettings):
     )
 
     @property
+    def collections_dir(self) -> Path:
+        return self.home / "collections"
+
+    @property
     def resolved_model_dir(self) -> Path:
         return self.model_dir if self.model_dir is not None else default_model_dir(self.home)

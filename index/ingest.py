@@ -1,0 +1,179 @@
+"""Bulk ingest: stream JSONL or TSV documents, embed them in chunks, commit chunk by chunk.
+
+Memory is bounded by the chunk size whatever the file size. Each chunk's documents and the
+byte offset reached are committed in one transaction, so an interrupted ingest resumes
+exactly after its last committed chunk. Malformed lines are reported with their line
+numbers and skipped, or stop the ingest with ``strict``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from index.collection import Collection, Document
+from model.encoder import Encoder
+from model.errors import InputError
+
+Format = Literal["jsonl", "tsv"]
+MAX_REPORTED_ERRORS = 1000
+
+
+@dataclass
+class LineError:
+    line: int
+    reason: str
+
+
+@dataclass
+class Record:
+    """A parsed line, or the reason it could not be parsed."""
+
+    line: int
+    end_offset: int  # byte offset just after this line
+    doc: Document | None
+    error: str | None = None
+
+
+@dataclass
+class IngestReport:
+    source: str
+    documents: int = 0
+    lines: int = 0
+    resumed_from_line: int = 0
+    errors: list[LineError] = field(default_factory=list)
+    error_count: int = 0
+    version: int = 0
+
+
+def detect_format(path: Path, fmt: str | None) -> Format:
+    if fmt is not None:
+        if fmt not in ("jsonl", "tsv"):
+            raise InputError(f"--format must be jsonl or tsv, not {fmt!r}")
+        return "jsonl" if fmt == "jsonl" else "tsv"
+    suffix = path.suffix.lower()
+    if suffix in {".jsonl", ".ndjson", ".json"}:
+        return "jsonl"
+    if suffix in {".tsv", ".txt"}:
+        return "tsv"
+    raise InputError(f"cannot tell the format of {path.name}; pass --format jsonl or --format tsv")
+
+
+def _document(obj: Any) -> Document:
+    if not isinstance(obj, dict):
+        raise ValueError("expected a JSON object")
+    doc_id = obj.get("id")
+    if isinstance(doc_id, bool) or not isinstance(doc_id, str | int) or str(doc_id) == "":
+        raise ValueError("'id' must be a non-empty string or an integer")
+    text = obj.get("text")
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("'text' must be a non-empty string")
+    lang = obj.get("lang")
+    if lang is not None and not isinstance(lang, str):
+        raise ValueError("'lang' must be a string")
+    metadata = obj.get("metadata", {})
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, dict):
+        raise ValueError("'metadata' must be a JSON object")
+    return Document(str(doc_id), text, lang or None, metadata)
+
+
+def _parse(line: str, fmt: Format) -> Document:
+    if fmt == "jsonl":
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"invalid JSON: {exc.msg} at column {exc.colno}") from exc
+        return _document(obj)
+    cols = line.split("\t")
+    if not 2 <= len(cols) <= 4:
+        raise ValueError(f"expected 2 to 4 tab-separated columns (id, text, lang, metadata), got {len(cols)}")
+    row: dict[str, Any] = {"id": cols[0], "text": cols[1]}
+    if len(cols) > 2 and cols[2]:
+        row["lang"] = cols[2]
+    if len(cols) > 3 and cols[3]:
+        try:
+            row["metadata"] = json.loads(cols[3])
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"metadata column is not valid JSON: {exc.msg}") from exc
+    return _document(row)
+
+
+def read_records(path: Path, fmt: Format, start_offset: int = 0, start_line: int = 0) -> Iterator[Record]:
+    """Stream records from ``start_offset`` (a committed position), never loading the file."""
+    with Path(path).open("rb") as fh:
+        fh.seek(start_offset)
+        offset, number = start_offset, start_line
+        for raw in fh:
+            number += 1
+            offset += len(raw)
+            try:
+                line = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as exc:
+                yield Record(number, offset, None, f"not valid UTF-8 (byte {exc.start})")
+                continue
+            if not line.strip():
+                continue
+            if number == 1 and fmt == "tsv" and line.lower().startswith("id\ttext"):
+                continue  # header row
+            try:
+                yield Record(number, offset, _parse(line, fmt))
+            except ValueError as exc:
+                yield Record(number, offset, None, str(exc))
+
+
+def ingest(
+    collection: Collection,
+    encoder: Encoder,
+    path: Path,
+    fmt: str | None = None,
+    chunk_size: int = 256,
+    strict: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> IngestReport:
+    """Embed (as passages) and upsert every document of ``path``; ``progress(docs, bytes)``."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"input file not found: {path}")
+    if encoder.model_id != collection.manifest.model_id:
+        raise InputError(
+            f"collection {collection.name!r} holds vectors of model {collection.manifest.model_id}, "
+            f"the encoder is {encoder.model_id}"
+        )
+    kind: Format = detect_format(path, fmt)
+    source = str(path.resolve())
+    offset, line = collection.source_progress(source)
+    if offset > path.stat().st_size:
+        offset, line = 0, 0  # the file was replaced by a shorter one: start over
+    report = IngestReport(source=source, resumed_from_line=line)
+    pending: list[Record] = []
+
+    def flush() -> None:
+        docs = [r.doc for r in pending if r.doc is not None]
+        last = pending[-1]
+        vectors = encoder.embed([d.text for d in docs], "passage")
+        report.version = collection.upsert(docs, vectors, source=(source, last.end_offset, last.line))
+        report.documents += len(docs)
+        if progress is not None:
+            progress(len(docs), last.end_offset)
+        pending.clear()
+
+    for record in read_records(path, kind, offset, line):
+        report.lines = record.line
+        if record.error is not None:
+            if strict:
+                raise InputError(f"{path}:{record.line}: {record.error}")
+            report.error_count += 1
+            if len(report.errors) < MAX_REPORTED_ERRORS:
+                report.errors.append(LineError(record.line, record.error))
+            continue
+        pending.append(record)
+        if len(pending) >= chunk_size:
+            flush()
+    if pending:
+        flush()
+    return report

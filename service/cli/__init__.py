@@ -1,0 +1,59 @@
+"""The ``dapsearch`` command line.
+
+User mistakes (missing files, corrupt weights, bad options) print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from model.artifact import read_manifest
+from model.encoder import check_backend
+from model.errors import InputError
+from service.cli import index as _index  # noqa: F401  (registers `dapsearch index`)
+from service.cli import model as _model  # noqa: F401  (registers `dapsearch model`, `embed`)
+from service.cli.common import app, dequant_progress, load_settings
+
+
+@app.command("serve")
+def serve(
+    host: Annotated[
+        str | None, typer.Option(help="Bind address [default: DAPSEARCH_HOST or 127.0.0.1].")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="Port [default: DAPSEARCH_PORT or 8000].")] = None,
+) -> None:
+    """Serve the HTTP API; builds the default model from the bundled weights on first run."""
+    import uvicorn
+
+    from model.build import ensure_model
+    from service.app import create_app
+
+    cfg = load_settings()
+    if cfg.model_dir is None:  # the default model is built on first run; a chosen one must exist
+        ensure_model(
+            cfg.resolved_model_dir,
+            cfg.backend,
+            dequant_progress,
+            announce=lambda msg: typer.echo(msg, err=True),
+        )
+    directory = cfg.resolved_model_dir
+    check_backend(directory, read_manifest(directory), cfg.backend)
+    uvicorn.run(create_app(cfg), host=host or cfg.host, port=port or cfg.port)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user errors become one line on stderr and exit code 2."""
+    try:
+        app(args=argv, prog_name="dapsearch", standalone_mode=True)
+    except InputError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        raise SystemExit(130) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""What every ``dapsearch`` sub-command shares: the Typer apps, settings, progress bars."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from tqdm import tqdm
+
+from model.artifact import BACKENDS, Backend
+from model.errors import InputError
+from service.settings import Settings
+
+app = typer.Typer(
+    help="dapsearch: multilingual semantic search with a DAP-aligned encoder.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+ModelDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--model-dir", help="Built model directory [default: $DAPSEARCH_HOME/models/multilingual-e5-small]."
+    ),
+]
+
+
+def load_settings() -> Settings:
+    return Settings()
+
+
+def model_dir_or_default(model_dir: Path | None) -> Path:
+    return model_dir if model_dir is not None else load_settings().resolved_model_dir
+
+
+def parse_backend(value: str) -> Backend:
+    if value not in BACKENDS:
+        raise InputError(f"unknown backend {value!r}; choose one of {', '.join(BACKENDS)}")
+    return value
+
+
+def bar(desc: str, total: int | None = None, unit: str = "it", **kwargs: Any) -> Any:
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=False, **kwargs)
+
+
+def dequant_progress(names: Iterable[str]) -> Iterable[str]:
+    items = list(names)
+    return tqdm(items, desc="dequantising tensors", unit="tensor", file=sys.stderr, leave=False)

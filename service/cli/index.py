@@ -1,0 +1,192 @@
+"""``dapsearch index create|ingest|search|delete|stats|reindex|list``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from index.collection import Collection, Filter, list_collections
+from index.ingest import ingest
+from model.encoder import Encoder
+from model.errors import InputError
+from service.cli.common import ModelDirOpt, app, bar, load_settings, model_dir_or_default, parse_backend
+
+index_app = typer.Typer(help="Create, fill and query collections of documents.", no_args_is_help=True)
+app.add_typer(index_app, name="index")
+
+BackendOpt = Annotated[str | None, typer.Option("--backend", help="onnx-int8, onnx or torch.")]
+
+
+def _encoder(model_dir: Path | None, backend: str | None) -> Encoder:
+    cfg = load_settings()
+    chosen = parse_backend(backend or cfg.backend)
+    return Encoder.load(model_dir_or_default(model_dir), chosen, cfg.threads, cfg.batch_size)
+
+
+def _open(name: str, model_id: str | None = None, readonly: bool = False) -> Collection:
+    return Collection.open(load_settings().collections_dir, name, model_id, readonly=readonly)
+
+
+@index_app.command("create")
+def create(
+    name: Annotated[str, typer.Argument(help="Collection name: letters, digits, '_', '-', '.'.")],
+    index: Annotated[str, typer.Option("--index", help="FAISS factory string: Flat or HNSW<M>.")] = "Flat",
+    model_dir: ModelDirOpt = None,
+) -> None:
+    """Create an empty collection bound to the model that will embed its documents."""
+    from model.artifact import read_manifest
+
+    manifest = read_manifest(model_dir_or_default(model_dir))
+    coll = Collection.create(load_settings().collections_dir, name, manifest.id, manifest.dim, index)
+    coll.close()
+    typer.echo(f"created collection {name!r} ({index}, model {manifest.id})")
+
+
+@index_app.command("list")
+def list_cmd() -> None:
+    """List collections."""
+    for name in list_collections(load_settings().collections_dir):
+        typer.echo(name)
+
+
+@index_app.command("ingest")
+def ingest_cmd(
+    name: Annotated[str, typer.Argument(help="Collection to fill.")],
+    source: Annotated[Path, typer.Argument(help="JSONL (id, text, lang?, metadata?) or TSV file.")],
+    fmt: Annotated[
+        str | None, typer.Option("--format", help="jsonl or tsv [default: from the suffix].")
+    ] = None,
+    chunk_size: Annotated[int, typer.Option(min=1, help="Documents per committed chunk.")] = 256,
+    strict: Annotated[bool, typer.Option("--strict", help="Stop at the first malformed line.")] = False,
+    model_dir: ModelDirOpt = None,
+    backend: BackendOpt = None,
+) -> None:
+    """Embed and upsert documents; resumes after the last committed chunk if interrupted."""
+    if not source.is_file():
+        raise InputError(f"input file not found: {source}")
+    encoder = _encoder(model_dir, backend)
+    with _open(name, encoder.model_id) as coll:
+        total = source.stat().st_size
+        start, _ = coll.source_progress(str(source.resolve()))
+        with bar("ingesting", total=total, unit="B", unit_scale=True, initial=min(start, total)) as progress:
+            docs = 0
+
+            def advance(n: int, offset: int) -> None:
+                nonlocal docs
+                docs += n
+                progress.update(offset - progress.n)
+                progress.set_postfix(docs=docs)
+
+            report = ingest(coll, encoder, source, fmt, chunk_size, strict, advance)
+        coll.checkpoint()
+        count = len(coll)
+    for err in report.errors[:20]:
+        typer.echo(f"{source}:{err.line}: skipped: {err.reason}", err=True)
+    if report.error_count > 20:
+        typer.echo(f"... and {report.error_count - 20} more malformed lines", err=True)
+    resumed = f" (resumed after line {report.resumed_from_line})" if report.resumed_from_line else ""
+    typer.echo(
+        f"ingested {report.documents} documents into {name!r}{resumed}; "
+        f"{report.error_count} malformed lines skipped; {count} documents, version {report.version}"
+    )
+
+
+def _parse_meta(items: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InputError(f"--meta takes KEY=VALUE, not {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+@index_app.command("search")
+def search_cmd(
+    name: Annotated[str, typer.Argument(help="Collection to search.")],
+    query: Annotated[str, typer.Argument(help="Query text, in any language.")],
+    k: Annotated[int, typer.Option("-k", min=1, max=1000, help="Hits to return.")] = 10,
+    lang: Annotated[str | None, typer.Option(help="Only documents in this language.")] = None,
+    meta: Annotated[
+        list[str] | None, typer.Option("--meta", help="KEY=VALUE metadata filter (repeatable).")
+    ] = None,
+    model_dir: ModelDirOpt = None,
+    backend: BackendOpt = None,
+) -> None:
+    """Search a collection; prints JSON lines (id, score, lang, text, metadata)."""
+    encoder = _encoder(model_dir, backend)
+    with _open(name, encoder.model_id, readonly=True) as coll:
+        flt = Filter(lang=lang, metadata=_parse_meta(meta or []))
+        hits = coll.search(encoder.embed([query], "query"), k, flt)[0]
+    for hit in hits:
+        row = {
+            "id": hit.id,
+            "score": round(hit.score, 6),
+            "lang": hit.lang,
+            "text": hit.text,
+            "metadata": hit.metadata,
+        }
+        sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+@index_app.command("delete")
+def delete_cmd(
+    name: Annotated[str, typer.Argument(help="Collection.")],
+    ids: Annotated[list[str], typer.Argument(help="Document ids to delete.")],
+) -> None:
+    """Delete documents by id."""
+    with _open(name) as coll:
+        removed = coll.delete(ids)
+        coll.checkpoint()
+    typer.echo(f"deleted {removed} of {len(ids)} ids from {name!r}")
+
+
+@index_app.command("stats")
+def stats_cmd(name: Annotated[str, typer.Argument(help="Collection.")]) -> None:
+    """Counts, languages, index type and the model a collection belongs to (JSON)."""
+    with _open(name, readonly=True) as coll:
+        typer.echo(json.dumps(dict(coll.stats()), indent=2, ensure_ascii=False))
+
+
+@index_app.command("reindex")
+def reindex_cmd(
+    name: Annotated[str, typer.Argument(help="Collection to copy from.")],
+    target: Annotated[str, typer.Argument(help="New collection, embedded with the chosen model.")],
+    index: Annotated[
+        str | None, typer.Option("--index", help="FAISS factory [default: the source's].")
+    ] = None,
+    chunk_size: Annotated[int, typer.Option(min=1, help="Documents per committed chunk.")] = 256,
+    model_dir: ModelDirOpt = None,
+    backend: BackendOpt = None,
+) -> None:
+    """Re-embed every stored text with the chosen model into a new collection (model upgrade)."""
+    from index.collection import Document
+
+    encoder = _encoder(model_dir, backend)
+    home = load_settings().collections_dir
+    with _open(name, readonly=True) as src:
+        factory = index or src.manifest.index_factory
+        with (
+            Collection.create(home, target, encoder.model_id, encoder.dim, factory) as dst,
+            bar("re-embedding", total=len(src), unit="doc") as progress,
+        ):
+            chunk: list[Document] = []
+            for doc in src.documents():
+                chunk.append(doc)
+                if len(chunk) >= chunk_size:
+                    dst.upsert(chunk, encoder.embed([d.text for d in chunk], "passage"))
+                    progress.update(len(chunk))
+                    chunk = []
+            if chunk:
+                dst.upsert(chunk, encoder.embed([d.text for d in chunk], "passage"))
+                progress.update(len(chunk))
+            dst.checkpoint()
+            count = len(dst)
+    typer.echo(f"re-indexed {count} documents from {name!r} into {target!r} ({encoder.model_id})")

@@ -1,0 +1,156 @@
+"""Collections on real FAISS and SQLite: upsert, delete, filters, persistence, model binding."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from index.collection import Collection, Document, Filter, list_collections
+from model.errors import InputError
+
+DIM = 16
+
+
+def unit(rng: np.random.Generator, n: int) -> np.ndarray:
+    v = rng.normal(size=(n, DIM)).astype(np.float32)
+    out: np.ndarray = v / np.linalg.norm(v, axis=1, keepdims=True)
+    return out
+
+
+def docs(n: int, start: int = 0) -> list[Document]:
+    return [
+        Document(f"d{i}", f"text {i}", "de" if i % 2 else "en", {"group": i % 3, "tag": f"t{i % 5}"})
+        for i in range(start, start + n)
+    ]
+
+
+@pytest.fixture(params=["Flat", "HNSW32"])
+def coll(request: pytest.FixtureRequest, tmp_path: Path) -> Collection:
+    return Collection.create(tmp_path, "c", "model@1", DIM, request.param)
+
+
+def test_search_returns_exact_neighbours_with_documents(coll: Collection) -> None:
+    rng = np.random.default_rng(0)
+    vectors = unit(rng, 200)
+    coll.upsert(docs(200), vectors)
+    hits = coll.search(vectors[:5], k=3)
+    for i, row in enumerate(hits):
+        assert row[0].id == f"d{i}"
+        assert row[0].score == pytest.approx(1.0, abs=1e-5)
+        assert row[0].text == f"text {i}" and row[0].metadata == {"group": i % 3, "tag": f"t{i % 5}"}
+        assert [h.score for h in row] == sorted((h.score for h in row), reverse=True)
+
+
+def test_upsert_replaces_and_delete_removes(coll: Collection) -> None:
+    rng = np.random.default_rng(1)
+    vectors = unit(rng, 50)
+    coll.upsert(docs(50), vectors)
+    new = unit(rng, 1)
+    coll.upsert([Document("d3", "replaced", "fr")], new)
+    assert len(coll) == 50
+    assert coll.get("d3") == Document("d3", "replaced", "fr", {})
+    assert coll.search(new, k=1)[0][0].id == "d3"
+    assert coll.search(vectors[3:4], k=1)[0][0].score < 0.999  # the old vector is gone
+    assert coll.delete(["d4", "d5", "missing"]) == 2
+    assert len(coll) == 48
+    ids = {h.id for h in coll.search(vectors[4:6], k=48)[0]}
+    assert not ids & {"d4", "d5"} and len(ids) == 48
+    assert coll.stats()["index_vectors"] == 48
+
+
+def test_duplicate_ids_in_one_batch_keep_the_last(coll: Collection) -> None:
+    rng = np.random.default_rng(2)
+    vectors = unit(rng, 2)
+    coll.upsert([Document("x", "first"), Document("x", "second")], vectors)
+    assert len(coll) == 1
+    assert coll.get("x") is not None and coll.get("x").text == "second"  # type: ignore[union-attr]
+    assert coll.search(vectors[1:], k=1)[0][0].score == pytest.approx(1.0, abs=1e-5)
+
+
+def test_filters_still_return_k_hits(coll: Collection) -> None:
+    rng = np.random.default_rng(3)
+    vectors = unit(rng, 300)
+    coll.upsert(docs(300), vectors)
+    hits = coll.search(vectors[:1], k=10, flt=Filter(lang="de", metadata={"group": 2}))[0]
+    assert len(hits) == 10
+    assert all(h.lang == "de" and h.metadata["group"] == 2 for h in hits)
+    expected = [i for i in range(300) if i % 2 and i % 3 == 2]
+    exact = sorted(expected, key=lambda i: -float(vectors[i] @ vectors[0]))[:10]
+    assert [h.id for h in hits] == [f"d{i}" for i in exact]
+    assert coll.search(vectors[:1], k=10, flt=Filter(metadata={"tag": "nope"}))[0] == []
+    with pytest.raises(InputError):
+        coll.search(vectors[:1], k=10, flt=Filter(metadata={"group": [1, 2]}))
+
+
+def test_persistence_replays_writes_after_the_last_checkpoint(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    vectors = unit(rng, 120)
+    with Collection.create(tmp_path, "p", "model@1", DIM) as coll:
+        coll.upsert(docs(100), vectors[:100])
+        coll.checkpoint()
+        coll.upsert(docs(20, start=100), vectors[100:])  # committed, not checkpointed
+        coll.delete(["d0"])
+    with Collection.open(tmp_path, "p", "model@1") as again:
+        assert len(again) == 119 and again.stats()["index_vectors"] == 119
+        assert again.search(vectors[110:111], k=1)[0][0].id == "d110"
+        assert again.get("d0") is None
+        assert [p.name for p in tmp_path.joinpath("p").glob("index.*.faiss")] == ["index.1.faiss"]
+
+
+def test_reader_in_another_connection_sees_committed_versions(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    vectors = unit(rng, 40)
+    writer = Collection.create(tmp_path, "r", "model@1", DIM)
+    writer.upsert(docs(20), vectors[:20])
+    reader = Collection.open(tmp_path, "r", readonly=True)
+    writer.upsert(docs(20, start=20), vectors[20:])
+    assert len(reader.search(vectors[:1], k=40)[0]) == 20  # still serving its version
+    reader.refresh()
+    assert len(reader.search(vectors[:1], k=40)[0]) == 40
+    with pytest.raises(InputError, match="read-only"):
+        reader.delete(["d1"])
+
+
+def test_model_binding_names_and_bad_input(tmp_path: Path) -> None:
+    Collection.create(tmp_path, "m", "model@1", DIM).close()
+    with pytest.raises(InputError, match="holds vectors of model model@1"):
+        Collection.open(tmp_path, "m", "model@2")
+    with pytest.raises(InputError, match="already exists"):
+        Collection.create(tmp_path, "m", "model@1", DIM)
+    with pytest.raises(InputError, match="unknown collection"):
+        Collection.open(tmp_path, "nope")
+    for bad in ("", "../x", "a b", "-x"):
+        with pytest.raises(InputError, match="invalid collection name"):
+            Collection.create(tmp_path, bad, "model@1", DIM)
+    with pytest.raises(InputError, match="factory"):
+        Collection.create(tmp_path, "f", "model@1", DIM, "NotAnIndex")
+    with Collection.open(tmp_path, "m") as coll:
+        with pytest.raises(InputError, match="shape"):
+            coll.upsert(docs(2), np.zeros((2, DIM + 1), dtype=np.float32))
+        with pytest.raises(InputError, match="dim"):
+            coll.search(np.zeros((1, DIM + 1), dtype=np.float32))
+        assert coll.search(np.zeros((1, DIM), dtype=np.float32), k=5) == [[]]
+    assert list_collections(tmp_path) == ["m"]
+
+
+def test_hnsw_recall_against_exact(tmp_path: Path) -> None:
+    """Clustered vectors like real embeddings: HNSW recall@10 vs exact search >= 0.95."""
+    rng = np.random.default_rng(6)
+    centres = unit(rng, 50)
+    labels = rng.integers(0, 50, size=20_000)
+    vectors = centres[labels] + 0.35 * rng.normal(size=(20_000, DIM)).astype(np.float32) / np.sqrt(DIM)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    queries = vectors[rng.choice(20_000, 200, replace=False)] + 0.05 * unit(rng, 200)
+    flat = Collection.create(tmp_path, "flat", "m@1", DIM, "Flat")
+    hnsw = Collection.create(tmp_path, "hnsw", "m@1", DIM, "HNSW32")
+    all_docs = [Document(f"d{i}", "t") for i in range(20_000)]
+    for c in (flat, hnsw):
+        c.upsert(all_docs, vectors)
+    exact = flat.search(queries, k=10)
+    approx = hnsw.search(queries, k=10)
+    recall = np.mean(
+        [len({h.id for h in a} & {h.id for h in e}) / 10 for a, e in zip(approx, exact, strict=True)]
+    )
+    assert recall >= 0.95

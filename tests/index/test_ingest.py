@@ -1,0 +1,153 @@
+"""Bulk ingest: formats, malformed lines, resume, and a real ingest process killed at random."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from index.collection import Collection
+from index.ingest import detect_format, ingest
+from model.encoder import Encoder
+from model.errors import InputError
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir: Path) -> Encoder:
+    return Encoder.load(tiny_model_dir, backend="onnx-int8")
+
+
+def _collection(tmp_path: Path, enc: Encoder, name: str = "c") -> Collection:
+    return Collection.create(tmp_path / "collections", name, enc.model_id, enc.dim)
+
+
+def test_jsonl_with_malformed_lines_reported_by_number(tmp_path: Path, tiny: Encoder) -> None:
+    src = tmp_path / "docs.jsonl"
+    lines = [
+        json.dumps({"id": "a", "text": "hello", "lang": "en", "metadata": {"k": 1}}),
+        "{broken",
+        json.dumps({"id": "b", "text": ""}),
+        "",
+        json.dumps({"id": 7, "text": "seven"}),
+        json.dumps({"id": "c", "text": "x", "metadata": [1]}),
+        json.dumps(["not", "an", "object"]),
+    ]
+    src.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with src.open("ab") as fh:
+        fh.write(b'{"id": "z", "text": "caf\xe9"}\n')
+    coll = _collection(tmp_path, tiny)
+    report = ingest(coll, tiny, src, chunk_size=2)
+    assert report.documents == 2 and len(coll) == 2
+    assert [(e.line, e.reason.split(":")[0]) for e in report.errors] == [
+        (2, "invalid JSON"),
+        (3, "'text' must be a non-empty string"),
+        (6, "'metadata' must be a JSON object"),
+        (7, "expected a JSON object"),
+        (8, "not valid UTF-8 (byte 24)"),
+    ]
+    assert coll.get("7") is not None and coll.get("a") is not None
+    with pytest.raises(InputError, match=r"docs.jsonl:2: invalid JSON"):
+        ingest(_collection(tmp_path, tiny, "strict"), tiny, src, strict=True)
+
+
+def test_tsv_header_lang_metadata_and_upsert(tmp_path: Path, tiny: Encoder) -> None:
+    src = tmp_path / "docs.tsv"
+    src.write_text(
+        'id\ttext\tlang\tmetadata\n1\tone\ten\t{"n": 1}\n2\tzwei\tde\t\n1\tone again\ten\n3\tonly id\n',
+        encoding="utf-8",
+    )
+    coll = _collection(tmp_path, tiny)
+    report = ingest(coll, tiny, src)
+    assert report.documents == 4 and len(coll) == 3
+    assert coll.get("1") is not None and coll.get("1").text == "one again"  # type: ignore[union-attr]
+    assert coll.get("2") is not None and coll.get("2").lang == "de"  # type: ignore[union-attr]
+
+
+def test_resume_skips_what_is_committed(tmp_path: Path, tiny: Encoder) -> None:
+    src = tmp_path / "docs.jsonl"
+    src.write_text("".join(json.dumps({"id": str(i), "text": f"doc {i}"}) + "\n" for i in range(10)))
+    coll = _collection(tmp_path, tiny)
+    first = ingest(coll, tiny, src, chunk_size=4)
+    assert first.documents == 10
+    again = ingest(coll, tiny, src, chunk_size=4)
+    assert again.documents == 0 and again.resumed_from_line == 10
+    with src.open("a") as fh:
+        fh.write(json.dumps({"id": "10", "text": "appended"}) + "\n")
+    more = ingest(coll, tiny, src)
+    assert more.documents == 1 and len(coll) == 11
+
+
+def test_bad_sources(tmp_path: Path, tiny: Encoder) -> None:
+    coll = _collection(tmp_path, tiny)
+    with pytest.raises(InputError, match="not found"):
+        ingest(coll, tiny, tmp_path / "missing.jsonl")
+    odd = tmp_path / "docs.xml"
+    odd.write_text("<x/>")
+    with pytest.raises(InputError, match="--format"):
+        ingest(coll, tiny, odd)
+    assert detect_format(odd, "tsv") == "tsv"
+    other = Collection.create(tmp_path / "collections", "other", "another-model@1", tiny.dim)
+    good = tmp_path / "d.jsonl"
+    good.write_text(json.dumps({"id": "1", "text": "x"}) + "\n")
+    with pytest.raises(InputError, match="holds vectors of model another-model@1"):
+        ingest(other, tiny, good)
+
+
+def _version(home: Path, name: str) -> int:
+    with sqlite3.connect(home / "collections" / name / "docs.sqlite", timeout=30) as db:
+        return int(db.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()[0])
+
+
+def _state(home: Path, name: str) -> tuple[int, int, set[str]]:
+    with Collection.open(home / "collections", name, readonly=True) as coll:
+        stats = coll.stats()
+        ids = {doc.id for doc in coll.documents()}
+        return int(stats["count"]), int(stats["index_vectors"]), ids
+
+
+def test_sigkill_mid_ingest_never_loses_or_corrupts(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """Kill a real `dapsearch index ingest` at random moments; reopen; resume; nothing lost."""
+    n = 30_000
+    src = tmp_path / "docs.jsonl"
+    src.write_text(
+        "".join(json.dumps({"id": f"d{i}", "text": f"document number {i}"}) + "\n" for i in range(n))
+    )
+    home = tmp_path / "home"
+    env = {**os.environ, "DAPSEARCH_HOME": str(home), "DAPSEARCH_MODEL_DIR": str(tiny_model_dir)}
+    cli = [sys.executable, "-m", "service.cli"]
+    subprocess.run([*cli, "index", "create", "k"], env=env, check=True, capture_output=True)
+    cmd = [*cli, "index", "ingest", "k", str(src), "--chunk-size", "200"]
+    rng = random.Random(1234)
+    committed = 0
+    kills = 0
+    for _ in range(4):
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        start = _version(home, "k")
+        deadline = time.monotonic() + 120
+        while _version(home, "k") == start and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)  # wait until this run commits, so the kill lands mid-ingest
+        time.sleep(rng.uniform(0.0, 1.5))
+        if proc.poll() is not None:
+            break
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+        count, vectors, ids = _state(home, "k")
+        assert count == vectors, "index and documents disagree after a kill"
+        assert count >= committed, "a committed chunk was lost"
+        assert ids == {f"d{i}" for i in range(count)}, "chunks must commit in file order"
+        committed = count
+    assert kills >= 2, "the ingest finished before it could be killed; make the input larger"
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "resumed after line" in done.stdout
+    count, vectors, ids = _state(home, "k")
+    assert count == vectors == n and len(ids) == n
