@@ -491,6 +491,27 @@ class Collection:
                 last = rowid
                 yield Document(doc_id, text, lang, json.loads(meta))
 
+    def vectors(self, batch: int = 10_000) -> tuple[list[str], list[str], np.ndarray]:
+        """(ids, texts, stored vectors) of every document in insertion order, for mining."""
+        ids: list[str] = []
+        texts: list[str] = []
+        chunks: list[np.ndarray] = []
+        last = -1
+        while True:
+            rows = self._db.execute(
+                "SELECT rid, id, text, vector FROM docs WHERE rid > ? ORDER BY rid LIMIT ?", (last, batch)
+            ).fetchall()
+            if not rows:
+                break
+            last = rows[-1][0]
+            ids += [r[1] for r in rows]
+            texts += [r[2] for r in rows]
+            chunks.append(
+                np.frombuffer(b"".join(r[3] for r in rows), dtype=np.float32).reshape(len(rows), -1)
+            )
+        empty = np.zeros((0, self.manifest.dim), dtype=np.float32)
+        return ids, texts, np.concatenate(chunks) if chunks else empty
+
     def stats(self) -> Mapping[str, Any]:
         langs = dict(
             self._db.execute("SELECT COALESCE(lang, ''), COUNT(*) FROM docs GROUP BY lang").fetchall()

@@ -117,7 +117,7 @@ def model_info(
     typer.echo(f"backends      {', '.join(backends)}")
 
 
-def _read_lines(source: str) -> list[str]:
+def read_lines(source: str) -> list[str]:
     if source == "-":
         raw = sys.stdin.buffer.read()
         name = "standard input"
@@ -159,7 +159,7 @@ def embed_cmd(
         raise InputError("--out must end in .npy or .jsonl (or be - for JSONL on stdout)")
     settings = load_settings()
     chosen = parse_backend(backend or settings.backend)
-    lines = _read_lines(source)
+    lines = read_lines(source)
     encoder = Encoder.load(model_dir_or_default(model_dir), chosen, settings.threads, batch_size)
     kind_value: Kind = "query" if kind == "query" else "passage"
     with bar("embedding", total=len(lines), unit="text") as progress:

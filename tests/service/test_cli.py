@@ -120,3 +120,43 @@ def test_build_from_checkpoint_via_cli(tiny_checkpoint: Path, tmp_path: Path) ->
     result = run("model", "build", "--from-checkpoint", str(tiny_checkpoint), "--name", "mine", home=home)
     assert result.returncode == 0, result.stderr
     assert (home / "models" / "mine" / "manifest.json").is_file()
+
+
+@pytest.mark.real_model
+def test_mine_text_files_with_gold(tmp_path: Path, real_model_dir: Path) -> None:
+    from tests.sentences import GROUPS
+
+    # one translation per group (a different language each time), all English sides distinct
+    foreign = [[text for lang, text in g.items() if lang != "en"] for g in GROUPS]
+    pairs = [
+        (texts[i % len(texts)], g["en"]) for i, (texts, g) in enumerate(zip(foreign, GROUPS, strict=True))
+    ]
+    src = tmp_path / "src.txt"
+    tgt = tmp_path / "tgt.txt"
+    src.write_text("\n".join(p[0] for p in pairs) + "\n")
+    tgt.write_text("\n".join(p[1] for p in reversed(pairs)) + "\n")  # target in reverse order
+    gold = tmp_path / "gold.tsv"
+    gold.write_text("".join(f"{i + 1}\t{len(pairs) - i}\n" for i in range(len(pairs))))
+    out = tmp_path / "pairs.tsv"
+    result = run(
+        "mine", str(src), str(tgt), "--out", str(out), "--gold", str(gold), "--model-dir", str(real_model_dir)
+    )
+    assert result.returncode == 0, result.stderr
+    assert "best threshold" in result.stderr
+    rows = [line.split("\t") for line in out.read_text().splitlines()]
+    found = {(int(r[1]), int(r[2])) for r in rows}
+    expected = {(i + 1, len(pairs) - i) for i in range(len(pairs))}
+    assert len(found & expected) >= 0.9 * len(expected)
+    assert all(float(r[0]) >= float(rows[-1][0]) for r in rows)
+    bad = run(
+        "mine",
+        str(src),
+        str(tgt),
+        "--out",
+        str(out),
+        "--strategy",
+        "best",
+        "--model-dir",
+        str(real_model_dir),
+    )
+    assert bad.returncode == 2 and "--strategy" in bad.stderr

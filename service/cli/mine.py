@@ -1,0 +1,115 @@
+"""``dapsearch mine SRC TGT``: translation pairs between two corpora by margin scoring."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+
+from index.collection import Collection
+from index.mining import DEFAULT_K, SCORES, STRATEGIES, Score, Strategy, best_threshold, mine, score_histogram
+from model.encoder import Encoder
+from model.errors import InputError
+from service.cli.common import ModelDirOpt, app, bar, load_settings, model_dir_or_default, parse_backend
+from service.cli.model import read_lines
+
+COLLECTION_PREFIX = "collection:"
+
+
+def _side(
+    spec: str, encoder: Encoder | None, batch_size: int, label: str
+) -> tuple[list[str], np.ndarray, Encoder | None]:
+    """Texts and vectors of one side: a text file (embedded now) or a collection (stored vectors)."""
+    if spec.startswith(COLLECTION_PREFIX):
+        name = spec[len(COLLECTION_PREFIX) :]
+        with Collection.open(load_settings().collections_dir, name, readonly=True) as coll:
+            if encoder is not None and encoder.model_id != coll.manifest.model_id:
+                raise InputError(
+                    f"collection {name!r} was embedded by {coll.manifest.model_id}, not {encoder.model_id}"
+                )
+            _, texts, vectors = coll.vectors()
+        if not texts:
+            raise InputError(f"collection {name!r} is empty")
+        return texts, vectors, encoder
+    if encoder is None:
+        cfg = load_settings()
+        encoder = Encoder.load(
+            model_dir_or_default(None), parse_backend(cfg.backend), cfg.threads, batch_size
+        )
+    lines = read_lines(spec)
+    with bar(f"embedding {label}", total=len(lines), unit="text") as progress:
+        vectors = encoder.encode(lines, "passage", progress=progress.update).vectors
+    return lines, vectors, encoder
+
+
+def _gold(path: Path) -> list[tuple[int, int]]:
+    """Gold pairs as 1-based line numbers 'SRC_LINE<TAB>TGT_LINE', one pair per line."""
+    if not path.is_file():
+        raise InputError(f"gold file not found: {path}")
+    pairs: list[tuple[int, int]] = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        cols = line.split("\t")
+        try:
+            src, tgt = int(cols[0]), int(cols[1])
+        except (ValueError, IndexError):
+            raise InputError(f"{path}:{number}: expected 'source line<TAB>target line' numbers") from None
+        pairs.append((src - 1, tgt - 1))
+    return pairs
+
+
+@app.command("mine")
+def mine_cmd(
+    source: Annotated[
+        str, typer.Argument(help="Source sentences: a text file (one per line) or collection:NAME.")
+    ],
+    target: Annotated[str, typer.Argument(help="Target sentences: a text file or collection:NAME.")],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Pairs TSV: score, source line, target line, texts.")
+    ],
+    k: Annotated[int, typer.Option("-k", min=1, help="Neighbours in the margin.")] = DEFAULT_K,
+    score: Annotated[str, typer.Option(help=f"{' | '.join(SCORES)}")] = "ratio",
+    strategy: Annotated[str, typer.Option(help=f"{' | '.join(STRATEGIES)}")] = "max",
+    threshold: Annotated[float | None, typer.Option(help="Keep pairs scoring above this.")] = None,
+    gold: Annotated[
+        Path | None, typer.Option(help="Gold pairs (1-based line numbers) to tune the threshold for best F1.")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Texts per forward pass.")] = 32,
+    model_dir: ModelDirOpt = None,
+) -> None:
+    """Mine translation pairs (ratio margin, k=4, LASER's max strategy by default)."""
+    if score not in SCORES or strategy not in STRATEGIES:
+        raise InputError(f"--score must be one of {SCORES} and --strategy one of {STRATEGIES}")
+    chosen_score: Score = next(s for s in SCORES if s == score)
+    chosen_strategy: Strategy = next(s for s in STRATEGIES if s == strategy)
+    gold_pairs = _gold(gold) if gold is not None else None
+    encoder = None
+    if model_dir is not None:
+        cfg = load_settings()
+        encoder = Encoder.load(model_dir, parse_backend(cfg.backend), cfg.threads, batch_size)
+    src_texts, src_vecs, encoder = _side(source, encoder, batch_size, "source")
+    tgt_texts, tgt_vecs, encoder = _side(target, encoder, batch_size, "target")
+    result = mine(src_vecs, tgt_vecs, k=k, score=chosen_score, strategy=chosen_strategy)
+    used = threshold
+    if gold_pairs is not None:
+        best = best_threshold(result, gold_pairs)
+        typer.echo(
+            f"best threshold {best.threshold:.6f}: precision {best.precision:.4f}, recall {best.recall:.4f}, "
+            f"F1 {best.f1:.4f} ({best.n_correct} of {best.n_gold} gold pairs)",
+            err=True,
+        )
+        used = best.threshold if threshold is None else threshold
+    elif threshold is None:
+        typer.echo("no --threshold: writing every candidate; score histogram to pick one:", err=True)
+        typer.echo(score_histogram(result), err=True)
+    kept = result.with_threshold(used)
+    with out.open("w", encoding="utf-8") as fh:
+        for s, t, value in kept:
+            fh.write(f"{value:.6f}\t{s + 1}\t{t + 1}\t{src_texts[s]}\t{tgt_texts[t]}\n")
+    typer.echo(
+        f"wrote {len(kept)} pairs to {out}" + (f" (threshold {used:.6f})" if used is not None else ""),
+        err=True,
+    )
