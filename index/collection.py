@@ -63,8 +63,10 @@ class CollectionManifest(BaseModel):
     model_id: str
     dim: int
     metric: str = "inner_product"
-    index_factory: str = Field(description="FAISS factory string of the index inside IDMap2")
+    index_factory: str = Field(description="'auto' or the FAISS factory string inside IDMap2")
     created: str
+    nprobe: int = Field(default=32, ge=1, description="IVF lists probed per query")
+    ef_search: int = Field(default=128, ge=1, description="HNSW candidate list size per query")
     count: int = 0
     version: int = 0
 
@@ -97,9 +99,37 @@ class Filter:
         return self.lang is None and not self.metadata
 
 
-def default_factory(expected: int) -> str:
-    """Exact search while it is cheap; HNSW (no training, fast) once a collection is large."""
-    return "Flat" if expected < 200_000 else "HNSW32"
+AUTO = "auto"
+AUTO_HNSW_AT = 200_000  # documents; below this exact search answers in a few milliseconds
+AUTO_LARGE = "HNSW32"
+TRAIN_POINTS_PER_LIST = 39  # FAISS's own minimum for k-means training
+MAX_TRAIN_POINTS = 256_000
+_IVF_RE = re.compile(r"^IVF(\d+)")
+
+
+def effective_factory(factory: str, count: int) -> str:
+    """The index to build for ``count`` documents.
+
+    ``auto`` is exact (Flat) while small and HNSW once large. An IVF index needs enough points
+    to train its coarse quantizer, so until then the collection searches exactly.
+    """
+    if factory == AUTO:
+        return "Flat" if count < AUTO_HNSW_AT else AUTO_LARGE
+    match = _IVF_RE.match(factory)
+    if match and count < TRAIN_POINTS_PER_LIST * int(match.group(1)):
+        return "Flat"
+    return factory
+
+
+def _kind_of_factory(factory: str) -> str:
+    return "HNSW" if "HNSW" in factory else "IVF" if factory.startswith("IVF") else "Flat"
+
+
+def _kind_of_index(index: Any) -> str:
+    inner = faiss.downcast_index(index.index)
+    if isinstance(inner, faiss.IndexHNSW):
+        return "HNSW"
+    return "IVF" if isinstance(inner, faiss.IndexIVF) else "Flat"
 
 
 def _check_name(name: str) -> str:
@@ -112,15 +142,12 @@ def _check_name(name: str) -> str:
 
 
 def _make_index(factory: str, dim: int) -> faiss.Index:
+    factory = AUTO_LARGE if factory == AUTO else factory
     try:
         index = faiss.index_factory(dim, f"IDMap2,{factory}", faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as exc:
         raise InputError(f"invalid FAISS index factory string {factory!r}: {exc}") from exc
     return index
-
-
-def _supports_removal(factory: str) -> bool:
-    return "HNSW" not in factory
 
 
 class Collection:
@@ -134,8 +161,7 @@ class Collection:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA busy_timeout=30000")
-        self._index: faiss.Index = _make_index(manifest.index_factory, manifest.dim)
-        self._removable = _supports_removal(manifest.index_factory)
+        self._index: faiss.Index = _make_index(effective_factory(manifest.index_factory, 0), manifest.dim)
         self._hidden: set[int] = set()  # rowids superseded in an index that cannot remove
         self._index_version = 0
         self._load_snapshot()
@@ -150,10 +176,10 @@ class Collection:
         root = Path(home_dir) / _check_name(name)
         if (root / MANIFEST).is_file():
             raise InputError(f"collection {name!r} already exists")
-        factory = index_factory or default_factory(0)
+        factory = index_factory or AUTO
+        if not (factory in (AUTO, "Flat") or factory.startswith("HNSW") or _IVF_RE.match(factory)):
+            raise InputError(f"index must be auto, Flat, HNSW<M>[,...] or IVF<n>,<codec>; not {factory!r}")
         _make_index(factory, dim)  # validate before writing anything
-        if "IVF" in factory or "PQ" in factory:
-            raise InputError("trained index types (IVF, PQ) are not supported yet; use Flat or HNSW<M>")
         root.mkdir(parents=True, exist_ok=True)
         with sqlite3.connect(root / DOCS) as db:
             db.executescript(_SCHEMA)
@@ -197,6 +223,10 @@ class Collection:
         return self.manifest.name
 
     @property
+    def _removable(self) -> bool:
+        return _kind_of_index(self._index) != "HNSW"
+
+    @property
     def version(self) -> int:
         """The committed version this process's index reflects."""
         return self._index_version
@@ -238,9 +268,10 @@ class Collection:
             vecs = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), -1)
             self._index.add_with_ids(vecs, ids)
         self._index_version = target
-        expected = len(self) + (len(self._hidden) if not self._removable else 0)
-        if self._index.ntotal != expected:
-            self.rebuild()
+        count = len(self)
+        wanted = _kind_of_factory(effective_factory(self.manifest.index_factory, count))
+        if self._index.ntotal != count + len(self._hidden) or _kind_of_index(self._index) != wanted:
+            self.rebuild()  # drifted, or grown into another index type (auto, IVF now trainable)
         return target
 
     def _remove(self, rowids: Sequence[int]) -> None:
@@ -253,10 +284,15 @@ class Collection:
             self._hidden.update(int(r) for r in np.intersect1d(np.asarray(rowids, dtype=np.int64), present))
 
     def rebuild(self) -> None:
-        """Rebuild the index from the stored vectors: heals drift, drops hidden rows."""
-        index = _make_index(self.manifest.index_factory, self.manifest.dim)
+        """Rebuild the index from the stored vectors: heals drift, drops hidden rows, trains IVF."""
         with self._read() as db:
             version = int(db.execute("SELECT value FROM meta WHERE key='version'").fetchone()[0])
+            count = int(db.execute("SELECT COUNT(*) FROM docs").fetchone()[0])
+            index = _make_index(effective_factory(self.manifest.index_factory, count), self.manifest.dim)
+            if not index.is_trained:
+                n = min(count, MAX_TRAIN_POINTS)
+                sample = db.execute("SELECT vector FROM docs ORDER BY random() LIMIT ?", (n,)).fetchall()
+                index.train(np.frombuffer(b"".join(r[0] for r in sample), dtype=np.float32).reshape(n, -1))
             cursor = db.execute("SELECT rid, vector FROM docs ORDER BY rid")
             while True:
                 rows = cursor.fetchmany(50_000)
@@ -451,12 +487,18 @@ class Collection:
             keep.append(sel)
         elif keep:
             sel = keep[-1]
-        hnsw = "HNSW" in self.manifest.index_factory
-        if sel is None and not hnsw:
+        kind = _kind_of_index(self._index)
+        if sel is None and kind == "Flat":
             return None
-        params = faiss.SearchParametersHNSW() if hnsw else faiss.SearchParameters()
-        if hnsw:  # the default efSearch (16) loses recall at k=10, more so past rejected nodes
-            params.efSearch = max(128, 4 * k)
+        params: Any
+        if kind == "HNSW":  # the default efSearch (16) loses recall at k=10, more so past rejected nodes
+            params = faiss.SearchParametersHNSW()
+            params.efSearch = max(self.manifest.ef_search, 4 * k)
+        elif kind == "IVF":
+            params = faiss.SearchParametersIVF()
+            params.nprobe = self.manifest.nprobe
+        else:
+            params = faiss.SearchParameters()
         if sel is not None:
             params.sel = sel
         params._dapsearch_keep = keep  # selectors must outlive the search call
@@ -521,6 +563,7 @@ class Collection:
             "model_id": self.manifest.model_id,
             "dim": self.manifest.dim,
             "index_factory": self.manifest.index_factory,
+            "index_type": _kind_of_index(self._index),
             "count": len(self),
             "version": self._db_version(),
             "index_vectors": int(self._index.ntotal) - len(self._hidden),

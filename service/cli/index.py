@@ -34,7 +34,10 @@ def _open(name: str, model_id: str | None = None, readonly: bool = False) -> Col
 @index_app.command("create")
 def create(
     name: Annotated[str, typer.Argument(help="Collection name: letters, digits, '_', '-', '.'.")],
-    index: Annotated[str, typer.Option("--index", help="FAISS factory string: Flat or HNSW<M>.")] = "Flat",
+    index: Annotated[
+        str,
+        typer.Option("--index", help="auto (Flat, then HNSW32 past 200k), Flat, HNSW<M> or IVF<n>,Flat|SQ8."),
+    ] = "auto",
     model_dir: ModelDirOpt = None,
 ) -> None:
     """Create an empty collection bound to the model that will embed its documents."""

@@ -124,8 +124,10 @@ def test_model_binding_names_and_bad_input(tmp_path: Path) -> None:
     for bad in ("", "../x", "a b", "-x"):
         with pytest.raises(InputError, match="invalid collection name"):
             Collection.create(tmp_path, bad, "model@1", DIM)
-    with pytest.raises(InputError, match="factory"):
+    with pytest.raises(InputError, match="index must be"):
         Collection.create(tmp_path, "f", "model@1", DIM, "NotAnIndex")
+    with pytest.raises(InputError, match="factory"):
+        Collection.create(tmp_path, "f", "model@1", DIM, "HNSW32,Bogus")
     with Collection.open(tmp_path, "m") as coll:
         with pytest.raises(InputError, match="shape"):
             coll.upsert(docs(2), np.zeros((2, DIM + 1), dtype=np.float32))
@@ -154,3 +156,40 @@ def test_hnsw_recall_against_exact(tmp_path: Path) -> None:
         [len({h.id for h in a} & {h.id for h in e}) / 10 for a, e in zip(approx, exact, strict=True)]
     )
     assert recall >= 0.95
+
+
+def test_ivf_searches_exactly_until_it_can_train(tmp_path: Path) -> None:
+    rng = np.random.default_rng(7)
+    vectors = unit(rng, 1000)
+    coll = Collection.create(tmp_path, "ivf", "m@1", DIM, "IVF16,Flat")
+    coll.upsert(docs(300), vectors[:300])
+    assert coll.stats()["index_type"] == "Flat"  # 300 < 39 * 16 training points
+    coll.upsert(docs(700, start=300), vectors[300:])
+    assert coll.stats()["index_type"] == "IVF"
+    coll.manifest.nprobe = 16  # all lists: exact, so the answer is known
+    hits = coll.search(vectors[500:501], k=1)[0]
+    assert hits[0].id == "d500"
+    assert coll.delete(["d500"]) == 1
+    assert coll.search(vectors[500:501], k=1)[0][0].id != "d500"
+    coll.checkpoint()
+    coll.close()
+    with Collection.open(tmp_path, "ivf") as again:
+        assert again.stats()["index_type"] == "IVF" and len(again) == 999
+
+
+def test_auto_grows_from_exact_to_hnsw(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import index.collection as collection_module
+
+    monkeypatch.setattr(collection_module, "AUTO_HNSW_AT", 100)
+    rng = np.random.default_rng(8)
+    vectors = unit(rng, 150)
+    coll = Collection.create(tmp_path, "auto", "m@1", DIM)
+    assert coll.manifest.index_factory == "auto"
+    coll.upsert(docs(80), vectors[:80])
+    assert coll.stats()["index_type"] == "Flat"
+    coll.upsert(docs(70, start=80), vectors[80:])
+    assert coll.stats()["index_type"] == "HNSW"
+    assert coll.search(vectors[120:121], k=1)[0][0].id == "d120"
+    coll.upsert([Document("d120", "moved")], unit(rng, 1))  # superseded rows are hidden in HNSW
+    assert all(h.id != "d120" or h.text == "moved" for h in coll.search(vectors[120:121], k=5)[0])
+    assert coll.stats()["index_vectors"] == 150
