@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # workers must import `index` even without the editable install
     sys.path.insert(0, str(ROOT))
 
-METHODS: tuple[str, ...] = ("mine", "mine-ivf", "naive")
+METHODS: tuple[str, ...] = ("mine", "naive")
 RESULT_MARK = "@@BENCH_RESULT@@ "
 DIM = 384
 K = 4
@@ -138,16 +138,15 @@ def rss_mb() -> float:
 def worker(args: argparse.Namespace) -> int:
     import faiss
 
-    from index.mining import Search, best_threshold, mine
+    from index.mining import best_threshold, mine
 
     faiss.omp_set_num_threads(args.threads)
     x, y, planted = synthetic(args.size, args.seed)
     gold = [(int(s), int(t)) for t, s in enumerate(planted.tolist()) if s >= 0]
     data_rss = rss_mb()
     start = time.perf_counter()
-    if args.worker in ("mine", "mine-ivf"):
-        search: Search = "ivf" if args.worker == "mine-ivf" else "exact"
-        result = mine(x, y, k=K, score="ratio", strategy="max", search=search)
+    if args.worker == "mine":
+        result = mine(x, y, k=K, score="ratio", strategy="max")
         src, tgt, val = result.source, result.target, result.scores
     else:
         src, tgt, val = naive(x, y)
@@ -240,24 +239,24 @@ def table(runs: Sequence[Run]) -> list[str]:
     """One row per measurement; mine rows at a size where naive also ran carry the ratios."""
     naive_at = {r.size: r.result for r in runs if r.method == "naive" and not r.error}
     header = (
-        f"{'size (n x m)':>17}  {'method':<8}  {'time s':>8}  {'peak RSS MB':>11}  {'inputs MB':>9}  "
+        f"{'size (n x m)':>17}  {'method':<6}  {'time s':>8}  {'peak RSS MB':>11}  {'inputs MB':>9}  "
         f"{'planted found':>15}  {'F1':>6}  {'time vs naive':>13}  {'RSS vs naive':>12}"
     )
     lines = [header, "-" * len(header)]
     for r in runs:
         size = f"{r.size:,} x {r.size:,}"
         if r.error:
-            lines.append(f"{size:>17}  {r.method:<8}  {r.error}")
+            lines.append(f"{size:>17}  {r.method:<6}  {r.error}")
             continue
         res = r.result
         ratio_t = ratio_m = ""
         ref = naive_at.get(r.size)
-        if r.method.startswith("mine") and ref is not None:
+        if r.method == "mine" and ref is not None:
             ratio_t = f"{res['seconds'] / ref['seconds']:.2f}x"
             ratio_m = f"{res['peak_rss_mb'] / ref['peak_rss_mb']:.2f}x"
         found = f"{res['found']:,}/{res['planted']:,}"
         lines.append(
-            f"{size:>17}  {r.method:<8}  {res['seconds']:8.1f}  {res['peak_rss_mb']:11.0f}  "
+            f"{size:>17}  {r.method:<6}  {res['seconds']:8.1f}  {res['peak_rss_mb']:11.0f}  "
             f"{res['data_rss_mb']:9.0f}  {found:>15}  {res['f1']:6.3f}  {ratio_t:>13}  {ratio_m:>12}"
         )
     return lines
@@ -279,10 +278,10 @@ def parent(args: argparse.Namespace, argv: Sequence[str]) -> int:
     print(flush=True)
     runs: list[Run] = []
     for size in sizes:
-        methods = ["mine", "mine-ivf"] if not args.ivf_only else ["mine-ivf"]
+        methods = ["mine"]
         # sims + np.partition's copy, both float32: skip the naive method where that crowds RAM.
         naive_mb = 2 * size * size * 4 / 2**20
-        if not args.ivf_only and size <= args.naive_max and naive_mb < 0.6 * total_ram_mb():
+        if size <= args.naive_max and naive_mb < 0.6 * total_ram_mb():
             methods.append("naive")
         for method in methods:
             print(f"{method} at {size:,} x {size:,} ...", file=sys.stderr, flush=True)
@@ -302,7 +301,6 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "--naive-max", type=int, default=20000, help="largest size at which the naive full matrix also runs"
     )
     p.add_argument("--threads", type=int, default=2, help="BLAS/OpenMP threads for every method")
-    p.add_argument("--ivf-only", action="store_true", help="only the approximate (IVF) search")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=float, default=1200.0, help="seconds before a worker is given up")
     p.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Literal, get_args
 
 import faiss
 import numpy as np
@@ -25,10 +25,6 @@ import numpy.typing as npt
 from model.errors import InputError
 
 Score = Literal["ratio", "distance", "absolute"]
-Search = Literal["exact", "ivf"]
-SEARCHES: tuple[Search, ...] = ("exact", "ivf")
-DEFAULT_NPROBE = 32
-IVF_MIN_BASE = 10_000  # below this exact search is cheap and IVF would train on too few points
 Strategy = Literal["forward", "backward", "intersect", "max"]
 SCORES: tuple[Score, ...] = get_args(Score)
 STRATEGIES: tuple[Strategy, ...] = get_args(Strategy)
@@ -83,33 +79,10 @@ def knn(
     return _knn(q, b, k, chunk_size)
 
 
-def _ivf_index(b: F32, nprobe: int) -> tuple[Any, Any]:
-    """Inverted lists over ``b``: each query scans ``nprobe`` of ~4·sqrt(n) lists, not all n rows.
-
-    This is how LASER mines at scale; a true translation is nearly always in the query's best
-    lists, and the margin only needs each side's few nearest neighbours.
-    """
-    n, d = b.shape
-    nlist = max(1, min(int(4 * np.sqrt(n)), n // 39))
-    quantizer = faiss.IndexFlatIP(d)
-    index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
-    rng = np.random.default_rng(0)
-    sample = b[np.sort(rng.choice(n, size=min(n, 64 * nlist), replace=False))]
-    index.train(sample)
-    index.add(b)
-    index.nprobe = min(nprobe, nlist)
-    return index, quantizer  # the IVF index does not own its quantizer: keep both alive
-
-
-def _knn(
-    q: F32, b: F32, k: int, chunk_size: int, search: Search = "exact", nprobe: int = DEFAULT_NPROBE
-) -> tuple[F32, I64]:
+def _knn(q: F32, b: F32, k: int, chunk_size: int) -> tuple[F32, I64]:
     k = min(k, b.shape[0])
-    if search == "ivf" and b.shape[0] >= IVF_MIN_BASE:
-        index, _quantizer = _ivf_index(b, nprobe)
-    else:
-        index = faiss.IndexFlatIP(b.shape[1])
-        index.add(b)
+    index = faiss.IndexFlatIP(b.shape[1])
+    index.add(b)
     sims = np.empty((q.shape[0], k), dtype=np.float32)
     ids = np.empty((q.shape[0], k), dtype=np.int64)
     for start in range(0, q.shape[0], chunk_size):
@@ -197,8 +170,6 @@ def mine(
     strategy: Strategy = "max",
     threshold: float | None = None,
     chunk_size: int = DEFAULT_CHUNK,
-    search: Search = "exact",
-    nprobe: int = DEFAULT_NPROBE,
 ) -> MiningResult:
     """Find translation pairs between two sets of L2-normalised sentence embeddings.
 
@@ -207,16 +178,12 @@ def mine(
     ``forward`` keeps every source's best target, ``backward`` every target's best source,
     ``intersect`` only mutual bests, ``max`` (LASER's default) both lists merged by score then
     taken greedily so each sentence is used at most once. Pairs with score > ``threshold`` are
-    kept (``None`` keeps all), sorted by score descending. ``search="ivf"`` finds neighbours
-    approximately (inverted lists, ``nprobe`` probed) for corpora too large for exact search.
+    kept (``None`` keeps all), sorted by score descending.
     """
     if score not in SCORES:
         raise InputError(f"score must be one of {', '.join(SCORES)}; got {score!r}")
     if strategy not in STRATEGIES:
         raise InputError(f"strategy must be one of {', '.join(STRATEGIES)}; got {strategy!r}")
-    if search not in SEARCHES:
-        raise InputError(f"search must be one of {', '.join(SEARCHES)}; got {search!r}")
-    nprobe = _positive_int("nprobe", nprobe)
     if threshold is not None and (
         isinstance(threshold, bool) or not isinstance(threshold, int | float | np.floating | np.integer)
     ):
@@ -232,10 +199,10 @@ def mine(
 
     # Both directions are needed for the margins (each side's neighbourhood mean) except for a
     # plain-cosine forward search.
-    x2y_sim, x2y_ind = _knn(x, y, k, chunk_size, search, nprobe)
+    x2y_sim, x2y_ind = _knn(x, y, k, chunk_size)
     need_backward = score != "absolute" or strategy != "forward"
     if need_backward:
-        y2x_sim, y2x_ind = _knn(y, x, k, chunk_size, search, nprobe)
+        y2x_sim, y2x_ind = _knn(y, x, k, chunk_size)
     else:
         y2x_sim = np.zeros((y.shape[0], 1), dtype=np.float32)
         y2x_ind = np.zeros((y.shape[0], 1), dtype=np.int64)

@@ -9,18 +9,7 @@ import numpy as np
 import typer
 
 from index.collection import Collection
-from index.mining import (
-    DEFAULT_K,
-    SCORES,
-    SEARCHES,
-    STRATEGIES,
-    Score,
-    Search,
-    Strategy,
-    best_threshold,
-    mine,
-    score_histogram,
-)
+from index.mining import DEFAULT_K, SCORES, STRATEGIES, Score, Strategy, best_threshold, mine, score_histogram
 from model.encoder import Encoder
 from model.errors import InputError
 from service.cli.common import ModelDirOpt, app, bar, load_settings, model_dir_or_default, parse_backend
@@ -88,21 +77,12 @@ def mine_cmd(
     gold: Annotated[
         Path | None, typer.Option(help="Gold pairs (1-based line numbers) to tune the threshold for best F1.")
     ] = None,
-    search: Annotated[
-        str, typer.Option(help="exact, or ivf (approximate) for very large corpora.")
-    ] = "exact",
-    nprobe: Annotated[
-        int, typer.Option(min=1, help="Inverted lists probed per query with --search ivf.")
-    ] = 32,
     batch_size: Annotated[int, typer.Option(min=1, help="Texts per forward pass.")] = 32,
     model_dir: ModelDirOpt = None,
 ) -> None:
     """Mine translation pairs (ratio margin, k=4, LASER's max strategy by default)."""
-    if score not in SCORES or strategy not in STRATEGIES or search not in SEARCHES:
-        raise InputError(
-            f"--score must be one of {SCORES}, --strategy one of {STRATEGIES}, --search one of {SEARCHES}"
-        )
-    chosen_search: Search = next(s for s in SEARCHES if s == search)
+    if score not in SCORES or strategy not in STRATEGIES:
+        raise InputError(f"--score must be one of {SCORES} and --strategy one of {STRATEGIES}")
     chosen_score: Score = next(s for s in SCORES if s == score)
     chosen_strategy: Strategy = next(s for s in STRATEGIES if s == strategy)
     gold_pairs = _gold(gold) if gold is not None else None
@@ -112,15 +92,7 @@ def mine_cmd(
         encoder = Encoder.load(model_dir, parse_backend(cfg.backend), cfg.threads, batch_size)
     src_texts, src_vecs, encoder = _side(source, encoder, batch_size, "source")
     tgt_texts, tgt_vecs, encoder = _side(target, encoder, batch_size, "target")
-    result = mine(
-        src_vecs,
-        tgt_vecs,
-        k=k,
-        score=chosen_score,
-        strategy=chosen_strategy,
-        search=chosen_search,
-        nprobe=nprobe,
-    )
+    result = mine(src_vecs, tgt_vecs, k=k, score=chosen_score, strategy=chosen_strategy)
     used = threshold
     if gold_pairs is not None:
         best = best_threshold(result, gold_pairs)

@@ -205,25 +205,6 @@ def test_planted_translations_are_recovered_among_distractors() -> None:
     assert evaluate(result.with_threshold(tuned.threshold), gold).f1 == pytest.approx(tuned.f1)
 
 
-def test_ivf_search_recovers_what_exact_search_does() -> None:
-    """Approximate neighbours (inverted lists) on clustered data lose almost nothing."""
-    rng = np.random.default_rng(9)
-    centres = random_unit(rng, 200, 64)
-    n = 12_000
-    x = unit(centres[rng.integers(0, 200, n)] + 0.5 * random_unit(rng, n, 64))
-    perm = rng.permutation(n)[: n // 2]
-    y = np.concatenate([unit(x[perm] + 0.25 * random_unit(rng, n // 2, 64)), random_unit(rng, n // 2, 64)])
-    gold = {(int(s), j) for j, s in enumerate(perm)}
-    exact = best_threshold(mine(x, y), gold)
-    approx = best_threshold(mine(x, y, search="ivf", nprobe=16), gold)
-    assert exact.f1 >= 0.95
-    assert approx.f1 >= exact.f1 - 0.02
-    small = random_unit(rng, 50)
-    assert mine(small, small, search="ivf").pairs == mine(small, small).pairs  # tiny bases stay exact
-    with pytest.raises(InputError, match="search must be"):
-        mine(small, small, search="hnsw")  # type: ignore[arg-type]
-
-
 def test_chunk_size_does_not_change_mining() -> None:
     rng = np.random.default_rng(6)
     x, y = random_unit(rng, 120), random_unit(rng, 90)
