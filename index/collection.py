@@ -336,15 +336,8 @@ class Collection:
         for i, doc in enumerate(docs):
             seen[doc.id] = i  # the last occurrence of an id in one batch wins
         keep = sorted(seen.values())
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            version = int(db.execute("SELECT value FROM meta WHERE key='version'").fetchone()[0]) + 1
-            ids = [docs[i].id for i in keep]
-            old = _select_rowids(db, ids)
-            if old:
-                db.executemany("INSERT OR REPLACE INTO tombstones VALUES (?, ?)", [(r, version) for r in old])
-                db.executemany("DELETE FROM docs WHERE rid = ?", [(r,) for r in old])
+        with self._write() as (db, version):
+            self._tombstone(db, [docs[i].id for i in keep], version)
             db.executemany(
                 "INSERT INTO docs (id, text, lang, metadata, vector, version) VALUES (?, ?, ?, ?, ?, ?)",
                 [
@@ -360,35 +353,38 @@ class Collection:
                 ],
             )
             if source is not None:
-                db.execute(
-                    "INSERT OR REPLACE INTO sources VALUES (?, ?, ?, ?)",
-                    (source[0], source[1], source[2], now_iso()),
-                )
+                db.execute("INSERT OR REPLACE INTO sources VALUES (?, ?, ?, ?)", (*source, now_iso()))
+        return version
+
+    def delete(self, ids: Iterable[str]) -> int:
+        """Delete documents by external id; returns how many existed."""
+        self._writable()
+        with self._write() as (db, version):
+            removed = self._tombstone(db, list(ids), version)
+        return removed
+
+    @contextmanager
+    def _write(self) -> Iterator[tuple[sqlite3.Connection, int]]:
+        """One write transaction at the next version; the index catches up once it commits."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            version = int(db.execute("SELECT value FROM meta WHERE key='version'").fetchone()[0]) + 1
+            yield db, version
             db.execute("UPDATE meta SET value = ? WHERE key = 'version'", (str(version),))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
         self.refresh()
-        return version
 
-    def delete(self, ids: Iterable[str]) -> int:
-        """Delete documents by external id; returns how many existed."""
-        self._writable()
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            version = int(db.execute("SELECT value FROM meta WHERE key='version'").fetchone()[0]) + 1
-            old = _select_rowids(db, list(ids))
-            if old:
-                db.executemany("INSERT OR REPLACE INTO tombstones VALUES (?, ?)", [(r, version) for r in old])
-                db.executemany("DELETE FROM docs WHERE rid = ?", [(r,) for r in old])
-                db.execute("UPDATE meta SET value = ? WHERE key = 'version'", (str(version),))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        self.refresh()
+    @staticmethod
+    def _tombstone(db: sqlite3.Connection, ids: Sequence[str], version: int) -> int:
+        """Delete the rows of ``ids`` and remember their FAISS ids for replay."""
+        old = _select_rowids(db, ids)
+        if old:
+            db.executemany("INSERT OR REPLACE INTO tombstones VALUES (?, ?)", [(r, version) for r in old])
+            db.executemany("DELETE FROM docs WHERE rid = ?", [(r,) for r in old])
         return len(old)
 
     def source_progress(self, source: str) -> tuple[int, int]:
