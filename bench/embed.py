@@ -26,11 +26,11 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from machine import cpu_model, version
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # workers must import `model` even without the editable install
@@ -401,23 +401,6 @@ def cosine_vs(reference: np.ndarray, other: np.ndarray) -> tuple[float, float]:
     b = other / np.linalg.norm(other, axis=1, keepdims=True)
     cos = np.sum(a * b, axis=1)
     return float(cos.mean()), float(cos.min())
-
-
-def version(dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def ratio(value: float | None, base: float | None) -> str:

@@ -28,12 +28,12 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from machine import cpu_model, version
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # workers must import `index` even without the editable install
@@ -212,23 +212,6 @@ def run_worker(method: str, size: int, args: argparse.Namespace) -> Run:
     if proc.returncode < 0:
         reason = f"killed by signal {-proc.returncode} (out of memory?)"
     return Run(method, size, {"error": f"exit {proc.returncode}: {reason}"})
-
-
-def version(dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def total_ram_mb() -> float:

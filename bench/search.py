@@ -37,6 +37,7 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 import psutil
+from machine import cpu_model
 
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
@@ -339,16 +340,6 @@ class SizeBench:
             self.rows.append(row)
             if row.recall >= RECALL_TARGET:
                 break
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def cpu_flags() -> str:
