@@ -19,6 +19,7 @@ index_app = typer.Typer(help="Create, fill and query collections of documents.",
 app.add_typer(index_app, name="index")
 
 BackendOpt = Annotated[str | None, typer.Option("--backend", help="onnx-int8, onnx or torch.")]
+ChunkOpt = Annotated[int, typer.Option(min=1, help="Documents embedded and committed together.")]
 
 
 def _encoder(model_dir: Path | None, backend: str | None) -> Encoder:
@@ -63,7 +64,7 @@ def ingest_cmd(
     fmt: Annotated[
         str | None, typer.Option("--format", help="jsonl or tsv [default: from the suffix].")
     ] = None,
-    chunk_size: Annotated[int, typer.Option(min=1, help="Documents per committed chunk.")] = 256,
+    chunk_size: ChunkOpt = 256,
     strict: Annotated[bool, typer.Option("--strict", help="Stop at the first malformed line.")] = False,
     model_dir: ModelDirOpt = None,
     backend: BackendOpt = None,
@@ -165,7 +166,7 @@ def reindex_cmd(
     index: Annotated[
         str | None, typer.Option("--index", help="FAISS factory [default: the source's].")
     ] = None,
-    chunk_size: Annotated[int, typer.Option(min=1, help="Documents per committed chunk.")] = 256,
+    chunk_size: ChunkOpt = 256,
     model_dir: ModelDirOpt = None,
     backend: BackendOpt = None,
 ) -> None:
