@@ -265,8 +265,7 @@ class Collection:
         self._remove(gone)
         if rows:
             ids = np.array([r[0] for r in rows], dtype=np.int64)
-            vecs = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), -1)
-            self._index.add_with_ids(vecs, ids)
+            self._index.add_with_ids(_decode(r[1] for r in rows), ids)
         self._index_version = target
         count = len(self)
         wanted = _kind_of_factory(effective_factory(self.manifest.index_factory, count))
@@ -292,15 +291,14 @@ class Collection:
             if not index.is_trained:
                 n = min(count, MAX_TRAIN_POINTS)
                 sample = db.execute("SELECT vector FROM docs ORDER BY random() LIMIT ?", (n,)).fetchall()
-                index.train(np.frombuffer(b"".join(r[0] for r in sample), dtype=np.float32).reshape(n, -1))
+                index.train(_decode(r[0] for r in sample))
             cursor = db.execute("SELECT rid, vector FROM docs ORDER BY rid")
             while True:
                 rows = cursor.fetchmany(50_000)
                 if not rows:
                     break
                 ids = np.array([r[0] for r in rows], dtype=np.int64)
-                vecs = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), -1)
-                index.add_with_ids(vecs, ids)
+                index.add_with_ids(_decode(r[1] for r in rows), ids)
         self._index, self._index_version, self._hidden = index, version, set()
 
     @contextmanager
@@ -544,9 +542,7 @@ class Collection:
             last = rows[-1][0]
             ids += [r[1] for r in rows]
             texts += [r[2] for r in rows]
-            chunks.append(
-                np.frombuffer(b"".join(r[3] for r in rows), dtype=np.float32).reshape(len(rows), -1)
-            )
+            chunks.append(_decode(r[3] for r in rows))
         empty = np.zeros((0, self.manifest.dim), dtype=np.float32)
         return ids, texts, np.concatenate(chunks) if chunks else empty
 
@@ -565,6 +561,12 @@ class Collection:
             "index_vectors": int(self._index.ntotal) - len(self._hidden),
             "languages": langs,
         }
+
+
+def _decode(blobs: Iterable[bytes]) -> np.ndarray:
+    """Stored float32 vector blobs back into one (n, dim) matrix."""
+    data = list(blobs)
+    return np.frombuffer(b"".join(data), dtype=np.float32).reshape(len(data), -1)
 
 
 def _select_rowids(db: sqlite3.Connection, ids: Sequence[str]) -> list[int]:

@@ -24,6 +24,7 @@ from model.artifact import (
     TOKENIZER,
     Manifest,
     OnnxFile,
+    backend_file,
     now_iso,
     read_manifest,
     write_manifest,
@@ -148,7 +149,7 @@ def _accept(
     if float(cosine.min()) < floor:
         tmp.unlink(missing_ok=True)
         raise RuntimeError(f"{key} graph disagrees with its reference (min cosine {cosine.min():.6f})")
-    target = model_dir / (ONNX_FP32 if key == "onnx" else ONNX_INT8)
+    target = backend_file(model_dir, "onnx" if key == "onnx" else "onnx-int8")
     tmp.replace(target)
     manifest.onnx[key] = OnnxFile(
         file=target.name,
