@@ -11,6 +11,7 @@ import typer
 from tqdm import tqdm
 
 from model.artifact import BACKENDS, Backend
+from model.encoder import Encoder
 from model.errors import InputError
 from service.settings import Settings
 
@@ -45,6 +46,15 @@ def parse_backend(value: str) -> Backend:
 
 def bar(desc: str, total: int | None = None, unit: str = "it", **kwargs: Any) -> Any:
     return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=False, **kwargs)
+
+
+def load_encoder(
+    model_dir: Path | None, backend: str | None = None, batch_size: int | None = None
+) -> Encoder:
+    """The Encoder a command uses: options first, then DAPSEARCH_* settings."""
+    cfg = load_settings()
+    chosen = parse_backend(backend or cfg.backend)
+    return Encoder.load(model_dir_or_default(model_dir), chosen, cfg.threads, batch_size or cfg.batch_size)
 
 
 def dequant_progress(names: Iterable[str]) -> Iterable[str]:

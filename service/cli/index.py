@@ -11,21 +11,14 @@ import typer
 
 from index.collection import Collection, Filter, list_collections
 from index.ingest import ingest
-from model.encoder import Encoder
 from model.errors import InputError
-from service.cli.common import ModelDirOpt, app, bar, load_settings, model_dir_or_default, parse_backend
+from service.cli.common import ModelDirOpt, app, bar, load_encoder, load_settings, model_dir_or_default
 
 index_app = typer.Typer(help="Create, fill and query collections of documents.", no_args_is_help=True)
 app.add_typer(index_app, name="index")
 
 BackendOpt = Annotated[str | None, typer.Option("--backend", help="onnx-int8, onnx or torch.")]
 ChunkOpt = Annotated[int, typer.Option(min=1, help="Documents embedded and committed together.")]
-
-
-def _encoder(model_dir: Path | None, backend: str | None) -> Encoder:
-    cfg = load_settings()
-    chosen = parse_backend(backend or cfg.backend)
-    return Encoder.load(model_dir_or_default(model_dir), chosen, cfg.threads, cfg.batch_size)
 
 
 def _open(name: str, model_id: str | None = None, readonly: bool = False) -> Collection:
@@ -72,7 +65,7 @@ def ingest_cmd(
     """Embed and upsert documents; resumes after the last committed chunk if interrupted."""
     if not source.is_file():
         raise InputError(f"input file not found: {source}")
-    encoder = _encoder(model_dir, backend)
+    encoder = load_encoder(model_dir, backend)
     with _open(name, encoder.model_id) as coll:
         total = source.stat().st_size
         start, _ = coll.source_progress(str(source.resolve()))
@@ -125,7 +118,7 @@ def search_cmd(
     backend: BackendOpt = None,
 ) -> None:
     """Search a collection; prints JSON lines (id, score, lang, text, metadata)."""
-    encoder = _encoder(model_dir, backend)
+    encoder = load_encoder(model_dir, backend)
     with _open(name, encoder.model_id, readonly=True) as coll:
         flt = Filter(lang=lang, metadata=_parse_meta(meta or []))
         hits = coll.search(encoder.embed([query], "query"), k, flt)[0]
@@ -173,7 +166,7 @@ def reindex_cmd(
     """Re-embed every stored text with the chosen model into a new collection (model upgrade)."""
     from index.collection import Document
 
-    encoder = _encoder(model_dir, backend)
+    encoder = load_encoder(model_dir, backend)
     home = load_settings().collections_dir
     with _open(name, readonly=True) as src:
         factory = index or src.manifest.index_factory

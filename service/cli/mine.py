@@ -12,7 +12,7 @@ from index.collection import Collection
 from index.mining import DEFAULT_K, SCORES, STRATEGIES, Score, Strategy, best_threshold, mine, score_histogram
 from model.encoder import Encoder
 from model.errors import InputError
-from service.cli.common import ModelDirOpt, app, bar, load_settings, model_dir_or_default, parse_backend
+from service.cli.common import ModelDirOpt, app, bar, load_encoder, load_settings
 from service.cli.model import read_lines
 
 COLLECTION_PREFIX = "collection:"
@@ -34,10 +34,7 @@ def _side(
             raise InputError(f"collection {name!r} is empty")
         return texts, vectors, encoder
     if encoder is None:
-        cfg = load_settings()
-        encoder = Encoder.load(
-            model_dir_or_default(None), parse_backend(cfg.backend), cfg.threads, batch_size
-        )
+        encoder = load_encoder(None, batch_size=batch_size)
     lines = read_lines(spec)
     with bar(f"embedding {label}", total=len(lines), unit="text") as progress:
         vectors = encoder.encode(lines, "passage", progress=progress.update).vectors
@@ -88,8 +85,7 @@ def mine_cmd(
     gold_pairs = _gold(gold) if gold is not None else None
     encoder = None
     if model_dir is not None:
-        cfg = load_settings()
-        encoder = Encoder.load(model_dir, parse_backend(cfg.backend), cfg.threads, batch_size)
+        encoder = load_encoder(model_dir, batch_size=batch_size)
     src_texts, src_vecs, encoder = _side(source, encoder, batch_size, "source")
     tgt_texts, tgt_vecs, encoder = _side(target, encoder, batch_size, "target")
     result = mine(src_vecs, tgt_vecs, k=k, score=chosen_score, strategy=chosen_strategy)

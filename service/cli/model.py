@@ -12,13 +12,14 @@ import numpy as np
 import typer
 
 from model.artifact import Pooling, models_root, read_manifest
-from model.encoder import KINDS, Encoder, Kind
+from model.encoder import KINDS, Kind
 from model.errors import InputError
 from service.cli.common import (
     ModelDirOpt,
     app,
     bar,
     dequant_progress,
+    load_encoder,
     load_settings,
     model_dir_or_default,
     parse_backend,
@@ -157,10 +158,9 @@ def embed_cmd(
         raise InputError(f"--kind must be query or passage, not {kind!r}")
     if out != "-" and not out.endswith((".npy", ".jsonl")):
         raise InputError("--out must end in .npy or .jsonl (or be - for JSONL on stdout)")
-    settings = load_settings()
-    chosen = parse_backend(backend or settings.backend)
+    parse_backend(backend or load_settings().backend)  # a bad option fails before reading input
     lines = read_lines(source)
-    encoder = Encoder.load(model_dir_or_default(model_dir), chosen, settings.threads, batch_size)
+    encoder = load_encoder(model_dir, backend, batch_size)
     kind_value: Kind = "query" if kind == "query" else "passage"
     with bar("embedding", total=len(lines), unit="text") as progress:
         result = encoder.encode(lines, kind_value, progress=progress.update)
