@@ -7,14 +7,16 @@ similarity of both sentences to their ``k`` nearest neighbours makes scores comp
 space, so one threshold works for a whole corpus.
 
 Everything here works on numpy arrays of L2-normalised embeddings (inner product = cosine). The
-k-nearest-neighbour searches are exact (``faiss.IndexFlatIP``) and run over query chunks, so memory
-is the two embedding matrices, one FAISS copy of the side being searched and O((n + m)·k) results;
-the n x m similarity matrix never exists.
+k-nearest-neighbour searches are exact. Margins need both directions (each source's neighbours
+among the targets and each target's among the sources); :func:`knn_both` takes both from the same
+similarity tiles, so the dominant cost, the n x m dot products, is paid once instead of twice.
+Memory is the two embedding matrices, one tile and O((n + m)·k) results; the n x m similarity
+matrix never exists.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -30,9 +32,11 @@ SCORES: tuple[Score, ...] = get_args(Score)
 STRATEGIES: tuple[Strategy, ...] = get_args(Strategy)
 
 DEFAULT_K = 4
-# 8192 queries × 4 neighbours is a few hundred KiB of results per search call, while being big
-# enough that FAISS's blocked BLAS path runs at full speed.
-DEFAULT_CHUNK = 8192
+# Query rows per search call (knn) and per similarity tile (knn_both): big enough for BLAS to run
+# at full speed. knn_both's tile is DEFAULT_CHUNK x TILE_COLUMNS floats (32 MiB); smaller row tiles
+# also mean fewer target columns to revisit per tile (see knn_both).
+DEFAULT_CHUNK = 1024
+TILE_COLUMNS = 8192
 
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
@@ -89,6 +93,87 @@ def _knn(q: F32, b: F32, k: int, chunk_size: int) -> tuple[F32, I64]:
         stop = min(start + chunk_size, q.shape[0])
         index.search(q[start:stop], k, D=sims[start:stop], I=ids[start:stop])
     return sims, ids
+
+
+def knn_both(
+    source: npt.ArrayLike,
+    target: npt.ArrayLike,
+    k: int,
+    chunk_size: int = DEFAULT_CHUNK,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[F32, I64, F32, I64]:
+    """Exact k nearest neighbours in both directions from one pass over the similarity tiles.
+
+    Returns (source→target sims, ids, target→source sims, ids), best first, equal to ``knn`` run
+    both ways. ``progress`` is called with the number of source rows finished after each row tile.
+    """
+    k = _positive_int("k", k)
+    chunk_size = _positive_int("chunk_size", chunk_size)
+    x = _matrix("source", source, chunk_size)
+    y = _matrix("target", target, chunk_size)
+    if x.shape[1] != y.shape[1]:
+        raise InputError(f"dimension mismatch: source has dim {x.shape[1]}, target has dim {y.shape[1]}")
+    return _knn_both(x, y, k, chunk_size, progress)
+
+
+class _TopK:
+    """Per-row top-k of streamed similarity blocks, kept in FAISS's C++ min-heaps (no GIL, no sort)."""
+
+    def __init__(self, rows: int, k: int) -> None:
+        self.sims = np.empty((rows, k), dtype=np.float32)
+        self.ids = np.empty((rows, k), dtype=np.int64)
+        self._heaps = self._wrap(self.sims, self.ids)
+        self._heaps.heapify()
+
+    @staticmethod
+    def _wrap(sims: F32, ids: I64) -> faiss.float_minheap_array_t:
+        heaps = faiss.float_minheap_array_t()
+        heaps.nh, heaps.k = sims.shape
+        heaps.val = faiss.swig_ptr(sims)
+        heaps.ids = faiss.swig_ptr(ids)
+        return heaps
+
+    def worst(self, start: int, stop: int) -> F32:
+        """The k-th best similarity so far of rows start..stop (the heap roots)."""
+        return self.sims[start:stop, 0]
+
+    def add(self, block: F32, first_row: int, first_id: int) -> None:
+        """Offer block[r, c] as neighbour ``first_id + c`` of row ``first_row + r``."""
+        self._heaps.addn(block.shape[1], faiss.swig_ptr(block), first_id, first_row, block.shape[0])
+
+    def add_rows(self, rows: I64, block: F32, first_id: int) -> None:
+        """Like ``add`` for a scattered set of rows: their heaps are updated in a compact copy."""
+        sims, ids, block = self.sims[rows], self.ids[rows], np.ascontiguousarray(block)
+        self._wrap(sims, ids).addn(block.shape[1], faiss.swig_ptr(block), first_id, 0, block.shape[0])
+        self.sims[rows], self.ids[rows] = sims, ids
+
+    def result(self) -> tuple[F32, I64]:
+        self._heaps.reorder()
+        return self.sims, self.ids
+
+
+def _knn_both(
+    x: F32, y: F32, k: int, chunk_size: int, progress: Callable[[int], None] | None
+) -> tuple[F32, I64, F32, I64]:
+    forward, backward = _TopK(x.shape[0], min(k, y.shape[0])), _TopK(y.shape[0], min(k, x.shape[0]))
+    columns = min(TILE_COLUMNS, y.shape[0])
+    buffer = np.empty(min(chunk_size, x.shape[0]) * columns, dtype=np.float32)
+    for i0 in range(0, x.shape[0], chunk_size):
+        rows = x[i0 : i0 + chunk_size]
+        for j0 in range(0, y.shape[0], columns):
+            cols = y[j0 : j0 + columns]
+            tile = buffer[: rows.shape[0] * cols.shape[0]].reshape(rows.shape[0], cols.shape[0])
+            np.matmul(rows, cols.T, out=tile)
+            forward.add(tile, i0, j0)
+            # Transposing the whole tile for the targets' heaps would cost as much as the product
+            # itself. Only columns whose best entry beats their current k-th neighbour can change;
+            # after the first few row tiles that is a small and shrinking share.
+            changed = np.flatnonzero(tile.max(axis=0) > backward.worst(j0, j0 + cols.shape[0]))
+            if changed.size:
+                backward.add_rows(j0 + changed, tile.T[changed], i0)
+        if progress is not None:
+            progress(rows.shape[0])
+    return *forward.result(), *backward.result()
 
 
 def margin(cos: npt.ArrayLike, source_mean: npt.ArrayLike, target_mean: npt.ArrayLike, score: Score) -> F32:
@@ -170,6 +255,7 @@ def mine(
     strategy: Strategy = "max",
     threshold: float | None = None,
     chunk_size: int = DEFAULT_CHUNK,
+    progress: Callable[[int], None] | None = None,
 ) -> MiningResult:
     """Find translation pairs between two sets of L2-normalised sentence embeddings.
 
@@ -178,7 +264,8 @@ def mine(
     ``forward`` keeps every source's best target, ``backward`` every target's best source,
     ``intersect`` only mutual bests, ``max`` (LASER's default) both lists merged by score then
     taken greedily so each sentence is used at most once. Pairs with score > ``threshold`` are
-    kept (``None`` keeps all), sorted by score descending.
+    kept (``None`` keeps all), sorted by score descending. ``progress`` is called with the number
+    of source rows searched as the neighbour search advances.
     """
     if score not in SCORES:
         raise InputError(f"score must be one of {', '.join(SCORES)}; got {score!r}")
@@ -199,11 +286,13 @@ def mine(
 
     # Both directions are needed for the margins (each side's neighbourhood mean) except for a
     # plain-cosine forward search.
-    x2y_sim, x2y_ind = _knn(x, y, k, chunk_size)
     need_backward = score != "absolute" or strategy != "forward"
     if need_backward:
-        y2x_sim, y2x_ind = _knn(y, x, k, chunk_size)
+        x2y_sim, x2y_ind, y2x_sim, y2x_ind = _knn_both(x, y, k, chunk_size, progress)
     else:
+        x2y_sim, x2y_ind = _knn(x, y, k, chunk_size)
+        if progress is not None:
+            progress(x.shape[0])
         y2x_sim = np.zeros((y.shape[0], 1), dtype=np.float32)
         y2x_ind = np.zeros((y.shape[0], 1), dtype=np.int64)
     x_mean = x2y_sim.mean(axis=1, dtype=np.float32)

@@ -88,7 +88,10 @@ def mine_cmd(
         encoder = load_encoder(model_dir, batch_size=batch_size)
     src_texts, src_vecs, encoder = _side(source, encoder, batch_size, "source")
     tgt_texts, tgt_vecs, encoder = _side(target, encoder, batch_size, "target")
-    result = mine(src_vecs, tgt_vecs, k=k, score=chosen_score, strategy=chosen_strategy)
+    with bar("neighbour search", total=len(src_texts), unit="sent") as progress:
+        result = mine(
+            src_vecs, tgt_vecs, k=k, score=chosen_score, strategy=chosen_strategy, progress=progress.update
+        )
     used = threshold
     if gold_pairs is not None:
         best = best_threshold(result, gold_pairs)

@@ -9,6 +9,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from index import mining
 from index.mining import (
     SCORES,
     STRATEGIES,
@@ -18,6 +19,7 @@ from index.mining import (
     best_threshold,
     evaluate,
     knn,
+    knn_both,
     mine,
     score_histogram,
 )
@@ -89,6 +91,33 @@ def test_knn_accepts_float64_and_lists() -> None:
     sims, ids = knn([[1.0, 0.0], [0.0, 1.0]], np.eye(2), k=1)
     assert ids.ravel().tolist() == [0, 1]
     np.testing.assert_allclose(sims.ravel(), [1.0, 1.0])
+
+
+@pytest.mark.parametrize(
+    ("n", "m", "chunk", "columns"), [(300, 200, 64, 50), (37, 500, 8, 1000), (5, 3, 2, 2)]
+)
+def test_knn_both_equals_knn_in_each_direction(
+    monkeypatch: pytest.MonkeyPatch, n: int, m: int, chunk: int, columns: int
+) -> None:
+    """Partial row and column tiles, k larger than a side, and clustered data where many target
+    columns change in every tile all go through the scattered-row heap update."""
+    monkeypatch.setattr(mining, "TILE_COLUMNS", columns)
+    rng = np.random.default_rng(n)
+    centres = random_unit(rng, 4)
+    x = centres[rng.integers(0, 4, n)] + 0.3 * random_unit(rng, n)
+    y = centres[rng.integers(0, 4, m)] + 0.3 * random_unit(rng, m)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    y /= np.linalg.norm(y, axis=1, keepdims=True)
+    done: list[int] = []
+    xs, xi, ys, yi = knn_both(x, y, k=4, chunk_size=chunk, progress=done.append)
+    assert sum(done) == n and len(done) == -(-n // chunk)
+    for (sims, ids), (q, b) in (((xs, xi), (x, y)), ((ys, yi), (y, x))):
+        expected_sims, expected_ids = knn(q, b, k=4)
+        assert sims.shape == ids.shape == (q.shape[0], min(4, b.shape[0]))
+        np.testing.assert_allclose(sims, expected_sims, atol=1e-5)
+        # Ids may differ only where two neighbours tie to float rounding.
+        np.testing.assert_allclose(np.take_along_axis(q @ b.T, ids, axis=1), sims, atol=1e-5)
+        assert (ids == expected_ids).mean() > 0.99
 
 
 @pytest.mark.parametrize(
