@@ -9,7 +9,7 @@ Data are synthetic but shaped like sentence embeddings: a shared direction (real
 anisotropic, unrelated pairs have cosine > 0), clusters (topics) and noise, L2-normalised, dim 384.
 Half of the targets are planted translations (a source plus as much noise: cosine ~0.7, as close as
 its topic neighbours); the rest are unrelated, drawn from the same distribution. Each measurement
-runs in its own subprocess so peak RSS (``ru_maxrss``) is that method's alone; it includes the two
+runs in its own subprocess; peak RSS (VmHWM, reset after the data are generated) includes the two
 input matrices.
 
     .venv/bin/python bench/mine.py --sizes 20000,100000 --threads 2
@@ -18,6 +18,8 @@ input matrices.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import json
 import os
 import platform
@@ -135,6 +137,28 @@ def rss_mb() -> float:
     return float("nan")
 
 
+def reset_peak_rss() -> None:
+    """Start peak-RSS accounting now (Linux clear_refs), so data generation's temporaries don't count."""
+    gc.collect()
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def peak_rss_mb() -> float:
+    """Peak RSS since reset_peak_rss (VmHWM), or the process's lifetime peak where that is unavailable."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+class _OutOfTime(Exception):
+    """Raised from the progress callback to stop a run that would exceed --stop-after."""
+
+
 def worker(args: argparse.Namespace) -> int:
     import faiss
 
@@ -144,14 +168,33 @@ def worker(args: argparse.Namespace) -> int:
     x, y, planted = synthetic(args.size, args.seed)
     gold = [(int(s), int(t)) for t, s in enumerate(planted.tolist()) if s >= 0]
     data_rss = rss_mb()
+    reset_peak_rss()
     start = time.perf_counter()
+    rows_done = 0
+
+    def advance(rows: int) -> None:
+        nonlocal rows_done
+        rows_done += rows
+        if args.stop_after and time.perf_counter() - start > args.stop_after:
+            raise _OutOfTime
+
     if args.worker == "mine":
-        result = mine(x, y, k=K, score="ratio", strategy="max")
+        try:
+            result = mine(x, y, k=K, score="ratio", strategy="max", progress=advance)
+        except _OutOfTime:
+            # Every buffer is allocated before the first tile, so the peak so far is the run's peak
+            # (bar the final O((n + m)·k) margin arrays); time extrapolates linearly in source rows.
+            seconds = time.perf_counter() - start
+            partial = {"method": "mine", "size": args.size, "seconds": seconds, "rows_done": rows_done}
+            partial |= {"peak_rss_mb": peak_rss_mb()}
+            partial |= {"data_rss_mb": data_rss, "estimated_seconds": seconds * args.size / rows_done}
+            print(RESULT_MARK + json.dumps(partial), flush=True)
+            return 0
         src, tgt, val = result.source, result.target, result.scores
     else:
         src, tgt, val = naive(x, y)
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    peak = peak_rss_mb()
     best = best_threshold(zip(src.tolist(), tgt.tolist(), val.tolist(), strict=True), gold)
     out: dict[str, Any] = {
         "method": args.worker,
@@ -199,6 +242,8 @@ def run_worker(method: str, size: int, args: argparse.Namespace) -> Run:
         str(args.threads),
         "--seed",
         str(args.seed),
+        "--stop-after",
+        str(args.stop_after),
     ]
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout, check=False)
@@ -237,6 +282,13 @@ def table(runs: Sequence[Run]) -> list[str]:
         if r.method == "mine" and ref is not None:
             ratio_t = f"{res['seconds'] / ref['seconds']:.2f}x"
             ratio_m = f"{res['peak_rss_mb'] / ref['peak_rss_mb']:.2f}x"
+        if "rows_done" in res:
+            lines.append(
+                f"{size:>17}  {r.method:<6}  stopped after {res['seconds']:.0f} s at "
+                f"{res['rows_done']:,} source rows; peak RSS {res['peak_rss_mb']:.0f} MB "
+                f"(inputs {res['data_rss_mb']:.0f} MB); full run est. {res['estimated_seconds']:.0f} s"
+            )
+            continue
         found = f"{res['found']:,}/{res['planted']:,}"
         lines.append(
             f"{size:>17}  {r.method:<6}  {res['seconds']:8.1f}  {res['peak_rss_mb']:11.0f}  "
@@ -286,6 +338,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2, help="BLAS/OpenMP threads for every method")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=float, default=1200.0, help="seconds before a worker is given up")
+    p.add_argument(
+        "--stop-after",
+        type=float,
+        default=0.0,
+        help="stop mine() after this many seconds and report peak RSS and the extrapolated time "
+        "(for sizes like 1000000 that take hours here); 0 runs to the end",
+    )
     p.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
     p.add_argument("--size", type=int, help=argparse.SUPPRESS)
     return p.parse_args(argv)
