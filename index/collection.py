@@ -79,6 +79,18 @@ class Document:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
+class UnknownCollection(InputError):
+    """No collection of that name (a service answers 404)."""
+
+
+class CollectionExists(InputError):
+    """Creating a collection under a name already taken (409)."""
+
+
+class ModelMismatch(InputError):
+    """The collection's vectors come from another model than the caller's (409): never mix them."""
+
+
 @dataclass
 class Hit:
     id: str
@@ -175,7 +187,7 @@ class Collection:
     ) -> Collection:
         root = Path(home_dir) / _check_name(name)
         if (root / MANIFEST).is_file():
-            raise InputError(f"collection {name!r} already exists")
+            raise CollectionExists(f"collection {name!r} already exists")
         factory = index_factory or AUTO
         if not (factory in (AUTO, "Flat") or factory.startswith("HNSW") or _IVF_RE.match(factory)):
             raise InputError(f"index must be auto, Flat, HNSW<M>[,...] or IVF<n>,<codec>; not {factory!r}")
@@ -198,10 +210,10 @@ class Collection:
         root = Path(home_dir) / _check_name(name)
         path = root / MANIFEST
         if not path.is_file():
-            raise InputError(f"unknown collection {name!r} (no {path})")
+            raise UnknownCollection(f"unknown collection {name!r} (no {path})")
         manifest = CollectionManifest.model_validate_json(path.read_text(encoding="utf-8"))
         if model_id is not None and manifest.model_id != model_id:
-            raise InputError(
+            raise ModelMismatch(
                 f"collection {name!r} holds vectors of model {manifest.model_id}, not {model_id}; "
                 "re-index it with 'dapsearch index reindex' to use this model"
             )
@@ -514,8 +526,14 @@ class Collection:
         return Document(row[0], row[1], row[2], json.loads(row[3])) if row else None
 
     def documents(self, batch: int = 10_000) -> Iterator[Document]:
-        """Every stored document, in insertion order, streamed (for re-indexing)."""
-        last = -1
+        """Every stored document, in insertion order, streamed."""
+        for _, doc in self.scan(batch=batch):
+            yield doc
+
+    def scan(self, after: int = -1, batch: int = 10_000) -> Iterator[tuple[int, Document]]:
+        """(position, document) in insertion order from just after ``after``: a position is a
+        stable cursor (re-indexing records it to resume where it stopped)."""
+        last = after
         while True:
             rows = self._db.execute(
                 "SELECT rid, id, text, lang, metadata FROM docs WHERE rid > ? ORDER BY rid LIMIT ?",
@@ -525,7 +543,11 @@ class Collection:
                 return
             for rowid, doc_id, text, lang, meta in rows:
                 last = rowid
-                yield Document(doc_id, text, lang, json.loads(meta))
+                yield rowid, Document(doc_id, text, lang, json.loads(meta))
+
+    def count_through(self, position: int) -> int:
+        """How many documents ``scan`` yields up to and including ``position``."""
+        return int(self._db.execute("SELECT count(*) FROM docs WHERE rid <= ?", (position,)).fetchone()[0])
 
     def vectors(self, batch: int = 10_000) -> tuple[list[str], list[str], np.ndarray]:
         """(ids, texts, stored vectors) of every document in insertion order, for mining."""
@@ -590,4 +612,4 @@ def list_collections(home_dir: Path) -> list[str]:
     root = Path(home_dir)
     if not root.is_dir():
         return []
-    return sorted(p.name for p in root.iterdir() if (p / MANIFEST).is_file())
+    return sorted(p.name for p in root.iterdir() if not p.name.startswith(".") and (p / MANIFEST).is_file())

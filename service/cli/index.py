@@ -163,26 +163,46 @@ def reindex_cmd(
     model_dir: ModelDirOpt = None,
     backend: BackendOpt = None,
 ) -> None:
-    """Re-embed every stored text with the chosen model into a new collection (model upgrade)."""
+    """Re-embed every stored text with the chosen model into a new collection (model upgrade).
+
+    Each chunk commits with its position in the source, so running the same command again after
+    an interruption continues where it stopped. Pause writes to the source meanwhile: deletions
+    made to it during a re-index are not carried over.
+    """
     from index.collection import Document
 
     encoder = load_encoder(model_dir, backend)
     home = load_settings().collections_dir
+    key = f"reindex:{name}"
     with _open(name, readonly=True) as src:
-        factory = index or src.manifest.index_factory
-        with (
-            Collection.create(home, target, encoder.model_id, encoder.dim, factory) as dst,
-            bar("re-embedding", total=len(src), unit="doc") as progress,
-        ):
+        if target in list_collections(home):
+            dst = Collection.open(home, target, encoder.model_id)
+            after, _ = dst.source_progress(key)
+            if after == 0 and len(dst):
+                dst.close()
+                raise InputError(f"collection {target!r} already exists and was not re-indexed from {name!r}")
+            if index is not None and index != dst.manifest.index_factory:
+                dst.close()
+                raise InputError(f"collection {target!r} exists with index {dst.manifest.index_factory!r}")
+        else:
+            dst = Collection.create(
+                home, target, encoder.model_id, encoder.dim, index or src.manifest.index_factory
+            )
+            after = 0
+        done = src.count_through(after)
+        if done:
+            typer.echo(f"resuming: {done} documents already re-indexed into {target!r}")
+        with dst, bar("re-embedding", total=len(src), initial=done, unit="doc") as progress:
             chunk: list[Document] = []
-            for doc in src.documents():
+            position = after
+            for position, doc in src.scan(after):
                 chunk.append(doc)
                 if len(chunk) >= chunk_size:
-                    dst.upsert(chunk, encoder.embed([d.text for d in chunk], "passage"))
+                    dst.upsert(chunk, encoder.embed([d.text for d in chunk], "passage"), (key, position, 0))
                     progress.update(len(chunk))
                     chunk = []
             if chunk:
-                dst.upsert(chunk, encoder.embed([d.text for d in chunk], "passage"))
+                dst.upsert(chunk, encoder.embed([d.text for d in chunk], "passage"), (key, position, 0))
                 progress.update(len(chunk))
             dst.checkpoint()
             count = len(dst)
