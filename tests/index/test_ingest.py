@@ -151,3 +151,50 @@ def test_sigkill_mid_ingest_never_loses_or_corrupts(tmp_path: Path, tiny_model_d
     assert "resumed after line" in done.stdout
     count, vectors, ids = _state(home, "k")
     assert count == vectors == n and len(ids) == n
+
+
+def test_reader_process_serves_committed_versions_during_a_live_ingest(
+    tmp_path: Path, tiny_model_dir: Path, tiny: Encoder
+) -> None:
+    """While `dapsearch index ingest` runs in another process, one open read handle keeps
+    answering: each refresh lands on a committed version whose index and documents agree, and
+    versions only move forward."""
+    n = 20_000
+    src = tmp_path / "docs.jsonl"
+    src.write_text(
+        "".join(json.dumps({"id": f"d{i}", "text": f"document number {i}"}) + "\n" for i in range(n))
+    )
+    home = tmp_path / "home"
+    env = {**os.environ, "DAPSEARCH_HOME": str(home), "DAPSEARCH_MODEL_DIR": str(tiny_model_dir)}
+    cli = [sys.executable, "-m", "service.cli", "index"]
+    subprocess.run([*cli, "create", "live", "--index", "Flat"], env=env, check=True, capture_output=True)
+    writer = subprocess.Popen(
+        [*cli, "ingest", "live", str(src), "--chunk-size", "500"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    query = tiny.embed(["document number 7"], "query")
+    seen: list[int] = []
+    try:
+        with Collection.open(home / "collections", "live", tiny.model_id, readonly=True) as reader:
+            while True:
+                running = writer.poll() is None
+                reader.refresh()
+                vectors = int(reader.stats()["index_vectors"])
+                # Each commit is one whole chunk of 500: the index at version v holds exactly them.
+                assert vectors == min(500 * reader.version, n), "a reader saw a half-applied version"
+                hits = reader.search(query, k=5)[0]
+                assert len(hits) == min(5, vectors)
+                seen.append(vectors)
+                if not running:  # this refresh came after the writer's last commit
+                    break
+                time.sleep(0.02)
+    finally:
+        writer.kill()
+        writer.wait()
+    assert writer.returncode == 0 and seen[-1] == n
+    assert seen == sorted(seen), "versions went backwards"
+    assert len(set(seen)) >= 3, (
+        f"the reader should have seen several committed versions, saw {sorted(set(seen))}"
+    )
