@@ -7,6 +7,7 @@ Backends: ``torch`` (fp32, for reference and training), ``onnx`` (fp32) and ``on
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +52,17 @@ class Embeddings:
     vectors: np.ndarray  # (n, dim) float32, L2-normalised
     truncated: list[int]  # indices of inputs cut at max_length
     tokens: int  # tokens fed to the model, specials included
+    lengths: list[int] = field(default_factory=list)  # tokens of each input, specials included
+
+
+@dataclass
+class Timings:
+    """Where encode() spent its time, for a server's metrics (filled in when passed)."""
+
+    tokenize_s: float = 0.0
+    forward_s: list[float] = field(default_factory=list)  # one entry per forward batch
+    batch_sizes: list[int] = field(default_factory=list)
+    batch_tokens: list[int] = field(default_factory=list)  # real tokens per batch, padding excluded
 
 
 class TextTokenizer:
@@ -213,17 +225,27 @@ class Encoder:
         texts: Sequence[str],
         kind: Kind = "query",
         progress: Callable[[int], None] | None = None,
+        timings: Timings | None = None,
     ) -> Embeddings:
         """Embed ``texts``; ``progress`` is called with the number of texts done per batch."""
         if kind not in KINDS:
             raise InputError(f"kind must be 'query' or 'passage', not {kind!r}")
         out = np.empty((len(texts), self.dim), dtype=np.float32)
+        started = time.perf_counter()
         tokenized = self.tokenizer.tokenize(texts, kind)
+        if timings is not None:
+            timings.tokenize_s += time.perf_counter() - started
         for batch in self.tokenizer.batches(tokenized.ids, self.batch_size):
+            started = time.perf_counter()
             out[batch.order] = self.backend.forward(batch.input_ids, batch.attention_mask)
+            if timings is not None:
+                timings.forward_s.append(time.perf_counter() - started)
+                timings.batch_sizes.append(len(batch.order))
+                timings.batch_tokens.append(int(batch.attention_mask.sum()))
             if progress is not None:
                 progress(len(batch.order))
-        return Embeddings(out, tokenized.truncated, sum(len(ids) for ids in tokenized.ids))
+        lengths = [len(ids) for ids in tokenized.ids]
+        return Embeddings(out, tokenized.truncated, sum(lengths), lengths)
 
     def embed(self, texts: Sequence[str], kind: Kind = "query") -> np.ndarray:
         """(n, dim) float32, L2-normalised."""
