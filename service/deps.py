@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import anyio
 from fastapi import Depends, Request
 
 from model.encoder import Encoder
+from service.collections import Collections
+from service.embedding import Embedder
+from service.errors import APIError
+from service.metrics import Metrics
 from service.settings import Settings
+
+if TYPE_CHECKING:
+    from service.cache import Cache
+    from service.jobs import JobManager
 
 
 def get_settings(request: Request) -> Settings:
@@ -16,16 +23,56 @@ def get_settings(request: Request) -> Settings:
     return settings
 
 
+def require_ready(request: Request) -> None:
+    """503 + Retry-After while the model loads (or if it failed to), instead of an attribute error."""
+    state = request.app.state
+    if not state.ready:
+        error = state.load_error
+        message = (
+            f"service failed to start: {error}" if error else "service is starting: the model is loading"
+        )
+        raise APIError(503, message, headers={"Retry-After": "5"})
+
+
 def get_encoder(request: Request) -> Encoder:
+    require_ready(request)
     encoder: Encoder = request.app.state.encoder
     return encoder
 
 
-def get_inference_limiter(request: Request) -> anyio.CapacityLimiter:
-    limiter: anyio.CapacityLimiter = request.app.state.inference_limiter
-    return limiter
+def get_embedder(request: Request) -> Embedder:
+    require_ready(request)
+    embedder: Embedder = request.app.state.embedder
+    return embedder
+
+
+def get_collections(request: Request) -> Collections:
+    require_ready(request)
+    collections: Collections = request.app.state.collections
+    return collections
+
+
+def get_metrics(request: Request) -> Metrics:
+    metrics: Metrics = request.app.state.metrics
+    return metrics
+
+
+def get_cache(request: Request) -> Cache:
+    require_ready(request)
+    cache: Cache = request.app.state.cache
+    return cache
+
+
+def get_jobs(request: Request) -> JobManager:
+    require_ready(request)
+    jobs: JobManager = request.app.state.jobs
+    return jobs
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 EncoderDep = Annotated[Encoder, Depends(get_encoder)]
-InferenceLimiterDep = Annotated[anyio.CapacityLimiter, Depends(get_inference_limiter)]
+EmbedderDep = Annotated[Embedder, Depends(get_embedder)]
+CollectionsDep = Annotated[Collections, Depends(get_collections)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+CacheDep = Annotated["Cache", Depends(get_cache)]
+JobsDep = Annotated["JobManager", Depends(get_jobs)]

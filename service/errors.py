@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -9,16 +11,30 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from index.collection import CollectionExists, ModelMismatch, UnknownCollection
+from model.errors import InputError
+from service.batcher import Overloaded
+
+log = logging.getLogger("dapsearch")
+
 
 class APIError(Exception):
     """Raised by handlers for a client error they detect themselves."""
 
-    def __init__(self, status: int, message: str, param: str | None = None, type_: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        type_: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.param = param
         self.type = type_ or _type_for(status)
+        self.headers = dict(headers or {})
 
 
 def _type_for(status: int) -> str:
@@ -28,20 +44,28 @@ def _type_for(status: int) -> str:
         403: "forbidden",
         404: "not_found",
         405: "method_not_allowed",
+        409: "conflict",
         413: "too_large",
+        415: "unsupported_media_type",
         422: "validation_error",
         429: "overloaded",
         503: "unavailable",
     }.get(status, "error" if status < 500 else "internal_error")
 
 
-def envelope(status: int, message: str, param: str | None = None, type_: str | None = None) -> JSONResponse:
+def envelope(
+    status: int,
+    message: str,
+    param: str | None = None,
+    type_: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
     body = {"error": {"type": type_ or _type_for(status), "message": message, "param": param}}
-    return JSONResponse(status_code=status, content=body)
+    return JSONResponse(status_code=status, content=body, headers=dict(headers or {}))
 
 
 def _loc_to_param(loc: tuple[Any, ...]) -> str | None:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path")]
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
     if not parts:
         return None
     out = parts[0]
@@ -50,10 +74,26 @@ def _loc_to_param(loc: tuple[Any, ...]) -> str | None:
     return out
 
 
+def _status_of(exc: InputError) -> int:
+    if isinstance(exc, UnknownCollection):
+        return 404
+    if isinstance(exc, CollectionExists | ModelMismatch):
+        return 409
+    return 400
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:
-        return envelope(exc.status, exc.message, exc.param, exc.type)
+        return envelope(exc.status, exc.message, exc.param, exc.type, exc.headers)
+
+    @app.exception_handler(InputError)
+    async def _input_error(_: Request, exc: InputError) -> JSONResponse:
+        return envelope(_status_of(exc), str(exc))
+
+    @app.exception_handler(Overloaded)
+    async def _overloaded(_: Request, exc: Overloaded) -> JSONResponse:
+        return envelope(429, str(exc), headers={"Retry-After": str(exc.retry_after)})
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -67,4 +107,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return envelope(exc.status_code, str(exc.detail))
+        return envelope(exc.status_code, str(exc.detail), headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, _: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return envelope(500, "internal error; see the service log")

@@ -3,37 +3,121 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from model.artifact import Backend, default_model_dir
 
 
 class Settings(BaseSettings):
-    """One settings object for the CLI and the service."""
+    """One settings object for the CLI and the service; every field is ``DAPSEARCH_<NAME>``."""
 
     model_config = SettingsConfigDict(env_prefix="DAPSEARCH_", env_file=".env", extra="ignore")
 
-    home: Path = Field(default=Path("var"), description="Data directory: models, collections, job state.")
+    # --- where things live
+    home: Path = Field(default=Path("var"), description="Data directory: models, collections, jobs, uploads.")
     model_dir: Path | None = Field(
         default=None, description="Built model directory; default <home>/models/multilingual-e5-small."
     )
+    data_dir: Path | None = Field(
+        default=None,
+        description="The only directory admin ingest jobs may read server-side files from; "
+        "default <home>/data.",
+    )
+
+    # --- inference
     backend: Backend = Field(default="onnx-int8", description="Inference backend: onnx-int8, onnx or torch.")
     threads: int | None = Field(
         default=None, ge=1, description="Inference threads; default all usable cores."
     )
-    batch_size: int = Field(default=32, ge=1, le=1024, description="Texts per forward pass.")
+    batch_size: int = Field(
+        default=32, ge=1, le=1024, description="Most texts per forward pass (the batcher's cap)."
+    )
+    batch_wait_ms: float = Field(
+        default=2.0,
+        ge=0,
+        le=1000,
+        description="How long the batcher waits for more requests to fill a batch.",
+    )
+    max_queue: int = Field(
+        default=2048, ge=1, description="Texts waiting for inference before requests are refused with 429."
+    )
+
+    # --- HTTP
     host: str = Field(default="127.0.0.1", description="Address `dapsearch serve` binds.")
     port: int = Field(default=8000, ge=1, le=65535, description="Port `dapsearch serve` binds.")
-    max_texts: int = Field(default=256, ge=1, description="Most texts accepted in one /embed request.")
+    max_texts: int = Field(
+        default=256, ge=1, description="Most texts in one /embed or /v1/embeddings request."
+    )
     max_text_chars: int = Field(
         default=20_000, ge=1, description="Longest single text accepted, in characters."
     )
+    max_body_bytes: int = Field(
+        default=4 * 2**20, ge=1024, description="Largest JSON request body; bigger bodies get 413."
+    )
+    max_upload_bytes: int = Field(
+        default=2 * 2**30, ge=1024, description="Largest document upload to the admin ingest endpoint."
+    )
+    mine_max_sentences: int = Field(
+        default=2_000,
+        ge=1,
+        description="Most sentences per side /mine-bitext handles synchronously (embedding runs at "
+        "~200/s on 2 cores); larger corpora go through collections and an admin mining job.",
+    )
+    max_k: int = Field(default=1000, ge=1, description="Largest k accepted by /search.")
+
+    # --- cache
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis for the shared cache, e.g. redis://localhost:6379/0; unset: in-process LRU.",
+    )
+    redis_timeout_ms: float = Field(
+        default=50.0, gt=0, description="Per-call Redis timeout; slower calls bypass the cache."
+    )
+    cache_ttl_s: int = Field(
+        default=7 * 24 * 3600, ge=1, description="Lifetime of a cached embedding in Redis."
+    )
+    cache_max_items: int = Field(
+        default=100_000, ge=0, description="Entries of the in-process LRU cache (0 disables it)."
+    )
+
+    # --- admin
+    admin_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list, description="Comma-separated bearer keys for /admin routes."
+    )
+    admin_open: bool = Field(
+        default=False,
+        description="Serve /admin without keys (local development only); otherwise no keys = admin disabled.",
+    )
+    demo: bool = Field(
+        default=True,
+        description="On first start, create the 'demo' collection from the bundled sample documents.",
+    )
+
+    @field_validator("admin_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [k.strip() for k in value.split(",") if k.strip()]
+        return value
 
     @property
     def collections_dir(self) -> Path:
         return self.home / "collections"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.home / "jobs"
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.home / "uploads"
+
+    @property
+    def resolved_data_dir(self) -> Path:
+        return self.data_dir if self.data_dir is not None else self.home / "data"
 
     @property
     def resolved_model_dir(self) -> Path:

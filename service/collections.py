@@ -1,0 +1,107 @@
+"""The service's view of the collections on disk: one read handle per collection, kept current.
+
+Why a registry: opening a collection loads its FAISS index (seconds at a million vectors), so the
+service opens each once and reuses it. Writers (admin ingest jobs, the CLI in another process)
+commit through their own handles; before each search the read handle applies what they committed
+(``Collection.refresh``), so searches always see the latest committed version and never a partial
+one. A handle shares one SQLite connection, so calls on the same collection are serialised by a
+lock; different collections search in parallel.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from index.collection import Collection, Filter, Hit, UnknownCollection, list_collections
+
+
+class Collections:
+    def __init__(self, root: Path, model_id: str) -> None:
+        self.root = Path(root)
+        self.model_id = model_id
+        self._handles: dict[str, Collection] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._registry_lock = threading.Lock()
+
+    def names(self) -> list[str]:
+        return list_collections(self.root)
+
+    def exists(self, name: str) -> bool:
+        return name in self.names()
+
+    @contextmanager
+    def reading(self, name: str) -> Iterator[Collection]:
+        """The current read handle of ``name``, refreshed to the last committed version and held
+        under the collection's lock. Raises UnknownCollection or ModelMismatch."""
+        with self._registry_lock:
+            handle = self._handles.get(name)
+            if handle is not None and not (handle.root / "manifest.json").is_file():
+                handle.close()  # deleted on disk by another process
+                del self._handles[name]
+                handle = None
+            if handle is None:
+                handle = Collection.open(self.root, name, self.model_id, readonly=True)
+                self._handles[name] = handle
+                self._locks[name] = threading.Lock()
+            lock = self._locks[name]
+        with lock:
+            handle.refresh()
+            yield handle
+
+    def search(
+        self, name: str, queries: np.ndarray, k: int, flt: Filter | None
+    ) -> tuple[int, list[list[Hit]]]:
+        """(version searched, hits per query)."""
+        with self.reading(name) as coll:
+            return coll.version, coll.search(queries, k, flt)
+
+    def version(self, name: str) -> int:
+        with self.reading(name) as coll:
+            return coll.version
+
+    def stats(self, name: str) -> dict[str, Any]:
+        with self.reading(name) as coll:
+            return dict(coll.stats())
+
+    def create(self, name: str, dim: int, index_factory: str | None = None) -> dict[str, Any]:
+        """Create an empty collection bound to the serving model; returns its stats."""
+        Collection.create(self.root, name, self.model_id, dim, index_factory).close()
+        return self.stats(name)
+
+    def delete(self, name: str) -> None:
+        """Remove a collection and its files. Raises UnknownCollection."""
+        self.forget(name)
+        path = self.root / name
+        if name not in self.names():
+            raise UnknownCollection(f"unknown collection {name!r}")
+        # Rename first so a concurrent open sees it gone at once, then remove the files.
+        doomed = path.with_name(f".deleted-{name}-{threading.get_ident()}")
+        path.rename(doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+
+    def forget(self, name: str) -> None:
+        """Close the cached handle of ``name`` (after it was deleted or rebuilt)."""
+        with self._registry_lock:
+            handle = self._handles.pop(name, None)
+            lock = self._locks.pop(name, None)
+        if handle is not None:
+            if lock is not None:
+                with lock:
+                    handle.close()
+            else:
+                handle.close()
+
+    def open_names(self) -> Sequence[str]:
+        with self._registry_lock:
+            return sorted(self._handles)
+
+    def close(self) -> None:
+        for name in self.open_names():
+            self.forget(name)

@@ -1,0 +1,79 @@
+"""The one path from texts to vectors in the service: cache lookup, batcher for misses, cache fill.
+
+Cache keys hold the model id, the kind (query/passage prefix) and a hash of the exact text, so a
+different model, prefix or text can never be served another's vector. A value is the float32
+vector plus the token count and truncation flag, so cached responses report usage honestly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+
+import numpy as np
+
+from model.encoder import Embeddings, Kind
+from service.batcher import Batcher
+from service.cache import Cache
+from service.metrics import Metrics
+
+_HEADER = struct.Struct("<I?")  # tokens, truncated
+KEY_PREFIX = "dapsearch:v1:emb"
+
+
+def embedding_key(model_id: str, kind: Kind, text: str) -> str:
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{KEY_PREFIX}:{model_id}:{kind}:{digest}"
+
+
+def _pack(vector: np.ndarray, tokens: int, truncated: bool) -> bytes:
+    return _HEADER.pack(tokens, truncated) + np.ascontiguousarray(vector, dtype="<f4").tobytes()
+
+
+def _unpack(value: bytes, dim: int) -> tuple[np.ndarray, int, bool] | None:
+    if len(value) != _HEADER.size + 4 * dim:
+        return None  # written by another version or corrupted: treat as a miss
+    tokens, truncated = _HEADER.unpack_from(value)
+    return np.frombuffer(value, dtype="<f4", offset=_HEADER.size), tokens, truncated
+
+
+class Embedder:
+    def __init__(self, batcher: Batcher, cache: Cache, metrics: Metrics) -> None:
+        self.batcher = batcher
+        self.cache = cache
+        self.metrics = metrics
+        self.model_id = batcher.encoder.model_id
+        self.dim = batcher.encoder.dim
+        self.max_length = batcher.encoder.manifest.max_length
+
+    async def embed(self, texts: list[str], kind: Kind) -> Embeddings:
+        """Vectors for ``texts`` (duplicates embedded once); raises batcher.Overloaded."""
+        unique = list(dict.fromkeys(texts))
+        keys = [embedding_key(self.model_id, kind, t) for t in unique]
+        cached = await self.cache.get_many(keys)
+        vectors = np.empty((len(unique), self.dim), dtype=np.float32)
+        lengths = [0] * len(unique)
+        cut = [False] * len(unique)
+        missing: list[int] = []
+        for i, value in enumerate(cached):
+            hit = _unpack(value, self.dim) if value is not None else None
+            if hit is None:
+                missing.append(i)
+            else:
+                vectors[i], lengths[i], cut[i] = hit
+        self.metrics.cache_hits.labels("embedding").inc(len(unique) - len(missing))
+        self.metrics.cache_misses.labels("embedding").inc(len(missing))
+        if missing:
+            fresh = await self.batcher.embed([unique[i] for i in missing], kind)
+            fresh_cut = set(fresh.truncated)
+            fill: dict[str, bytes] = {}
+            for j, i in enumerate(missing):
+                vectors[i], lengths[i], cut[i] = fresh.vectors[j], fresh.lengths[j], j in fresh_cut
+                fill[keys[i]] = _pack(vectors[i], lengths[i], cut[i])
+            await self.cache.set_many(fill)
+        position = {t: i for i, t in enumerate(unique)}
+        rows = [position[t] for t in texts]
+        out_lengths = [lengths[r] for r in rows]
+        return Embeddings(
+            vectors[rows], [n for n, r in enumerate(rows) if cut[r]], sum(out_lengths), out_lengths
+        )
