@@ -2,25 +2,39 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 
 import anyio
 from fastapi import FastAPI
 
 from model.encoder import Encoder
+from service.batcher import Batcher
+from service.cache import create_cache
+from service.collections import Collections
+from service.demo import ensure_demo_collection
+from service.embedding import Embedder
 from service.errors import install_error_handlers
-from service.routers import embed, health
+from service.jobs import JobManager
+from service.metrics import Metrics
+from service.middleware import install_middleware
+from service.routers import admin, embed, health, info, mine, openai, search
 from service.settings import Settings
+
+log = logging.getLogger("dapsearch")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the app; the model is loaded once, in the lifespan, never at import time."""
+    """Build the app; the model, cache, collections and jobs are made in the lifespan, never at import."""
     settings = settings or Settings()
+    metrics = Metrics()
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.encoder = await anyio.to_thread.run_sync(
+    async def load(app: FastAPI, stack: AsyncExitStack) -> None:
+        """Everything heavy, in order; /health/live answers meanwhile and /health/ready says 503."""
+        encoder = await anyio.to_thread.run_sync(
             lambda: Encoder.load(
                 settings.resolved_model_dir,
                 backend=settings.backend,
@@ -28,12 +42,64 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 batch_size=settings.batch_size,
             )
         )
-        app.state.inference_limiter = anyio.CapacityLimiter(1)
-        yield
+        # One forward pass before serving: the first request must not pay for session warm-up.
+        await anyio.to_thread.run_sync(lambda: encoder.embed(["warm-up"], "query"))
+        batcher = Batcher(
+            encoder, metrics, settings.batch_size, settings.batch_wait_ms / 1000, settings.max_queue
+        )
+        batcher.start()
+        stack.push_async_callback(batcher.stop)
+        cache = create_cache(settings, metrics)
+        stack.push_async_callback(cache.close)
+        collections = Collections(settings.collections_dir, encoder.model_id)
+        stack.callback(collections.close)
+        if settings.demo:
+            await anyio.to_thread.run_sync(lambda: ensure_demo_collection(settings.collections_dir, encoder))
+        jobs = JobManager(settings, encoder, collections, metrics)
+        await jobs.start()
+        stack.push_async_callback(jobs.stop)
+        app.state.encoder = encoder
+        app.state.batcher = batcher
+        app.state.cache = cache
+        app.state.embedder = Embedder(batcher, cache, metrics)
+        app.state.collections = collections
+        app.state.jobs = jobs
+        app.state.ready = True
+        log.info(
+            "dapsearch ready: model %s, backend %s, cache %s", encoder.model_id, settings.backend, cache.name
+        )
 
-    app = FastAPI(title="dapsearch", version="0.1.0", lifespan=lifespan)
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            task = asyncio.create_task(load(app, stack), name="load")
+
+            def loaded(done: asyncio.Task[None]) -> None:
+                if not done.cancelled() and done.exception() is not None:
+                    app.state.load_error = f"{type(done.exception()).__name__}: {done.exception()}"
+                    log.error("dapsearch failed to start: %s", app.state.load_error)
+
+            task.add_done_callback(loaded)
+            try:
+                yield
+            finally:
+                app.state.ready = False
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+
+    app = FastAPI(
+        title="dapsearch",
+        version="0.1.0",
+        description="Multilingual semantic search, embeddings and bitext mining (DAP encoders).",
+        lifespan=lifespan,
+    )
     app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.ready = False
+    app.state.load_error = None
     install_error_handlers(app)
-    app.include_router(health.router)
-    app.include_router(embed.router)
+    install_middleware(app, settings, metrics)
+    for router in (health, info, embed, openai, search, mine, admin):
+        app.include_router(router.router)
     return app

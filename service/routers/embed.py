@@ -1,40 +1,49 @@
-"""``POST /embed``: texts in, L2-normalised vectors out."""
+"""``POST /embed``: texts in, L2-normalised vectors out (cached, micro-batched)."""
 
 from __future__ import annotations
 
-from functools import partial
+import base64
 
-import anyio
+import numpy as np
 from fastapi import APIRouter
 
-from service.deps import EncoderDep, InferenceLimiterDep, SettingsDep
+from service.deps import EmbedderDep, SettingsDep
 from service.errors import APIError
 from service.schemas import EmbedRequest, EmbedResponse, Usage
+from service.validation import check_texts
 
 router = APIRouter(tags=["embeddings"])
 
 
+def encode_vectors(vectors: np.ndarray, encoding_format: str) -> list[list[float]] | list[str]:
+    """Floats, or base64 of little-endian float32 bytes per vector (OpenAI's base64 format)."""
+    if encoding_format == "base64":
+        little = np.ascontiguousarray(vectors, dtype="<f4")
+        return [base64.b64encode(row.tobytes()).decode("ascii") for row in little]
+    rows: list[list[float]] = vectors.tolist()
+    return rows
+
+
 @router.post("/embed", response_model=EmbedResponse)
-async def embed(
-    body: EmbedRequest, encoder: EncoderDep, settings: SettingsDep, limiter: InferenceLimiterDep
-) -> EmbedResponse:
-    if len(body.texts) > settings.max_texts:
-        raise APIError(413, f"at most {settings.max_texts} texts per request, got {len(body.texts)}", "texts")
-    for i, text in enumerate(body.texts):
-        if not text.strip():
-            raise APIError(422, f"texts[{i}] is empty", f"texts[{i}]")
-        if len(text) > settings.max_text_chars:
-            raise APIError(
-                413,
-                f"texts[{i}] has {len(text)} characters; the limit is {settings.max_text_chars}",
-                f"texts[{i}]",
-            )
-    # One inference at a time: the runtime already uses every core for a single batch.
-    result = await anyio.to_thread.run_sync(partial(encoder.encode, body.texts, body.kind), limiter=limiter)
+async def embed(body: EmbedRequest, embedder: EmbedderDep, settings: SettingsDep) -> EmbedResponse:
+    if not body.normalize:
+        raise APIError(
+            400, "normalize=false is not supported: the model returns L2-normalised vectors", "normalize"
+        )
+    check_texts(body.texts, settings, "texts")
+    result = await embedder.embed(body.texts, body.kind)
+    if not body.truncate and result.truncated:
+        first = result.truncated[0]
+        raise APIError(
+            413,
+            f"texts[{first}] is longer than the model's maximum of {embedder.max_length} tokens "
+            "(send truncate=true to cut it)",
+            f"texts[{first}]",
+        )
     return EmbedResponse(
-        model=encoder.model_id,
-        dim=encoder.dim,
-        embeddings=result.vectors.tolist(),
+        model=embedder.model_id,
+        dim=embedder.dim,
+        embeddings=encode_vectors(result.vectors, body.encoding_format),
         truncated=result.truncated,
         usage=Usage(tokens=result.tokens),
     )

@@ -1,0 +1,35 @@
+"""``GET /info``: what is served and the limits a client must respect."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from service.deps import CacheDep, EncoderDep, SettingsDep
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/info")
+async def info(encoder: EncoderDep, settings: SettingsDep, cache: CacheDep) -> dict[str, Any]:
+    m = encoder.manifest
+    return {
+        "model": m.id,
+        "dim": m.dim,
+        "backend": settings.backend,
+        "pooling": m.pooling,
+        "max_length": m.max_length,
+        "prefixes": {"query": m.prefix("query"), "passage": m.prefix("passage")},
+        "cache": cache.name,
+        "limits": {
+            "max_texts": settings.max_texts,
+            "max_text_chars": settings.max_text_chars,
+            "max_body_bytes": settings.max_body_bytes,
+            "max_k": settings.max_k,
+            "mine_max_sentences": settings.mine_max_sentences,
+            "max_upload_bytes": settings.max_upload_bytes,
+            "batch_size": settings.batch_size,
+            "max_queue": settings.max_queue,
+        },
+    }
