@@ -1,0 +1,610 @@
+"""Background admin jobs (bulk ingest, bitext mining) that survive a restart.
+
+Why files and one worker thread: a job may run for hours, longer than any request, and the
+service may be restarted in the middle. Each job is a JSON file under ``<home>/jobs`` written
+atomically, so after a crash or a restart every job is found again in a consistent state. Jobs
+run one at a time, in submission order, on a dedicated thread: ingest saturates every core
+already, and the event loop must never wait for a forward pass or an fsync.
+
+Ingest is resumable by design (the collection records the byte offset of each committed chunk),
+so a job interrupted by a restart is simply queued again and continues after its last committed
+chunk; its counts are rebuilt exactly by re-reading (without embedding) the part already done.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import secrets
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import anyio
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from index.collection import Collection
+from index.ingest import Format, detect_format, ingest, read_records
+from index.mining import Score, Strategy, mine
+from model.artifact import atomic_write_text, now_iso
+from model.encoder import Encoder
+from model.errors import InputError
+from service.collections import Collections
+from service.metrics import Metrics
+from service.settings import Settings
+
+log = logging.getLogger("dapsearch.jobs")
+
+JobType = Literal["ingest", "mine"]
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+STATES: tuple[JobState, ...] = get_args(JobState)
+ACTIVE: frozenset[JobState] = frozenset({"queued", "running"})
+FINISHED: frozenset[JobState] = frozenset({"succeeded", "failed", "cancelled"})
+MAX_JOB_ERRORS = 100  # malformed lines kept in a job record; the count covers all of them
+SAVE_EVERY_S = 0.5
+ORPHAN_AGE_S = 3600  # uploads untouched this long, with no unfinished job, are removed at start
+
+
+class IngestParams(BaseModel):
+    """What an ingest job reads; ``start_*`` is the committed position when it first ran."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field(description="The file read: an upload under <home>/uploads or a file in the data dir.")
+    upload: bool = Field(description="The file is an upload owned by the job (deleted once it finishes).")
+    format: Format
+    strict: bool = False
+    chunk_size: int = Field(default=256, ge=1)
+    start_offset: int | None = Field(
+        default=None, description="Resume bookkeeping: byte offset at first run."
+    )
+    start_line: int | None = Field(default=None, description="Resume bookkeeping: line number at first run.")
+
+
+class MineParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    source: str
+    target: str
+    k: int = Field(default=4, ge=1)
+    score: Score = "ratio"
+    strategy: Strategy = "max"
+    threshold: float | None = None
+
+
+class JobProgress(BaseModel):
+    docs: int = Field(default=0, description="Documents committed (ingest) or source rows searched (mine).")
+    bytes_done: int = 0
+    bytes_total: int | None = None
+    fraction: float = 0.0
+
+
+class JobCounts(BaseModel):
+    documents: int = 0
+    errors: int = 0
+
+
+class JobLineError(BaseModel):
+    line: int
+    message: str
+
+
+class Job(BaseModel):
+    """One admin job as stored in ``<home>/jobs/<id>.json`` and returned by the API."""
+
+    id: str
+    type: JobType
+    state: JobState
+    collection: str | None = Field(default=None, description="The collection an ingest job writes to.")
+    params: IngestParams | MineParams
+    progress: JobProgress = Field(default_factory=JobProgress)
+    counts: JobCounts = Field(default_factory=JobCounts)
+    errors: list[JobLineError] = Field(default_factory=list, description="First malformed lines.")
+    error: str | None = Field(default=None, description="Why the job failed.")
+    cancel_requested: bool = False
+    created: str
+    started: str | None = None
+    finished: str | None = None
+    result: dict[str, Any] | None = None
+
+    def targets(self) -> set[str]:
+        """Collections this job reads or writes (a collection with an active job cannot be deleted)."""
+        if isinstance(self.params, MineParams):
+            return {self.params.source, self.params.target}
+        return {self.collection} if self.collection else set()
+
+
+class JobNotFound(InputError):
+    """No job of that id (404)."""
+
+
+class JobFinished(InputError):
+    """The job already ended (409 on cancel)."""
+
+
+class _Interrupted(Exception):
+    """Raised from a progress callback to stop a job between chunks (cancel or shutdown)."""
+
+
+def new_job_id() -> str:
+    """Time-ordered (sorts by submission) and unguessable enough to name files."""
+    return f"{time.time_ns():016x}{secrets.token_hex(4)}"
+
+
+def _fraction(done: int, total: int | None) -> float:
+    if not total:
+        return 0.0
+    return min(1.0, done / total)
+
+
+def _clean_field(text: str) -> str:
+    """A text as one TSV field: tabs and line breaks would split it into columns or rows."""
+    return text.replace("\t", " ").replace("\r", " ").replace("\n", " ")
+
+
+class _Scan:
+    """Valid documents and malformed lines in a byte range of an ingest file."""
+
+    def __init__(self) -> None:
+        self.documents = 0
+        self.error_count = 0
+        self.errors: list[JobLineError] = []
+
+
+def _scan(
+    path: Path,
+    fmt: Format,
+    start_offset: int,
+    start_line: int,
+    stop_offset: int,
+    check: Callable[[], None] | None = None,
+) -> _Scan:
+    """Re-read (no embedding) lines already committed, to rebuild a job's counts exactly.
+
+    ``check`` is called every few thousand lines so that a shutdown need not wait for a long scan.
+    """
+    out = _Scan()
+    if stop_offset <= start_offset:
+        return out
+    for i, record in enumerate(read_records(path, fmt, start_offset, start_line)):
+        if record.end_offset > stop_offset:
+            break
+        if check is not None and i % 10_000 == 9_999:
+            check()
+        if record.doc is not None:
+            out.documents += 1
+        else:
+            out.error_count += 1
+            if len(out.errors) < MAX_JOB_ERRORS:
+                out.errors.append(JobLineError(line=record.line, message=record.error or "malformed"))
+    return out
+
+
+class JobManager:
+    """Owns the job files, the queue and the worker thread; the admin router calls it."""
+
+    def __init__(
+        self, settings: Settings, encoder: Encoder, collections: Collections, metrics: Metrics
+    ) -> None:
+        self.settings = settings
+        self.encoder = encoder
+        self.collections = collections
+        self.metrics = metrics
+        self.dir = settings.jobs_dir
+        self.uploads = settings.uploads_dir
+        self._jobs: dict[str, Job] = {}
+        self._lock = threading.Lock()  # guards _jobs; never held during file I/O
+        self._io_lock = threading.Lock()  # orders job file writes
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_save: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Load every job file, re-queue unfinished jobs (or fail those that cannot resume), run."""
+        await anyio.to_thread.run_sync(self._recover)
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._worker, name="dapsearch-jobs", daemon=True)
+        self._thread.start()
+
+    async def stop(self) -> None:
+        """Stop the running job at its next chunk (it stays queued for the next start), then join."""
+        self._stopping.set()
+        self._queue.put(None)
+        thread = self._thread
+        if thread is not None:
+            await anyio.to_thread.run_sync(thread.join)
+        self._thread = None
+
+    def _recover(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.uploads.mkdir(parents=True, exist_ok=True)
+        loaded: list[Job] = []
+        for path in sorted(self.dir.glob("*.json")):
+            if path.name.startswith("."):
+                continue
+            try:
+                loaded.append(Job.model_validate_json(path.read_text(encoding="utf-8")))
+            except (OSError, ValidationError, ValueError) as exc:
+                log.error("ignoring unreadable job file %s: %s", path, exc)
+        loaded.sort(key=lambda j: (j.created, j.id))
+        self._queue = queue.Queue()
+        with self._lock:
+            self._jobs = {job.id: job for job in loaded}
+        for job in loaded:
+            if job.state not in ACTIVE:
+                continue
+            if job.cancel_requested:
+                self._finish(job.id, "cancelled")  # the cancel was under way when the service stopped
+                continue
+            reason = self._cannot_resume(job)
+            if reason is not None:
+                self._finish(job.id, "failed", error=reason)
+                log.warning("job %s cannot resume: %s", job.id, reason)
+                continue
+            with self._lock:
+                job.state = "queued"
+            self._save(job.id)
+            self._queue.put(job.id)
+            log.info("job %s (%s) queued again after restart", job.id, job.type)
+        self._remove_orphan_uploads()
+        self._update_metrics()
+
+    def _cannot_resume(self, job: Job) -> str | None:
+        if isinstance(job.params, IngestParams) and not Path(job.params.path).is_file():
+            what = "uploaded file" if job.params.upload else "input file"
+            return f"cannot resume after restart: the {what} {Path(job.params.path).name} is gone"
+        return None
+
+    def _remove_orphan_uploads(self) -> None:
+        """Uploads cut off by a crash, or left by jobs that ended, only take disk space."""
+        with self._lock:
+            keep = {
+                Path(j.params.path).name
+                for j in self._jobs.values()
+                if isinstance(j.params, IngestParams) and j.params.upload and j.state in ACTIVE
+            }
+        # Recent files are spared: another process on this home may be receiving an upload now.
+        cutoff = time.time() - ORPHAN_AGE_S
+        for path in self.uploads.iterdir():
+            if path.is_file() and path.name not in keep and path.stat().st_mtime < cutoff:
+                path.unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------ API for the router
+
+    def get(self, job_id: str) -> Job:
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None:
+                raise JobNotFound(f"unknown job {job_id!r}")
+            return job.model_copy(deep=True)
+
+    def list_jobs(self, state: JobState | None = None) -> list[Job]:
+        with self._lock:
+            jobs = [j.model_copy(deep=True) for j in self._jobs.values() if state is None or j.state == state]
+        return sorted(jobs, key=lambda j: (j.created, j.id))
+
+    def active_for(self, collection: str) -> list[str]:
+        """Ids of queued or running jobs that read or write ``collection``."""
+        with self._lock:
+            return [j.id for j in self._jobs.values() if j.state in ACTIVE and collection in j.targets()]
+
+    def pairs_path(self, job_id: str) -> Path:
+        return self.dir / f"{job_id}.pairs.tsv"
+
+    async def submit(self, job: Job) -> Job:
+        """Persist a new job (state queued) and queue it; returns it as stored."""
+        return await anyio.to_thread.run_sync(self._submit, job)
+
+    def _submit(self, job: Job) -> Job:
+        job.state = "queued"
+        with self._lock:
+            if job.id in self._jobs:
+                raise InputError(f"job {job.id} already exists")
+            self._jobs[job.id] = job
+        self._save(job.id)
+        self._queue.put(job.id)
+        self._update_metrics()
+        return self.get(job.id)
+
+    def ingest_job(
+        self,
+        job_id: str,
+        collection: str,
+        path: Path,
+        fmt: Format,
+        upload: bool,
+        strict: bool = False,
+        chunk_size: int = 256,
+    ) -> Job:
+        """A new ingest job (not yet submitted)."""
+        params = IngestParams(path=str(path), upload=upload, format=fmt, strict=strict, chunk_size=chunk_size)
+        size = path.stat().st_size if path.is_file() else None
+        return Job(
+            id=job_id,
+            type="ingest",
+            state="queued",
+            collection=collection,
+            params=params,
+            progress=JobProgress(bytes_total=size),
+            created=now_iso(),
+        )
+
+    def mine_job(self, params: MineParams) -> Job:
+        return Job(id=new_job_id(), type="mine", state="queued", params=params, created=now_iso())
+
+    async def cancel(self, job_id: str) -> Job:
+        """Cancel a queued job now, or ask a running one to stop after its current chunk."""
+        return await anyio.to_thread.run_sync(self._cancel, job_id)
+
+    def _cancel(self, job_id: str) -> Job:
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None:
+                raise JobNotFound(f"unknown job {job_id!r}")
+            if job.state in FINISHED:
+                raise JobFinished(f"job {job_id} already {job.state}")
+            job.cancel_requested = True
+            queued = job.state == "queued"
+        if queued:
+            self._finish(job_id, "cancelled")
+        else:
+            self._save(job_id)
+        return self.get(job_id)
+
+    # ------------------------------------------------------------------ persistence
+
+    def _save(self, job_id: str) -> None:
+        with self._io_lock:
+            with self._lock:
+                job = self._jobs[job_id]
+                text = job.model_dump_json(indent=2) + "\n"
+            atomic_write_text(self.dir / f"{job_id}.json", text)
+            self._last_save[job_id] = time.monotonic()
+
+    def _save_throttled(self, job_id: str) -> None:
+        if time.monotonic() - self._last_save.get(job_id, 0.0) >= SAVE_EVERY_S:
+            self._save(job_id)
+
+    def _update_metrics(self) -> None:
+        with self._lock:
+            counts = dict.fromkeys(STATES, 0)
+            for job in self._jobs.values():
+                counts[job.state] += 1
+        for state, n in counts.items():
+            self.metrics.jobs.labels(state=state).set(n)
+
+    def _finish(
+        self, job_id: str, state: JobState, error: str | None = None, result: dict[str, Any] | None = None
+    ) -> None:
+        with self._lock:
+            job = self._jobs[job_id]
+            job.state = state
+            job.finished = now_iso()
+            if error is not None:
+                job.error = error
+            if result is not None:
+                job.result = result
+            params = job.params
+        self._save(job_id)
+        self._update_metrics()
+        if isinstance(params, IngestParams) and params.upload:
+            Path(params.path).unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------ worker
+
+    def _worker(self) -> None:
+        while not self._stopping.is_set():
+            job_id = self._queue.get()
+            if job_id is None or self._stopping.is_set():
+                break
+            with self._lock:
+                job = self._jobs.get(job_id)
+                if job is None or job.state != "queued":
+                    continue  # cancelled while queued
+                job.state = "running"
+                job.started = job.started or now_iso()
+            self._save(job_id)
+            self._update_metrics()
+            self._run(job_id)
+
+    def _run(self, job_id: str) -> None:
+        with self._lock:
+            job = self._jobs[job_id]
+            params = job.params
+        try:
+            if isinstance(params, IngestParams):
+                self._run_ingest(job_id, params)
+            else:
+                self._run_mine(job_id, params)
+        except _Interrupted:
+            if self._stopping.is_set() and not self._cancelling(job_id):
+                with self._lock:
+                    job.state = "queued"  # resumes on the next start
+                self._save(job_id)
+                self._update_metrics()
+                log.info("job %s stopped for shutdown; it resumes on the next start", job_id)
+            else:
+                self._finish(job_id, "cancelled")
+        except InputError as exc:
+            self._finish(job_id, "failed", error=str(exc))
+        except Exception as exc:
+            log.exception("job %s failed", job_id)
+            self._finish(job_id, "failed", error=f"{type(exc).__name__}: {exc}")
+
+    def _cancelling(self, job_id: str) -> bool:
+        with self._lock:
+            return self._jobs[job_id].cancel_requested
+
+    def _check(self, job_id: str) -> None:
+        """Called between chunks: a cancel or a shutdown stops the job here."""
+        if self._stopping.is_set() or self._cancelling(job_id):
+            raise _Interrupted
+
+    def _run_ingest(self, job_id: str, params: IngestParams) -> None:
+        path = Path(params.path)
+        if not params.upload:
+            # Checked again here: the path may have been replaced by a symlink since it was submitted.
+            data_dir = self.settings.resolved_data_dir.resolve()
+            if not path.resolve().is_relative_to(data_dir):
+                raise InputError("path outside the data directory")
+        if not path.is_file():
+            raise InputError(f"input file {path.name} is gone")
+        with self._lock:
+            name = self._jobs[job_id].collection
+        if name is None:
+            raise InputError("ingest job without a collection")
+        fmt: Format = detect_format(path, params.format)
+        total = path.stat().st_size
+        self._check(job_id)
+        with Collection.open(self.settings.collections_dir, name, self.encoder.model_id) as coll:
+            source = str(path.resolve())
+            offset, line = coll.source_progress(source)
+            if offset > total:
+                offset, line = 0, 0  # ingest starts such a replaced file over
+            with self._lock:
+                if params.start_offset is None or params.start_line is None or params.start_offset > offset:
+                    params.start_offset, params.start_line = offset, line  # this job's first run
+                start_offset, start_line = params.start_offset, params.start_line
+            # What earlier runs of this job committed (none unless it was interrupted by a restart).
+            done = _scan(path, fmt, start_offset, start_line, offset, lambda: self._check(job_id))
+            docs = done.documents
+            with self._lock:
+                job = self._jobs[job_id]
+                job.progress = JobProgress(
+                    docs=docs, bytes_done=offset, bytes_total=total, fraction=_fraction(offset, total)
+                )
+                job.counts = JobCounts(documents=docs, errors=done.error_count)
+                job.errors = done.errors
+            self._save(job_id)
+
+            def progress(n: int, reached: int) -> None:
+                nonlocal docs
+                docs += n
+                with self._lock:
+                    job.progress = JobProgress(
+                        docs=docs, bytes_done=reached, bytes_total=total, fraction=_fraction(reached, total)
+                    )
+                    job.counts.documents = docs
+                self._save_throttled(job_id)
+                self._check(job_id)
+
+            try:
+                report = ingest(coll, self.encoder, path, fmt, params.chunk_size, params.strict, progress)
+            except (_Interrupted, InputError):
+                if not self._stopping.is_set() or self._cancelling(job_id):
+                    self._final_counts(job_id, coll, path, fmt, source, start_offset, start_line)
+                raise
+            coll.checkpoint()
+            count = len(coll)
+        errors = done.errors + [JobLineError(line=e.line, message=e.reason) for e in report.errors]
+        with self._lock:
+            job.counts = JobCounts(documents=docs, errors=done.error_count + report.error_count)
+            job.errors = errors[:MAX_JOB_ERRORS]
+            job.progress = JobProgress(docs=docs, bytes_done=total, bytes_total=total, fraction=1.0)
+        result = {
+            "documents": docs,
+            "collection_count": count,
+            "version": report.version,
+            "lines": report.lines,
+        }
+        self._finish(job_id, "succeeded", result=result)
+
+    def _final_counts(
+        self,
+        job_id: str,
+        coll: Collection,
+        path: Path,
+        fmt: Format,
+        source: str,
+        start_offset: int,
+        start_line: int,
+    ) -> None:
+        """Exact counts of a job that ends early: what its committed chunks covered."""
+        offset, _ = coll.source_progress(source)
+        done = _scan(path, fmt, start_offset, start_line, offset)
+        with self._lock:
+            job = self._jobs[job_id]
+            job.counts = JobCounts(documents=done.documents, errors=done.error_count)
+            job.errors = done.errors
+            job.progress.docs = done.documents
+            job.progress.bytes_done = offset
+            job.progress.fraction = _fraction(offset, job.progress.bytes_total)
+        if not self._stopping.is_set():
+            coll.checkpoint()
+
+    def _run_mine(self, job_id: str, params: MineParams) -> None:
+        root, model = self.settings.collections_dir, self.encoder.model_id
+        with Collection.open(root, params.source, model, readonly=True) as src:
+            src_ids, src_texts, src_vecs = src.vectors()
+        self._check(job_id)
+        with Collection.open(root, params.target, model, readonly=True) as tgt:
+            tgt_ids, tgt_texts, tgt_vecs = tgt.vectors()
+        for name, ids in ((params.source, src_ids), (params.target, tgt_ids)):
+            if not ids:
+                raise InputError(f"collection {name!r} is empty; mining needs documents on both sides")
+        total = len(src_ids)
+        rows = 0
+        with self._lock:
+            job = self._jobs[job_id]
+            job.progress = JobProgress(docs=0, fraction=0.0)
+        self._save(job_id)
+
+        def progress(n: int) -> None:
+            nonlocal rows
+            rows += n
+            with self._lock:
+                job.progress = JobProgress(docs=rows, fraction=_fraction(rows, total))
+            self._save_throttled(job_id)
+            self._check(job_id)
+
+        mined = mine(
+            src_vecs, tgt_vecs, params.k, params.score, params.strategy, params.threshold, progress=progress
+        )
+        self._check(job_id)
+        out = self.pairs_path(job_id)
+        _write_pairs(out, mined.pairs, src_ids, tgt_ids, src_texts, tgt_texts)
+        with self._lock:
+            job.progress = JobProgress(docs=total, fraction=1.0)
+        result = {
+            "pairs": len(mined),
+            "path": str(out),
+            "source_documents": total,
+            "target_documents": len(tgt_ids),
+            "k": mined.k,
+            "score": mined.score,
+            "strategy": mined.strategy,
+            "threshold": mined.threshold,
+        }
+        self._finish(job_id, "succeeded", result=result)
+
+
+def _write_pairs(
+    out: Path,
+    pairs: list[tuple[int, int, float]],
+    src_ids: list[str],
+    tgt_ids: list[str],
+    src_texts: list[str],
+    tgt_texts: list[str],
+) -> None:
+    """score, source id, target id, source text, target text; written whole or not at all."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
+            for s, t, value in pairs:
+                fields = (src_ids[s], tgt_ids[t], src_texts[s], tgt_texts[t])
+                fh.write(f"{value:.6f}\t" + "\t".join(_clean_field(f) for f in fields) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,367 @@
+"""``/admin``: collections, bulk ingest and mining jobs, behind bearer keys.
+
+Long work (embedding a file, mining two collections) never runs in a request: it becomes a job
+(202 + ``Location``) that the JobManager runs on its worker thread and that survives restarts.
+Uploads are streamed to disk chunk by chunk, so a multi-gigabyte body never sits in memory.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import anyio
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from index.collection import NAME_RE, CollectionExists, ModelMismatch, UnknownCollection
+from index.ingest import Format, detect_format
+from index.mining import Score, Strategy
+from model.errors import InputError
+from service.auth import AdminDep
+from service.collections import Collections
+from service.deps import CollectionsDep, EncoderDep, JobsDep, SettingsDep
+from service.errors import APIError
+from service.jobs import Job, JobFinished, JobManager, JobNotFound, JobState, MineParams, new_job_id
+
+router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[AdminDep])
+
+# Upload media types and the ingest format each one means.
+UPLOAD_TYPES: dict[str, Format] = {
+    "application/x-ndjson": "jsonl",
+    "application/jsonl": "jsonl",
+    "application/jsonlines": "jsonl",
+    "text/tab-separated-values": "tsv",
+}
+# Generic types accepted when ``?format=`` says what the bytes are.
+GENERIC_TYPES = frozenset({"", "application/octet-stream", "text/plain"})
+MAX_CHUNK = 100_000
+
+
+class CreateCollection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="1-64 letters, digits, '_', '-' or '.', starting with a letter or digit.")
+    index: str = Field(default="auto", description="auto, Flat, HNSW<M> or IVF<n>,<codec>.")
+
+
+class CollectionList(BaseModel):
+    collections: list[dict[str, Any]]
+
+
+class IngestPath(BaseModel):
+    """Ingest a file already on the server (inside the data directory)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field(min_length=1, description="Relative to the data directory, or absolute inside it.")
+    format: Format | None = Field(default=None, description="jsonl or tsv; default from the file suffix.")
+    strict: bool = Field(
+        default=False, description="Fail at the first malformed line instead of skipping it."
+    )
+    chunk_size: int = Field(default=256, ge=1, le=MAX_CHUNK, description="Documents per committed chunk.")
+
+
+class MineRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    source: str
+    target: str
+    k: int = Field(default=4, ge=1, le=1000)
+    score: Score = "ratio"
+    strategy: Strategy = "max"
+    threshold: float | None = Field(default=None, allow_inf_nan=False)
+
+
+class JobResponse(BaseModel):
+    job: Job
+
+
+class JobList(BaseModel):
+    jobs: list[Job]
+
+
+def _error(exc: InputError, param: str | None = None) -> APIError:
+    """The status a domain error means for a client."""
+    if isinstance(exc, UnknownCollection | JobNotFound):
+        return APIError(404, str(exc), param)
+    if isinstance(exc, CollectionExists | ModelMismatch | JobFinished):
+        return APIError(409, str(exc), param)
+    return APIError(400, str(exc), param)
+
+
+def _known(collections: Collections, name: str, param: str | None = None) -> None:
+    """404 for a name that is no collection (invalid names included)."""
+    if not NAME_RE.match(name) or not collections.exists(name):
+        raise APIError(404, f"unknown collection {name!r}", param)
+
+
+async def _stats(collections: Collections, name: str, param: str | None = None) -> dict[str, Any]:
+    try:
+        return await anyio.to_thread.run_sync(collections.stats, name)
+    except InputError as exc:
+        raise _error(exc, param) from exc
+
+
+def _job_created(job: Job, response: Response) -> JobResponse:
+    response.headers["Location"] = f"/admin/jobs/{job.id}"
+    return JobResponse(job=job)
+
+
+# ---------------------------------------------------------------------- collections
+
+
+@router.get("/collections", response_model=CollectionList)
+async def list_collections(collections: CollectionsDep) -> CollectionList:
+    """Every collection with its stats; one made with another model is listed as not compatible."""
+
+    def gather() -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for name in collections.names():
+            try:
+                out.append({**collections.stats(name), "compatible": True})
+            except ModelMismatch as exc:
+                out.append({"name": name, "compatible": False, "error": str(exc)})
+            except UnknownCollection:
+                continue  # deleted meanwhile
+        return out
+
+    return CollectionList(collections=await anyio.to_thread.run_sync(gather))
+
+
+@router.post("/collections", status_code=201)
+async def create_collection(
+    body: CreateCollection, collections: CollectionsDep, encoder: EncoderDep
+) -> dict[str, Any]:
+    if not NAME_RE.match(body.name):
+        raise APIError(
+            400,
+            f"invalid collection name {body.name!r}: 1-64 letters, digits, '_', '-' or '.', "
+            "starting with a letter or digit",
+            "name",
+        )
+    try:
+        return await anyio.to_thread.run_sync(collections.create, body.name, encoder.dim, body.index)
+    except CollectionExists as exc:
+        raise APIError(409, str(exc), "name") from exc
+    except InputError as exc:
+        raise APIError(400, str(exc), "index") from exc
+
+
+@router.get("/collections/{name}")
+async def get_collection(name: str, collections: CollectionsDep) -> dict[str, Any]:
+    _known(collections, name)
+    return await _stats(collections, name)
+
+
+@router.delete("/collections/{name}", status_code=204, response_class=Response)
+async def delete_collection(name: str, collections: CollectionsDep, jobs: JobsDep) -> Response:
+    _known(collections, name)
+    active = jobs.active_for(name)
+    if active:
+        raise APIError(409, f"collection {name!r} has queued or running jobs: {', '.join(active)}")
+    try:
+        await anyio.to_thread.run_sync(collections.delete, name)
+    except InputError as exc:
+        raise _error(exc) from exc
+    return Response(status_code=204)
+
+
+# ---------------------------------------------------------------------- ingest
+
+
+_DOCUMENTS_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": IngestPath.model_json_schema()},
+            "application/x-ndjson": {"schema": {"type": "string", "format": "binary"}},
+            "application/jsonl": {"schema": {"type": "string", "format": "binary"}},
+            "text/tab-separated-values": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+
+@router.post(
+    "/collections/{name}/documents",
+    status_code=202,
+    response_model=JobResponse,
+    openapi_extra=_DOCUMENTS_BODY,
+)
+async def add_documents(
+    name: str,
+    request: Request,
+    response: Response,
+    settings: SettingsDep,
+    collections: CollectionsDep,
+    jobs: JobsDep,
+    fmt: Annotated[Format | None, Query(alias="format", description="Upload format (jsonl or tsv).")] = None,
+    strict: Annotated[bool, Query(description="Fail at the first malformed line.")] = False,
+    chunk_size: Annotated[int, Query(ge=1, le=MAX_CHUNK, description="Documents per committed chunk.")] = 256,
+) -> JobResponse:
+    """Queue an ingest job: the request body is the file (JSONL/TSV), or JSON naming a server-side file."""
+    _known(collections, name)
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media == "application/json":
+        job = await _path_job(name, request, settings, jobs)
+    else:
+        upload_fmt = _upload_format(media, fmt)
+        job = await _upload_job(name, request, settings, jobs, upload_fmt, strict, chunk_size)
+    return _job_created(await jobs.submit(job), response)
+
+
+def _upload_format(media: str, fmt: Format | None) -> Format:
+    if media in UPLOAD_TYPES:
+        implied = UPLOAD_TYPES[media]
+        if fmt is not None and fmt != implied:
+            raise APIError(400, f"format={fmt} contradicts Content-Type {media}", "format")
+        return implied
+    if media in GENERIC_TYPES and fmt is not None:
+        return fmt
+    raise APIError(
+        415,
+        f"unsupported Content-Type {media or '(none)'!r}: send application/x-ndjson, application/jsonl or "
+        "text/tab-separated-values (or ?format= with application/octet-stream), or application/json "
+        "naming a server-side file",
+        type_="unsupported_media_type",
+    )
+
+
+async def _upload_job(
+    name: str,
+    request: Request,
+    settings: SettingsDep,
+    jobs: JobManager,
+    fmt: Format,
+    strict: bool,
+    chunk_size: int,
+) -> Job:
+    """Stream the body to ``<home>/uploads/<job id>.<fmt>``; 413 (and nothing kept) past the limit."""
+    limit = settings.max_upload_bytes
+    too_large = APIError(413, f"upload exceeds {limit} bytes (DAPSEARCH_MAX_UPLOAD_BYTES)")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    job_id = new_job_id()
+    uploads = settings.uploads_dir
+    await anyio.Path(uploads).mkdir(parents=True, exist_ok=True)
+    part = uploads / f".{job_id}.{fmt}.part"
+    final = uploads / f"{job_id}.{fmt}"
+    size = 0
+    try:
+        async with await anyio.open_file(part, "wb") as fh:
+            async for chunk in request.stream():
+                if not chunk:
+                    continue
+                size += len(chunk)
+                if size > limit:
+                    raise too_large
+                await fh.write(chunk)
+            await fh.flush()
+            # The job outlives this process: its file must be on disk before the job is.
+            await anyio.to_thread.run_sync(os.fsync, fh.wrapped.fileno())
+        if size == 0:
+            raise APIError(400, "empty body: send the documents as JSONL or TSV")
+        await anyio.to_thread.run_sync(os.replace, part, final)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    return jobs.ingest_job(job_id, name, final, fmt, upload=True, strict=strict, chunk_size=chunk_size)
+
+
+async def _path_job(name: str, request: Request, settings: SettingsDep, jobs: JobManager) -> Job:
+    """A job reading a file that must resolve (symlinks followed) inside the data directory."""
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > settings.max_body_bytes:
+            raise APIError(413, f"request body exceeds {settings.max_body_bytes} bytes")
+    try:
+        body = IngestPath.model_validate_json(bytes(raw))
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors(include_url=False)) from exc
+    data_dir = settings.resolved_data_dir.resolve()
+    given = Path(body.path)
+    try:
+        resolved = (given if given.is_absolute() else data_dir / given).resolve()
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise APIError(400, f"invalid path {body.path!r}: {exc}", "path") from exc
+    if not resolved.is_relative_to(data_dir):
+        raise APIError(403, "path outside the data directory", "path")
+    if not resolved.is_file():
+        raise APIError(404, f"file not found: {body.path}", "path")
+    try:
+        fmt = detect_format(resolved, body.format)
+    except InputError as exc:
+        raise APIError(400, str(exc).replace("--format", "format"), "format") from exc
+    return jobs.ingest_job(
+        new_job_id(), name, resolved, fmt, upload=False, strict=body.strict, chunk_size=body.chunk_size
+    )
+
+
+# ---------------------------------------------------------------------- mining
+
+
+@router.post("/mine", status_code=202, response_model=JobResponse)
+async def mine_job(
+    body: MineRequest, response: Response, collections: CollectionsDep, jobs: JobsDep
+) -> JobResponse:
+    """Queue bitext mining between two collections' stored vectors; pairs come as a TSV file."""
+    for param, name in (("source", body.source), ("target", body.target)):
+        _known(collections, name, param)
+        await _stats(collections, name, param)  # 409 when made with another model
+    job = jobs.mine_job(MineParams(**body.model_dump()))
+    return _job_created(await jobs.submit(job), response)
+
+
+# ---------------------------------------------------------------------- jobs
+
+
+@router.get("/jobs", response_model=JobList)
+async def list_jobs(jobs: JobsDep, state: Annotated[JobState | None, Query()] = None) -> JobList:
+    return JobList(jobs=jobs.list_jobs(state))
+
+
+def _get(jobs: JobManager, job_id: str) -> Job:
+    try:
+        return jobs.get(job_id)
+    except JobNotFound as exc:
+        raise APIError(404, str(exc)) from exc
+
+
+@router.get("/jobs/{job_id}", response_model=JobResponse)
+async def get_job(job_id: str, jobs: JobsDep) -> JobResponse:
+    return JobResponse(job=_get(jobs, job_id))
+
+
+@router.post("/jobs/{job_id}/cancel", response_model=JobResponse)
+async def cancel_job(job_id: str, jobs: JobsDep) -> JobResponse:
+    """A queued job is cancelled at once; a running one stops after its current chunk."""
+    try:
+        return JobResponse(job=await jobs.cancel(job_id))
+    except InputError as exc:
+        raise _error(exc) from exc
+
+
+@router.get(
+    "/jobs/{job_id}/pairs",
+    response_class=FileResponse,
+    responses={200: {"content": {"text/tab-separated-values": {}}}},
+)
+async def job_pairs(job_id: str, jobs: JobsDep) -> FileResponse:
+    """score, source id, target id, source text, target text; one pair a line, best first."""
+    job = _get(jobs, job_id)
+    if job.type != "mine":
+        raise APIError(404, f"job {job_id} is an {job.type} job: it has no pairs")
+    if job.state != "succeeded":
+        raise APIError(409, f"job {job_id} is {job.state}: pairs exist once it has succeeded")
+    path = jobs.pairs_path(job_id)
+    if not path.is_file():
+        raise APIError(404, f"the pairs file of job {job_id} is gone")
+    return FileResponse(
+        path, media_type="text/tab-separated-values; charset=utf-8", filename=f"{job_id}.pairs.tsv"
+    )

@@ -1,0 +1,647 @@
+"""The /admin API through the real app: bearer auth, collections, ingest and mining jobs, restarts.
+
+Everything is real: the tiny ONNX model, SQLite + FAISS collections on disk, job files, the
+worker thread. Restarts are real too: a second app is started on the same home directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
+
+from index.collection import Collection
+from index.ingest import ingest
+from model.encoder import Encoder
+from service.app import create_app
+from service.jobs import IngestParams, Job, JobProgress, new_job_id
+from service.metrics import Metrics
+from service.settings import Settings
+
+pytestmark = pytest.mark.anyio
+
+AUTH = {"Authorization": "Bearer k1"}
+FINISHED = ("succeeded", "failed", "cancelled")
+
+
+@pytest.fixture(scope="module")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def settings_for(home: Path, model_dir: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "home": home,
+        "model_dir": model_dir,
+        "backend": "onnx",
+        "threads": 1,
+        "admin_keys": "k1,k2",
+        "demo": False,
+        "redis_url": None,
+    }
+    return Settings(**(values | overrides))
+
+
+@asynccontextmanager
+async def serve(
+    settings: Settings, headers: dict[str, str] | None = None
+) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    """The app with its lifespan (model, collections, job worker) and a client bound to it."""
+    app = create_app(settings)
+    async with LifespanManager(app, startup_timeout=120, shutdown_timeout=60) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://test", headers=AUTH if headers is None else headers
+        ) as client:
+            await wait_ready(client)
+            yield app, client
+
+
+async def wait_ready(client: httpx.AsyncClient) -> None:
+    """The model loads in the background after startup; admin routes answer 503 until then."""
+    deadline = time.monotonic() + 120
+    while (r := await client.get("/health/ready")).status_code != 200:
+        assert r.json()["status"] == "starting", r.text
+        assert time.monotonic() < deadline, "service never became ready"
+        await anyio.sleep(0.02)
+
+
+def jsonl(n: int, prefix: str = "d", start: int = 0) -> bytes:
+    lines = [
+        json.dumps({"id": f"{prefix}{i}", "text": f"document number {i} about topic {i % 7}", "lang": "en"})
+        for i in range(start, start + n)
+    ]
+    return ("\n".join(lines) + "\n").encode()
+
+
+async def create(client: httpx.AsyncClient, name: str) -> None:
+    r = await client.post("/admin/collections", json={"name": name})
+    assert r.status_code == 201, r.text
+
+
+async def upload(client: httpx.AsyncClient, name: str, body: bytes, **params: Any) -> dict[str, Any]:
+    r = await client.post(
+        f"/admin/collections/{name}/documents",
+        content=body,
+        params=params,
+        headers={"Content-Type": "application/x-ndjson"},
+    )
+    assert r.status_code == 202, r.text
+    job: dict[str, Any] = r.json()["job"]
+    assert r.headers["Location"] == f"/admin/jobs/{job['id']}"
+    return job
+
+
+async def wait_for(
+    client: httpx.AsyncClient, job_id: str, states: tuple[str, ...] = FINISHED, timeout: float = 60
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        r = await client.get(f"/admin/jobs/{job_id}")
+        assert r.status_code == 200, r.text
+        job: dict[str, Any] = r.json()["job"]
+        if job["state"] in states:
+            return job
+        assert time.monotonic() < deadline, f"job stuck: {job}"
+        await anyio.sleep(0.02)
+
+
+async def wait_started(client: httpx.AsyncClient, job_id: str) -> dict[str, Any]:
+    """Until the job has committed at least one chunk (and is still running)."""
+    deadline = time.monotonic() + 60
+    while True:
+        job: dict[str, Any] = (await client.get(f"/admin/jobs/{job_id}")).json()["job"]
+        if job["state"] != "queued" and job["progress"]["docs"] > 0:
+            return job
+        assert time.monotonic() < deadline, f"job never started: {job}"
+        await anyio.sleep(0.005)
+
+
+def count(settings: Settings, name: str) -> int:
+    with Collection.open(settings.collections_dir, name, readonly=True) as coll:
+        return len(coll)
+
+
+def gauge(app: FastAPI, state: str) -> float | None:
+    metrics: Metrics = app.state.metrics
+    return metrics.registry.get_sample_value("dapsearch_jobs", {"state": state})
+
+
+# ---------------------------------------------------------------------- auth
+
+
+async def test_auth_keys(tmp_path: Path, tiny_model_dir: Path) -> None:
+    async with serve(settings_for(tmp_path / "home", tiny_model_dir), headers={}) as (_, client):
+        r = await client.get("/admin/collections")
+        assert r.status_code == 401
+        assert r.headers["WWW-Authenticate"].startswith("Bearer")
+        assert r.json()["error"]["type"] == "unauthorized"
+        for malformed in ("Basic azE6azE=", "Bearer", "Bearer ", "k1", "Bearer k1 k2"):
+            r = await client.get("/admin/collections", headers={"Authorization": malformed})
+            assert r.status_code == 401, malformed
+            assert "WWW-Authenticate" in r.headers
+        r = await client.get("/admin/collections", headers={"Authorization": "Bearer k3"})
+        assert r.status_code == 403 and r.json()["error"]["type"] == "forbidden"
+        assert "WWW-Authenticate" not in r.headers
+        for key in ("k1", "k2"):
+            r = await client.get("/admin/collections", headers={"Authorization": f"Bearer {key}"})
+            assert r.status_code == 200 and r.json() == {"collections": []}
+        r = await client.get("/admin/collections", headers={"Authorization": "bearer  k2 "})
+        assert r.status_code == 200  # scheme is case-insensitive, surrounding spaces ignored
+        # Every admin route is guarded, not just the listing.
+        r = await client.post("/admin/collections", json={"name": "x"})
+        assert r.status_code == 401
+        r = await client.get("/admin/jobs/whatever")
+        assert r.status_code == 401
+
+
+async def test_admin_disabled_without_keys(tmp_path: Path, tiny_model_dir: Path) -> None:
+    settings = settings_for(tmp_path / "home", tiny_model_dir, admin_keys="")
+    async with serve(settings) as (_, client):
+        r = await client.get("/admin/collections")
+        assert r.status_code == 503
+        assert "DAPSEARCH_ADMIN_KEYS" in r.json()["error"]["message"]
+
+
+async def test_admin_open_mode(tmp_path: Path, tiny_model_dir: Path) -> None:
+    settings = settings_for(tmp_path / "home", tiny_model_dir, admin_keys="", admin_open=True)
+    async with serve(settings, headers={}) as (_, client):
+        assert (await client.get("/admin/collections")).status_code == 200
+        assert (await client.post("/admin/collections", json={"name": "open"})).status_code == 201
+
+
+# ---------------------------------------------------------------------- collections
+
+
+async def test_collections_create_list_get_delete(tmp_path: Path, tiny_model_dir: Path) -> None:
+    async with serve(settings_for(tmp_path / "home", tiny_model_dir)) as (app, client):
+        r = await client.post("/admin/collections", json={"name": "news", "index": "auto"})
+        assert r.status_code == 201, r.text
+        stats = r.json()
+        assert stats["name"] == "news" and stats["count"] == 0
+        assert stats["dim"] == app.state.encoder.dim and stats["model_id"] == app.state.encoder.model_id
+
+        r = await client.post("/admin/collections", json={"name": "news"})
+        assert r.status_code == 409 and r.json()["error"]["param"] == "name"
+        for bad in ({"name": "../etc"}, {"name": ""}, {"name": "ok", "index": "bogus"}):
+            r = await client.post("/admin/collections", json=bad)
+            assert r.status_code == 400, (bad, r.text)
+            assert r.json()["error"]["type"] == "invalid_request"
+        for invalid in ({}, {"name": 3}, {"name": "x", "extra": 1}):
+            r = await client.post("/admin/collections", json=invalid)
+            assert r.status_code == 422, (invalid, r.text)
+        r = await client.post(
+            "/admin/collections", content=b"{not json", headers={"Content-Type": "application/json"}
+        )
+        assert r.status_code == 422
+
+        await create(client, "blogs")
+        r = await client.get("/admin/collections")
+        assert [c["name"] for c in r.json()["collections"]] == ["blogs", "news"]
+        assert all(c["compatible"] and c["count"] == 0 for c in r.json()["collections"])
+
+        assert (await client.get("/admin/collections/news")).json()["name"] == "news"
+        r = await client.get("/admin/collections/nope")
+        assert r.status_code == 404 and r.json()["error"]["type"] == "not_found"
+        assert (await client.get("/admin/collections/..%2F..%2Fetc")).status_code == 404
+
+        r = await client.delete("/admin/collections/news")
+        assert r.status_code == 204 and r.content == b""
+        assert (await client.get("/admin/collections/news")).status_code == 404
+        assert (await client.delete("/admin/collections/news")).status_code == 404
+        assert [c["name"] for c in (await client.get("/admin/collections")).json()["collections"]] == [
+            "blogs"
+        ]
+
+
+# ---------------------------------------------------------------------- ingest
+
+
+async def test_jsonl_upload_ingests_and_reports_malformed_lines(tmp_path: Path, tiny_model_dir: Path) -> None:
+    settings = settings_for(tmp_path / "home", tiny_model_dir)
+    lines = jsonl(50).decode().splitlines()
+    lines.insert(2, "{broken json")  # line 3
+    lines.insert(9, json.dumps({"id": "x", "text": ""}))  # line 10
+    body = ("\n".join(lines) + "\n").encode()
+    async with serve(settings) as (app, client):
+        await create(client, "docs")
+        job = await upload(client, "docs", body, chunk_size=8)
+        assert (
+            job["type"] == "ingest" and job["collection"] == "docs" and job["state"] in ("queued", "running")
+        )
+        assert job["params"]["chunk_size"] == 8 and job["params"]["format"] == "jsonl"
+        job = await wait_for(client, job["id"])
+        assert job["state"] == "succeeded", job
+        assert job["counts"] == {"documents": 50, "errors": 2}
+        assert [e["line"] for e in job["errors"]] == [3, 10]
+        assert "invalid JSON" in job["errors"][0]["message"] and "text" in job["errors"][1]["message"]
+        assert job["progress"]["fraction"] == 1.0
+        assert job["progress"]["bytes_done"] == job["progress"]["bytes_total"] == len(body)
+        assert job["started"] and job["finished"] and job["error"] is None
+        assert job["result"]["documents"] == 50
+
+        # The service's own read handle sees the job's commits.
+        stats = (await client.get("/admin/collections/docs")).json()
+        assert stats["count"] == 50 and stats["index_vectors"] == 50
+        assert gauge(app, "succeeded") == 1.0 and gauge(app, "running") == 0.0
+
+    # Persisted as a job file; the consumed upload is gone.
+    stored = Job.model_validate_json((settings.jobs_dir / f"{job['id']}.json").read_text())
+    assert stored.state == "succeeded" and stored.counts.documents == 50
+    assert list(settings.uploads_dir.iterdir()) == []
+    with Collection.open(settings.collections_dir, "docs", readonly=True) as coll:
+        assert len(coll) == 50
+        ids, _, vectors = coll.vectors()
+        hits = coll.search(vectors[[5, 17]], k=1)
+        assert [h[0].id for h in hits] == [ids[5], ids[17]]
+        doc = coll.get("d42")
+        assert doc is not None and doc.text == "document number 42 about topic 0" and doc.lang == "en"
+
+
+async def test_tsv_upload(tmp_path: Path, tiny_model_dir: Path) -> None:
+    settings = settings_for(tmp_path / "home", tiny_model_dir)
+    rows = ["id\ttext\tlang\tmetadata"] + [f"t{i}\tZeile {i}\tde\t" + json.dumps({"n": i}) for i in range(20)]
+    rows.append("only-one-column")
+    body = ("\n".join(rows) + "\n").encode()
+    async with serve(settings) as (_, client):
+        await create(client, "tsv")
+        r = await client.post(
+            "/admin/collections/tsv/documents?chunk_size=6",
+            content=body,
+            headers={"Content-Type": "text/tab-separated-values; charset=utf-8"},
+        )
+        assert r.status_code == 202, r.text
+        job = await wait_for(client, r.json()["job"]["id"])
+        assert job["state"] == "succeeded", job
+        assert job["params"]["format"] == "tsv"
+        assert job["counts"] == {"documents": 20, "errors": 1} and job["errors"][0]["line"] == 22
+    with Collection.open(settings.collections_dir, "tsv", readonly=True) as coll:
+        assert len(coll) == 20
+        doc = coll.get("t3")
+        assert doc is not None and doc.lang == "de" and doc.metadata == {"n": 3}
+
+
+async def test_upload_refusals(tmp_path: Path, tiny_model_dir: Path) -> None:
+    settings = settings_for(tmp_path / "home", tiny_model_dir, max_upload_bytes=2048)
+    big = jsonl(100)
+    assert len(big) > 2048
+    async with serve(settings) as (_, client):
+        await create(client, "c")
+        r = await client.post(
+            "/admin/collections/nope/documents", content=b"x", headers={"Content-Type": "application/jsonl"}
+        )
+        assert r.status_code == 404
+
+        # Declared too large: refused before reading.
+        r = await client.post(
+            "/admin/collections/c/documents", content=big, headers={"Content-Type": "application/jsonl"}
+        )
+        assert r.status_code == 413 and r.json()["error"]["type"] == "too_large"
+
+        # Streamed without a length: refused once the limit is passed, the partial file removed.
+        async def chunks() -> AsyncIterator[bytes]:
+            for start in range(0, len(big), 500):
+                yield big[start : start + 500]
+
+        r = await client.post(
+            "/admin/collections/c/documents",
+            content=chunks(),
+            headers={"Content-Type": "application/x-ndjson"},
+        )
+        assert r.status_code == 413, r.text
+        assert list(settings.uploads_dir.iterdir()) == []
+
+        r = await client.post(
+            "/admin/collections/c/documents", content=b"", headers={"Content-Type": "application/x-ndjson"}
+        )
+        assert r.status_code == 400 and "empty" in r.json()["error"]["message"]
+        r = await client.post(
+            "/admin/collections/c/documents", content=b"a\tb\n", headers={"Content-Type": "text/csv"}
+        )
+        assert r.status_code == 415
+        r = await client.post(
+            "/admin/collections/c/documents?format=tsv",
+            content=b"{}\n",
+            headers={"Content-Type": "application/jsonl"},
+        )
+        assert r.status_code == 400 and r.json()["error"]["param"] == "format"
+        for query in ("chunk_size=0", "chunk_size=abc", "format=csv", "strict=maybe"):
+            r = await client.post(
+                f"/admin/collections/c/documents?{query}",
+                content=b"x",
+                headers={"Content-Type": "application/jsonl"},
+            )
+            assert r.status_code == 422, (query, r.text)
+        assert list(settings.uploads_dir.iterdir()) == []
+        assert (await client.get("/admin/jobs")).json() == {"jobs": []}
+
+        # A generic type is fine when ?format= says what it is.
+        r = await client.post(
+            "/admin/collections/c/documents?format=jsonl",
+            content=jsonl(5),
+            headers={"Content-Type": "application/octet-stream"},
+        )
+        assert r.status_code == 202
+        assert (await wait_for(client, r.json()["job"]["id"]))["counts"]["documents"] == 5
+
+
+async def test_strict_ingest_fails_at_the_first_malformed_line(tmp_path: Path, tiny_model_dir: Path) -> None:
+    settings = settings_for(tmp_path / "home", tiny_model_dir)
+    body = jsonl(10) + b"not json\n" + jsonl(5, start=10)
+    async with serve(settings) as (_, client):
+        await create(client, "c")
+        job = await wait_for(client, (await upload(client, "c", body, strict="true", chunk_size=4))["id"])
+        assert job["state"] == "failed" and ":11: invalid JSON" in job["error"]
+        assert job["counts"]["documents"] == 8  # two chunks of 4 committed before line 11's chunk
+    assert count(settings, "c") == 8
+
+
+async def test_server_side_paths_stay_inside_the_data_dir(tmp_path: Path, tiny_model_dir: Path) -> None:
+    home = tmp_path / "home"
+    settings = settings_for(home, tiny_model_dir)
+    data = settings.resolved_data_dir
+    (data / "sub").mkdir(parents=True)
+    (data / "sub" / "a.jsonl").write_bytes(jsonl(12, "a"))
+    (data / "b.tsv").write_bytes(b"".join(f"b{i}\ttext {i}\n".encode() for i in range(7)))
+    (data / "c.data").write_bytes(jsonl(3, "c"))
+    outside = home / "outside.jsonl"
+    outside.write_bytes(jsonl(3, "o"))
+    (data / "link.jsonl").symlink_to(outside)
+    (data / "dirlink").symlink_to(home)
+
+    async def post(body: dict[str, Any]) -> httpx.Response:
+        return await client.post("/admin/collections/c/documents", json=body)
+
+    async with serve(settings) as (_, client):
+        await create(client, "c")
+        r = await post({"path": "sub/a.jsonl", "chunk_size": 5})
+        assert r.status_code == 202, r.text
+        assert r.json()["job"]["params"]["upload"] is False
+        first = await wait_for(client, r.json()["job"]["id"])
+        assert first["state"] == "succeeded" and first["counts"]["documents"] == 12
+        r = await post({"path": str(data / "b.tsv")})  # absolute, inside
+        assert r.status_code == 202, r.text
+        assert (await wait_for(client, r.json()["job"]["id"]))["counts"]["documents"] == 7
+        r = await post({"path": "c.data", "format": "jsonl"})
+        assert r.status_code == 202, r.text
+        assert (await wait_for(client, r.json()["job"]["id"]))["counts"]["documents"] == 3
+
+        for escape in (
+            "../outside.jsonl",
+            "sub/../../outside.jsonl",
+            str(outside),
+            "link.jsonl",
+            "dirlink/outside.jsonl",
+            "/etc/passwd",
+        ):
+            r = await post({"path": escape})
+            assert r.status_code == 403, (escape, r.text)
+            assert r.json()["error"] == {
+                "type": "forbidden",
+                "message": "path outside the data directory",
+                "param": "path",
+            }
+        r = await post({"path": "sub/missing.jsonl"})
+        assert r.status_code == 404 and r.json()["error"]["param"] == "path"
+        r = await post({"path": "c.data"})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "format"
+        for invalid in (
+            {},
+            {"path": ""},
+            {"path": "a", "strict": "maybe"},
+            {"path": "a", "chunk_size": 0},
+            {"path": "a", "x": 1},
+        ):
+            r = await post(invalid)
+            assert r.status_code == 422, (invalid, r.text)
+        r = await post({"path": "sub/a.jsonl\x00x"})
+        assert r.status_code == 400
+        # The data-dir file stays: only uploads are consumed.
+        assert (data / "sub" / "a.jsonl").is_file()
+    assert count(settings, "c") == 22
+
+
+# ---------------------------------------------------------------------- cancel, restart
+
+
+async def test_cancel_running_ingest(tmp_path: Path, tiny_model_dir: Path) -> None:
+    settings = settings_for(tmp_path / "home", tiny_model_dir)
+    total = 4000
+    async with serve(settings) as (app, client):
+        await create(client, "big")
+        job = await upload(client, "big", jsonl(total), chunk_size=2)
+        await wait_started(client, job["id"])
+        assert gauge(app, "running") == 1.0
+
+        # A collection with a running job cannot be deleted.
+        r = await client.delete("/admin/collections/big")
+        assert r.status_code == 409 and job["id"] in r.json()["error"]["message"]
+
+        r = await client.post(f"/admin/jobs/{job['id']}/cancel")
+        assert r.status_code == 200, r.text
+        assert r.json()["job"]["cancel_requested"] is True
+        job = await wait_for(client, job["id"])
+        assert job["state"] == "cancelled", job
+        assert 0 < job["counts"]["documents"] < total
+        assert job["progress"]["fraction"] < 1.0
+        assert (await client.post(f"/admin/jobs/{job['id']}/cancel")).status_code == 409
+        assert gauge(app, "cancelled") == 1.0 and gauge(app, "running") == 0.0
+        assert (await client.get("/admin/collections/big")).json()["count"] == job["counts"]["documents"]
+
+        # A queued job is cancelled at once: it never runs.
+        blocker = await upload(client, "big", jsonl(total, "q"), chunk_size=2)
+        queued = await upload(client, "big", jsonl(5, "z"))
+        r = await client.post(f"/admin/jobs/{queued['id']}/cancel")
+        assert r.json()["job"]["state"] == "cancelled"
+        await client.post(f"/admin/jobs/{blocker['id']}/cancel")
+        await wait_for(client, blocker["id"])
+        assert (await client.delete("/admin/collections/big")).status_code == 204
+    assert list(settings.uploads_dir.iterdir()) == []
+
+
+async def test_shutdown_mid_ingest_resumes_on_restart(tmp_path: Path, tiny_model_dir: Path) -> None:
+    settings = settings_for(tmp_path / "home", tiny_model_dir)
+    total = 4000
+    async with serve(settings) as (_, client):
+        await create(client, "big")
+        job_id = (await upload(client, "big", jsonl(total) + b"oops\n", chunk_size=2))["id"]
+        await wait_started(client, job_id)
+    stored = Job.model_validate_json((settings.jobs_dir / f"{job_id}.json").read_text())
+    assert stored.state == "queued"  # stopped with the service, not lost
+    assert 0 < count(settings, "big") < total
+
+    async with serve(settings) as (app, client):
+        job = await wait_for(client, job_id)
+        assert job["state"] == "succeeded", job
+        assert job["counts"] == {"documents": total, "errors": 1} and job["errors"][0]["line"] == total + 1
+        assert job["progress"]["fraction"] == 1.0
+        assert (await client.get("/admin/collections/big")).json()["count"] == total
+        assert gauge(app, "succeeded") == 1.0
+    with Collection.open(settings.collections_dir, "big", readonly=True) as coll:
+        ids, _, _ = coll.vectors()
+        assert sorted(ids) == sorted(f"d{i}" for i in range(total))  # each document exactly once
+
+
+async def test_crashed_jobs_resume_or_fail_with_a_reason(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """Job files left 'running' by a killed process: resumed from the last commit, or failed."""
+    settings = settings_for(tmp_path / "home", tiny_model_dir)
+    encoder = Encoder.load(tiny_model_dir, backend="onnx", threads=1)
+    body = jsonl(3) + b"{bad\n" + jsonl(57, start=3)
+    upload_path = settings.uploads_dir / "crashed.jsonl"
+    upload_path.parent.mkdir(parents=True)
+    upload_path.write_bytes(body)
+
+    class Killed(Exception):
+        pass
+
+    chunks = 0
+
+    def die_after_two_chunks(_docs: int, _offset: int) -> None:
+        nonlocal chunks
+        chunks += 1
+        if chunks == 2:
+            raise Killed
+
+    with Collection.create(settings.collections_dir, "c", encoder.model_id, encoder.dim) as coll:
+        with pytest.raises(Killed):
+            ingest(coll, encoder, upload_path, "jsonl", 10, progress=die_after_two_chunks)
+        assert len(coll) == 20
+
+    def crashed(path: Path) -> Job:
+        params = IngestParams(
+            path=str(path), upload=True, format="jsonl", chunk_size=10, start_offset=0, start_line=0
+        )
+        job = Job(
+            id=new_job_id(),
+            type="ingest",
+            state="running",
+            collection="c",
+            params=params,
+            progress=JobProgress(docs=10, bytes_done=100, bytes_total=len(body)),
+            created="2024-01-01T00:00:00+00:00",
+            started="2024-01-01T00:00:01+00:00",
+        )
+        settings.jobs_dir.mkdir(parents=True, exist_ok=True)
+        (settings.jobs_dir / f"{job.id}.json").write_text(job.model_dump_json())
+        return job
+
+    resumable = crashed(upload_path)
+    vanished = crashed(settings.uploads_dir / "gone.jsonl")
+    orphan = settings.uploads_dir / ".orphan.jsonl.part"
+    orphan.write_bytes(b"half an upload, cut off by the crash")
+    os.utime(orphan, (time.time() - 7200, time.time() - 7200))
+    receiving = settings.uploads_dir / ".other-process.jsonl.part"
+    receiving.write_bytes(b"an upload another process is receiving now")
+
+    async with serve(settings) as (app, client):
+        job = await wait_for(client, resumable.id)
+        assert job["state"] == "succeeded", job
+        assert job["counts"] == {"documents": 60, "errors": 1}  # exact, though 20 were done before the crash
+        assert [e["line"] for e in job["errors"]] == [4]
+        assert job["started"] == "2024-01-01T00:00:01+00:00"
+        lost = (await client.get(f"/admin/jobs/{vanished.id}")).json()["job"]
+        assert lost["state"] == "failed" and "gone" in lost["error"] and "gone.jsonl" in lost["error"]
+        r = await client.get("/admin/jobs", params={"state": "failed"})
+        assert [j["id"] for j in r.json()["jobs"]] == [vanished.id]
+        assert gauge(app, "failed") == 1.0
+    assert count(settings, "c") == 60
+    # The consumed upload and the old orphan are removed; a file being written now is not.
+    assert list(settings.uploads_dir.iterdir()) == [receiving]
+
+
+# ---------------------------------------------------------------------- mining, jobs
+
+
+async def test_mine_job_and_pairs_download(tmp_path: Path, tiny_model_dir: Path) -> None:
+    settings = settings_for(tmp_path / "home", tiny_model_dir)
+    n = 30
+    async with serve(settings) as (_, client):
+        for name, prefix in (("src", "s"), ("tgt", "t")):
+            await create(client, name)
+            job = await wait_for(client, (await upload(client, name, jsonl(n, prefix)))["id"])
+            assert job["state"] == "succeeded"
+        await create(client, "empty")
+
+        r = await client.post("/admin/mine", json={"source": "src", "target": "tgt", "score": "absolute"})
+        assert r.status_code == 202, r.text
+        assert r.headers["Location"] == f"/admin/jobs/{r.json()['job']['id']}"
+        job = await wait_for(client, r.json()["job"]["id"])
+        assert job["state"] == "succeeded", job
+        assert job["type"] == "mine" and job["progress"]["fraction"] == 1.0
+        assert job["params"] == {
+            "source": "src",
+            "target": "tgt",
+            "k": 4,
+            "score": "absolute",
+            "strategy": "max",
+            "threshold": None,
+        }
+        pairs = job["result"]["pairs"]
+        assert pairs == n and Path(job["result"]["path"]).is_file()
+
+        r = await client.get(f"/admin/jobs/{job['id']}/pairs")
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/tab-separated-values")
+        rows = [line.split("\t") for line in r.text.splitlines()]
+        assert len(rows) == pairs and all(len(row) == 5 for row in rows)
+        scores = [float(row[0]) for row in rows]
+        assert scores == sorted(scores, reverse=True)
+        # Both sides hold the same texts: each source finds its own copy (cosine 1) on the other side.
+        assert all(row[1][1:] == row[2][1:] and row[3] == row[4] for row in rows)
+        assert all(s == pytest.approx(1.0, abs=1e-4) for s in scores)
+
+        r = await client.post("/admin/mine", json={"source": "src", "target": "empty"})
+        failed = await wait_for(client, r.json()["job"]["id"])
+        assert failed["state"] == "failed" and "empty" in failed["error"]
+        assert (await client.get(f"/admin/jobs/{failed['id']}/pairs")).status_code == 409
+
+        r = await client.post("/admin/mine", json={"source": "src", "target": "nope"})
+        assert r.status_code == 404 and r.json()["error"]["param"] == "target"
+        for bad in (
+            {"source": "src", "target": "tgt", "k": 0},
+            {"source": "src", "target": "tgt", "score": "cos"},
+            {"source": "src"},
+            {"source": "src", "target": "tgt", "strategy": "all"},
+        ):
+            assert (await client.post("/admin/mine", json=bad)).status_code == 422, bad
+        r = await client.post(
+            "/admin/mine",
+            content=b'{"source": "src", "target": "tgt", "threshold": NaN}',
+            headers={"Content-Type": "application/json"},
+        )
+        assert r.status_code == 422
+
+        ingest_id = (await client.get("/admin/jobs", params={"state": "succeeded"})).json()["jobs"][0]["id"]
+        assert (await client.get(f"/admin/jobs/{ingest_id}/pairs")).status_code == 404
+
+
+async def test_job_listing_and_unknown_jobs(tmp_path: Path, tiny_model_dir: Path) -> None:
+    settings = settings_for(tmp_path / "home", tiny_model_dir)
+    async with serve(settings) as (_, client):
+        await create(client, "c")
+        ids = [(await upload(client, "c", jsonl(3, f"p{i}-")))["id"] for i in range(3)]
+        for job_id in ids:
+            await wait_for(client, job_id)
+        listed = (await client.get("/admin/jobs")).json()["jobs"]
+        assert [j["id"] for j in listed] == ids  # submission order
+        assert len((await client.get("/admin/jobs?state=succeeded")).json()["jobs"]) == 3
+        assert (await client.get("/admin/jobs?state=running")).json()["jobs"] == []
+        assert (await client.get("/admin/jobs?state=bogus")).status_code == 422
+        for method, path in (
+            ("GET", "/admin/jobs/nope"),
+            ("POST", "/admin/jobs/nope/cancel"),
+            ("GET", "/admin/jobs/nope/pairs"),
+        ):
+            r = await client.request(method, path)
+            assert r.status_code == 404 and r.json()["error"]["type"] == "not_found", path
+    assert sorted(p.stem for p in settings.jobs_dir.glob("*.json")) == sorted(ids)
+    assert count(settings, "c") == 9
