@@ -51,7 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         stack.push_async_callback(batcher.stop)
         cache = create_cache(settings, metrics)
         stack.push_async_callback(cache.close)
-        collections = Collections(settings.collections_dir, encoder.model_id)
+        collections = Collections(settings.collections_dir, encoder.model_id, settings.search_threads)
         stack.callback(collections.close)
         if settings.demo:
             await anyio.to_thread.run_sync(lambda: ensure_demo_collection(settings.collections_dir, encoder))

@@ -17,15 +17,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import faiss
 import numpy as np
 
 from index.collection import Collection, Filter, Hit, UnknownCollection, list_collections
 
 
 class Collections:
-    def __init__(self, root: Path, model_id: str) -> None:
+    def __init__(self, root: Path, model_id: str, search_threads: int = 1) -> None:
         self.root = Path(root)
         self.model_id = model_id
+        self.search_threads = search_threads
         self._handles: dict[str, Collection] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._registry_lock = threading.Lock()
@@ -59,6 +61,10 @@ class Collections:
         self, name: str, queries: np.ndarray, k: int, flt: Filter | None
     ) -> tuple[int, list[list[Hit]]]:
         """(version searched, hits per query)."""
+        # OpenMP threads for one query cost more in synchronisation than they save (measured: exact
+        # search over 100k vectors 6 ms on one thread, 44 ms on two while other requests run), and
+        # a server gets its parallelism from concurrent requests. Per thread, so set on each call.
+        faiss.omp_set_num_threads(self.search_threads)
         with self.reading(name) as coll:
             return coll.version, coll.search(queries, k, flt)
 

@@ -67,6 +67,9 @@ class Settings(BaseSettings):
         "~200/s on 2 cores); larger corpora go through collections and an admin mining job.",
     )
     max_k: int = Field(default=1000, ge=1, description="Largest k accepted by /search.")
+    search_threads: int = Field(
+        default=1, ge=1, description="FAISS threads per /search call (requests run in parallel instead)."
+    )
 
     # --- cache
     redis_url: str | None = Field(
