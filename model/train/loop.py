@@ -1,0 +1,521 @@
+"""The DAP training job: translation ranking + representation translation learning on parallel data.
+
+One loop for a single CPU process and for ``torchrun --nproc-per-node N`` (gloo on CPU, nccl on
+GPU): every rank reads the same deterministic stream and takes its slice of each global batch,
+the TR loss all-gathers embeddings with gradient so negatives are global, and gradients are
+averaged across ranks before each step. Everything needed to continue exactly (weights,
+optimiser, schedule, step, RNG states, stream position) is checkpointed atomically; Ctrl-C saves
+and exits. The best model by dev P@1 is written as a complete built model directory that
+``dapsearch model export`` and the service can use directly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from model.artifact import Manifest, Pooling, atomic_write_text, read_manifest
+from model.errors import InputError
+from model.torch_model import load_transformer, pool
+from model.train.data import (
+    EnglishVocab,
+    Pair,
+    PairFilter,
+    ParallelStream,
+    find_parallel_files,
+    read_dev,
+    read_pairs,
+)
+from model.train.losses import translation_ranking_loss
+from model.train.rtl import RTLHead, rtl_labels
+
+Direction = Literal["xx2en", "en2xx", "both"]
+
+
+class TrainConfig(BaseModel):
+    """Every option of a run; saved next to its checkpoints so a resume uses the same ones."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: Path = Field(description="Directory of xx-en.tsv[.gz] files.")
+    out: Path = Field(description="Run directory: checkpoint/, best/, log.jsonl, config.json.")
+    model_dir: Path = Field(description="Built model to start from (manifest.json + Hugging Face files).")
+    dev: Path | None = Field(None, description="Dev pairs (xx-en.tsv); default <data>/dev.")
+    langs: list[str] | None = Field(None, description="Languages to train on; default every file in data.")
+    steps: int = Field(1000, ge=1)
+    batch_size: int = Field(64, ge=2, description="Global batch (pairs); split across processes.")
+    lr: float = Field(5e-5, gt=0)
+    warmup: int = Field(100, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    temperature: float = Field(0.05, gt=0)
+    tr_direction: Direction = "both"
+    rtl: bool = True
+    rtl_weight: float = Field(0.1, ge=0)
+    rtl_layers: int = Field(2, ge=1)
+    max_length: int = Field(32, ge=4)
+    freeze_embeddings: bool = True
+    train_layers: int | None = Field(None, ge=1, description="Train only the top N transformer layers.")
+    eval_every: int = Field(100, ge=1)
+    eval_pairs: int = Field(200, ge=2, description="Dev pairs per language for periodic evaluation.")
+    save_every: int = Field(100, ge=1)
+    log_every: int = Field(1, ge=1, description="Steps between train records in log.jsonl.")
+    seed: int = 0
+    device: str = Field("auto", description="auto, cpu or cuda.")
+    name: str | None = Field(None, description="Name of the trained model; default <base>-dap.")
+
+
+@dataclass
+class StepStats:
+    loss: float
+    tr: float
+    rtl: float
+
+
+@dataclass
+class RunResult:
+    steps: int
+    best_score: float | None
+    best_step: int | None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Interrupted(Exception):
+    """Raised after Ctrl-C once the checkpoint is saved."""
+
+
+# --------------------------------------------------------------------------- distributed
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_distributed(device: torch.device) -> bool:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1); True if this process did."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return False
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return True
+
+
+def _average_gradients(params: Sequence[nn.Parameter]) -> None:
+    _, world = _world()
+    if world == 1:
+        return
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= world
+
+
+# --------------------------------------------------------------------------- model
+
+
+class Tokenizer:
+    """The model's tokenizer at the training length, with the manifest's prefix on every sentence."""
+
+    def __init__(self, model_dir: Path, manifest: Manifest, max_length: int) -> None:
+        from tokenizers import Tokenizer as HFTokenizer
+
+        self._tok = HFTokenizer.from_file(str(model_dir / "tokenizer.json"))
+        self._tok.no_padding()
+        self._tok.enable_truncation(max_length)
+        self._bare = HFTokenizer.from_file(str(model_dir / "tokenizer.json"))
+        self._bare.no_truncation()
+        self._bare.no_padding()
+        self.prefix = manifest.prefix("query")  # e5: "query: " on both sides for symmetric tasks
+        pad = self._tok.token_to_id("<pad>")
+        self.pad_id = int(pad) if pad is not None else 0
+        mask = self._tok.token_to_id("<mask>")
+        if mask is None:
+            mask = self._tok.token_to_id("[MASK]")
+        if mask is None:
+            raise InputError("the tokenizer has no <mask> or [MASK] token, which the RTL head needs")
+        self.mask_id = int(mask)
+        self.specials = [
+            int(i)
+            for i in (self._tok.token_to_id(t) for t in ("</s>", "[SEP]", "<unk>", "[UNK]"))
+            if i is not None
+        ]
+
+    def encode(self, texts: Sequence[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = [e.ids for e in self._tok.encode_batch([self.prefix + t for t in texts])]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+            mask[i, : len(r)] = 1
+        return ids.to(device), mask.to(device)
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self._tok.encode_batch([self.prefix + t for t in texts])]
+
+    def pair_filter(self) -> PairFilter:
+        return PairFilter.from_tokenizer(self._bare)
+
+
+class DapModel(nn.Module):
+    """Encoder + pooling, and during training the RTL head (dropped when the model is saved)."""
+
+    def __init__(self, encoder: nn.Module, pooling: Pooling, rtl: RTLHead | None) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.pooling: Pooling = pooling
+        self.rtl = rtl
+
+    def embed(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden: torch.Tensor = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        return pool(hidden, mask, self.pooling), hidden
+
+
+def _freeze(encoder: nn.Module, cfg: TrainConfig) -> None:
+    base: Any = encoder
+    if cfg.freeze_embeddings:
+        base.embeddings.word_embeddings.weight.requires_grad_(False)
+    if cfg.train_layers is not None:
+        layers = base.encoder.layer
+        keep = set(range(len(layers) - cfg.train_layers, len(layers)))
+        for i, layer in enumerate(layers):
+            if i not in keep:
+                layer.requires_grad_(False)
+        base.embeddings.requires_grad_(False)
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def dev_accuracy(
+    model: DapModel, tokenizer: Tokenizer, dev: dict[str, list[Pair]], device: torch.device, batch: int = 128
+) -> dict[str, Any]:
+    """P@1 xx→en and en→xx per language (nearest neighbour by cosine among that language's pairs)."""
+    was_training = model.training
+    model.eval()
+    per_lang: dict[str, dict[str, float]] = {}
+    try:
+        for lang, pairs in dev.items():
+            src = _embed_all(model, tokenizer, [p.src for p in pairs], device, batch)
+            en = _embed_all(model, tokenizer, [p.en for p in pairs], device, batch)
+            sims = src @ en.T
+            gold = torch.arange(len(pairs), device=sims.device)
+            per_lang[lang] = {
+                "xx2en": float((sims.argmax(dim=1) == gold).float().mean()) * 100,
+                "en2xx": float((sims.argmax(dim=0) == gold).float().mean()) * 100,
+            }
+    finally:
+        model.train(was_training)
+    xx2en = float(np.mean([v["xx2en"] for v in per_lang.values()]))
+    en2xx = float(np.mean([v["en2xx"] for v in per_lang.values()]))
+    return {"xx2en": xx2en, "en2xx": en2xx, "avg": (xx2en + en2xx) / 2, "per_lang": per_lang}
+
+
+def _embed_all(
+    model: DapModel, tokenizer: Tokenizer, texts: list[str], device: torch.device, batch: int
+) -> torch.Tensor:
+    out = []
+    for start in range(0, len(texts), batch):
+        ids, mask = tokenizer.encode(texts[start : start + batch], device)
+        emb, _ = model.embed(ids, mask)
+        out.append(nn.functional.normalize(emb.float(), dim=-1))
+    return torch.cat(out)
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _replace_dir(staging: Path, final: Path) -> None:
+    """Swap a fully written directory into place; a crash leaves either the old or the new one."""
+    old = final.with_name(final.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    staging.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+class Trainer:
+    def __init__(
+        self, cfg: TrainConfig, progress: Callable[[int, dict[str, float]], None] | None = None
+    ) -> None:
+        self.cfg = cfg
+        self.progress = progress
+        self.device = self._device(cfg.device)
+        self.distributed = init_distributed(self.device)
+        self.rank, self.world = _world()
+        if cfg.batch_size % self.world:
+            raise InputError(f"--batch-size {cfg.batch_size} must be divisible by the {self.world} processes")
+        if self.device.type == "cuda":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        self.manifest = read_manifest(cfg.model_dir)
+        self.tokenizer = Tokenizer(cfg.model_dir, self.manifest, cfg.max_length)
+        files = find_parallel_files(cfg.data, cfg.langs)
+        self.langs = sorted(files)
+        dev_dir = cfg.dev if cfg.dev is not None else cfg.data / "dev"
+        dev_langs = [lang for lang in self.langs if (dev_dir / f"{lang}-en.tsv").is_file()]
+        self.dev = read_dev(dev_dir, dev_langs, cfg.eval_pairs) if dev_langs else {}
+        exclude = [(p.src, p.en) for pairs in self.dev.values() for p in pairs]
+        self.stream = ParallelStream(files, self.tokenizer.pair_filter(), cfg.seed, exclude=exclude)
+        self.files = files
+        self._seed_everything(cfg.seed)
+        encoder = load_transformer(cfg.model_dir)
+        encoder.train()
+        _freeze(encoder, cfg)
+        rtl = None
+        if cfg.rtl:
+            self.vocab = self._english_vocab()
+            ids = torch.as_tensor(self.vocab.ids, dtype=torch.long)
+            rtl = RTLHead(encoder, ids, cfg.rtl_layers, self.tokenizer.mask_id)  # type: ignore[arg-type]
+            rtl.requires_grad_(True)  # the head always trains, whatever was frozen in the encoder
+            for module in rtl.modules():  # ...except its copy of the (huge) word-embedding table
+                if isinstance(module, nn.Embedding) and module.num_embeddings > 10_000:
+                    module.weight.requires_grad_(False)
+        self.model = DapModel(encoder, self.manifest.pooling, rtl).to(self.device)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._schedule)
+        self.step = 0
+        self.best_score: float | None = None
+        self.best_step: int | None = None
+
+    # ------------------------------------------------------------------ setup
+
+    @staticmethod
+    def _device(name: str) -> torch.device:
+        if name == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if name == "cuda" and not torch.cuda.is_available():
+            raise InputError("--device cuda but no CUDA device is available")
+        return torch.device(name)
+
+    @staticmethod
+    def _seed_everything(seed: int) -> None:
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+
+    def _schedule(self, step: int) -> float:
+        """Linear warm-up, then linear decay to zero at the last step."""
+        if step < self.cfg.warmup:
+            return (step + 1) / (self.cfg.warmup + 1)
+        remaining = self.cfg.steps - step
+        return max(0.0, remaining / max(1, self.cfg.steps - self.cfg.warmup))
+
+    def _english_vocab(self) -> EnglishVocab:
+        """English-side token ids of the training files, computed once and cached in the run dir."""
+        path = self.cfg.out / "en_vocab.txt"
+        if path.is_file():
+            return EnglishVocab.load(path)
+        texts: Iterator[Pair] = (pair for lang, f in self.files.items() for pair in read_pairs(f, lang))
+        vocab = EnglishVocab.collect(texts, self.tokenizer.encode_batch, always=self.tokenizer.specials)
+        if self.rank == 0:
+            self.cfg.out.mkdir(parents=True, exist_ok=True)
+            vocab.save(path)
+        return vocab
+
+    # ------------------------------------------------------------------ one step
+
+    def train_step(self, batch: list[Pair]) -> StepStats:
+        cfg = self.cfg
+        src_ids, src_mask = self.tokenizer.encode([p.src for p in batch], self.device)
+        en_ids, en_mask = self.tokenizer.encode([p.en for p in batch], self.device)
+        src_emb, src_states = self.model.embed(src_ids, src_mask)
+        en_emb, _ = self.model.embed(en_ids, en_mask)
+        tr = translation_ranking_loss(src_emb, en_emb, cfg.temperature, cfg.tr_direction)
+        loss = tr
+        rtl_value = 0.0
+        if self.model.rtl is not None and cfg.rtl_weight > 0:
+            labels = rtl_labels(en_ids, en_mask, self.vocab.to_compact)
+            rtl = self.model.rtl(src_states, src_mask, en_ids, en_mask, labels)
+            loss = tr + cfg.rtl_weight * rtl
+            rtl_value = float(rtl.detach())
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        _average_gradients(self.params)
+        torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        return StepStats(float(loss.detach()), float(tr.detach()), rtl_value)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def save_checkpoint(self) -> None:
+        if self.rank != 0:
+            return
+        out = self.cfg.out
+        staging = out / "checkpoint.tmp"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        torch.save(
+            {
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "step": self.step,
+                "rng": _rng_state(),
+                "stream": self.stream.state_dict(),
+                "best_score": self.best_score,
+                "best_step": self.best_step,
+            },
+            staging / "state.pt",
+        )
+        with open(staging / "state.pt", "rb") as fh:
+            os.fsync(fh.fileno())
+        _replace_dir(staging, out / "checkpoint")
+
+    def load_checkpoint(self) -> None:
+        state = torch.load(
+            self.cfg.out / "checkpoint" / "state.pt", map_location=self.device, weights_only=False
+        )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step = int(state["step"])
+        self.stream.load_state_dict(state["stream"])
+        self.best_score = state["best_score"]
+        self.best_step = state["best_step"]
+        _set_rng_state(state["rng"])
+
+    def save_best(self) -> None:
+        """The encoder alone (no RTL head) as a complete built model directory: out/best."""
+        if self.rank != 0:
+            return
+        from model.build import build_from_checkpoint
+
+        out = self.cfg.out
+        raw = out / "best.hf.tmp"
+        shutil.rmtree(raw, ignore_errors=True)
+        encoder: Any = self.model.encoder
+        encoder.save_pretrained(raw, safe_serialization=True)
+        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+            if (self.cfg.model_dir / name).is_file():
+                shutil.copy2(self.cfg.model_dir / name, raw / name)
+        m = self.manifest
+        build_from_checkpoint(
+            raw,
+            out / "best",
+            m.pooling,
+            name=self.cfg.name or f"{m.name}-dap",
+            query_prefix=m.query_prefix,
+            passage_prefix=m.passage_prefix,
+            max_length=m.max_length,
+            force=True,
+        )
+        shutil.rmtree(raw, ignore_errors=True)
+
+    # ------------------------------------------------------------------ the loop
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if self.rank != 0:
+            return
+        with open(self.cfg.out / "log.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+    def evaluate(self) -> dict[str, Any] | None:
+        if not self.dev:
+            return None
+        result = dev_accuracy(self.model, self.tokenizer, self.dev, self.device)
+        self._log({"step": self.step, "event": "eval", **result})
+        if self.best_score is None or result["avg"] > self.best_score:
+            self.best_score, self.best_step = result["avg"], self.step
+            self.save_best()
+            if self.distributed:
+                dist.barrier()
+        return result
+
+    def run(self, resume: bool = False) -> RunResult:
+        cfg = self.cfg
+        cfg.out.mkdir(parents=True, exist_ok=True)
+        if resume:
+            self.load_checkpoint()
+        elif self.rank == 0:
+            atomic_write_text(cfg.out / "config.json", cfg.model_dump_json(indent=2) + "\n")
+            if (cfg.out / "log.jsonl").exists():
+                (cfg.out / "log.jsonl").unlink()
+        history: list[dict[str, Any]] = []
+        if self.step == 0:
+            first = self.evaluate()
+            if first is not None:
+                history.append({"step": 0, **first})
+        batches = self.stream.batches(cfg.batch_size, self.rank, self.world)
+        started, pairs_done = time.perf_counter(), 0
+        try:
+            while self.step < cfg.steps:
+                batch = next(batches)
+                stats = self.train_step(batch)
+                self.step += 1
+                pairs_done += cfg.batch_size
+                record: dict[str, float] = {
+                    "step": self.step,
+                    "loss": stats.loss,
+                    "tr": stats.tr,
+                    "rtl": stats.rtl,
+                    "lr": float(self.scheduler.get_last_lr()[0]),
+                    "pairs_per_s": pairs_done / max(time.perf_counter() - started, 1e-9),
+                }
+                if not math.isfinite(stats.loss):
+                    raise RuntimeError(f"loss became {stats.loss} at step {self.step}; lower --lr")
+                if self.progress is not None:
+                    self.progress(self.step, record)
+                if self.step % cfg.log_every == 0:
+                    self._log({"event": "train", **record})
+                history.append(record)
+                if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
+                    result = self.evaluate()
+                    if result is not None:
+                        history.append({"step": self.step, "eval": result["avg"]})
+                if self.step % cfg.save_every == 0 or self.step == cfg.steps:
+                    self.save_checkpoint()
+        except KeyboardInterrupt:
+            self.save_checkpoint()
+            raise Interrupted(
+                f"interrupted at step {self.step}; checkpoint saved, resume with --resume"
+            ) from None
+        return RunResult(self.step, self.best_score, self.best_step, history)
+
+
+@contextmanager
+def distributed_cleanup() -> Iterator[None]:
+    try:
+        yield
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
