@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import cast
 
 import anyio
 import httpx
@@ -63,7 +62,8 @@ async def test_embeddings_are_shared_through_redis(
     body = {"texts": ["Redis teilt diesen Vektor."], "kind": "passage"}
     first = (await client.post("/embed", json=body)).json()
     keys = [k.decode() for k in admin.scan_iter(match=f"dapsearch:v1:emb:{enc.model_id}:passage:*")]
-    ttl = cast(int, admin.ttl(keys[0]))
+    ttl = admin.ttl(keys[0])
+    assert isinstance(ttl, int)
     assert len(keys) == 1 and 0 < ttl <= 7 * 24 * 3600
     second = (await client.post("/embed", json=body)).json()
     assert second == first
