@@ -180,6 +180,7 @@ def build_from_checkpoint(
     passage_prefix: str = "",
     max_length: int = 512,
     force: bool = False,
+    provenance: dict[str, str] | None = None,
 ) -> Manifest:
     """Bring a local Hugging Face encoder directory (BERT or XLM-R) into dapsearch's layout."""
     from model.torch_model import load_transformer
@@ -217,7 +218,7 @@ def build_from_checkpoint(
             query_prefix=query_prefix,
             passage_prefix=passage_prefix,
             max_length=max_length,
-            provenance={"source": "checkpoint", "path": str(src_dir.resolve())},
+            provenance=provenance or {"source": "checkpoint", "path": str(src_dir.resolve())},
             created=now_iso(),
         )
         write_manifest(staging, manifest)

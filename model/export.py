@@ -33,6 +33,11 @@ from model.encoder import OnnxBackend, TextTokenizer
 from model.errors import InputError
 from model.weights import file_sha256
 
+
+class ParityError(InputError):
+    """An exported graph's vectors drift too far from the reference: it is discarded, not served."""
+
+
 OPSET = 17
 # Parity floors on the built-in sentences: below them an export is broken, not just lossy.
 FP32_MIN_COSINE = 0.9999
@@ -148,7 +153,12 @@ def _accept(
     """Move a checked graph into place and record it; a graph below ``floor`` is discarded."""
     if float(cosine.min()) < floor:
         tmp.unlink(missing_ok=True)
-        raise RuntimeError(f"{key} graph disagrees with its reference (min cosine {cosine.min():.6f})")
+        hint = (
+            " (serve this model with --backend onnx / DAPSEARCH_BACKEND=onnx)" if key == "onnx-int8" else ""
+        )
+        raise ParityError(
+            f"{key} graph rejected: min cosine {cosine.min():.4f} to its reference is below {floor}{hint}"
+        )
     target = backend_file(model_dir, "onnx" if key == "onnx" else "onnx-int8")
     tmp.replace(target)
     manifest.onnx[key] = OnnxFile(

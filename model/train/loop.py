@@ -438,6 +438,14 @@ class Trainer:
             passage_prefix=m.passage_prefix,
             max_length=m.max_length,
             force=True,
+            provenance={
+                "source": "dapsearch train",
+                "base_model": m.id,
+                "run": str(out.resolve()),
+                "step": str(self.step),
+                "dev_p1": f"{self.best_score:.2f}" if self.best_score is not None else "",
+                "losses": "TR+RTL" if self.cfg.rtl else "TR",
+            },
         )
         shutil.rmtree(raw, ignore_errors=True)
 

@@ -125,3 +125,28 @@ def test_cls_pooling_checkpoint(tiny_checkpoint: Path, tmp_path: Path) -> None:
         ).last_hidden_state
     cls = torch.nn.functional.normalize(hidden[:, 0], dim=-1).numpy()
     np.testing.assert_allclose(enc.embed(["hello world"]), cls, atol=1e-5)
+
+
+def test_an_export_below_its_parity_floor_is_discarded(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """A drifting graph is deleted and reported as a clear error, never recorded or served."""
+    from model.export import INT8_MIN_COSINE, INT8_SCHEME, ParityError, _accept
+
+    model_dir = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, model_dir)
+    before = (model_dir / MANIFEST).read_text()
+    candidate = model_dir / "model.int8.onnx.tmp"
+    candidate.write_bytes(b"not really a graph")
+    cosine = np.array([0.999, 0.95], dtype=np.float32)
+    with pytest.raises(ParityError, match=r"min cosine 0\.9500 .* below 0\.98.*DAPSEARCH_BACKEND=onnx"):
+        _accept(
+            model_dir,
+            read_manifest(model_dir),
+            "onnx-int8",
+            candidate,
+            cosine,
+            INT8_MIN_COSINE,
+            INT8_SCHEME,
+            17,
+        )
+    assert not candidate.exists()
+    assert (model_dir / MANIFEST).read_text() == before

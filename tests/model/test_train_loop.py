@@ -77,6 +77,7 @@ def test_run_writes_a_built_model_a_log_and_a_checkpoint(
     encoder = Encoder.load(out / "best", backend="torch")
     assert encoder.manifest.pooling == "mean" and encoder.manifest.query_prefix == "query: "
     assert encoder.model_id.startswith("tiny-dap@")
+    assert encoder.manifest.provenance["source"] == "dapsearch train"
     vectors = encoder.embed(["ein Satz", "a sentence"])
     assert vectors.shape == (2, 32) and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
 
