@@ -25,6 +25,9 @@ ONNX_FP32 = "model.onnx"
 ONNX_INT8 = "model.int8.onnx"
 DEFAULT_MODEL_NAME = "multilingual-e5-small"
 INT8_SCHEME = "dynamic-int8-per-channel-reduce-range"  # see model/export.py
+# Fallback for models whose feed-forward outputs quantise badly (seen after DAP fine-tuning).
+INT8_SCHEME_FFN_FP32 = "dynamic-int8-per-channel-reduce-range-ffn-out-fp32"
+INT8_SCHEMES = (INT8_SCHEME, INT8_SCHEME_FFN_FP32)
 
 Pooling = Literal["mean", "cls"]
 Backend = Literal["torch", "onnx", "onnx-int8"]

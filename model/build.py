@@ -298,9 +298,9 @@ def ensure_model(
 
 def _exported(model_dir: Path, manifest: Manifest, key: str) -> bool:
     """An export is current when it came from these weights, with today's quantisation recipe."""
-    from model.artifact import INT8_SCHEME
+    from model.artifact import INT8_SCHEMES
 
     entry = manifest.onnx.get(key)
     if entry is None or entry.source_model_id != manifest.id or not (model_dir / entry.file).is_file():
         return False
-    return key != "onnx-int8" or entry.quantization == INT8_SCHEME
+    return key != "onnx-int8" or entry.quantization in INT8_SCHEMES

@@ -129,7 +129,8 @@ def test_cls_pooling_checkpoint(tiny_checkpoint: Path, tmp_path: Path) -> None:
 
 def test_an_export_below_its_parity_floor_is_discarded(tiny_model_dir: Path, tmp_path: Path) -> None:
     """A drifting graph is deleted and reported as a clear error, never recorded or served."""
-    from model.export import INT8_MIN_COSINE, INT8_SCHEME, ParityError, _accept
+    from model.artifact import INT8_SCHEME
+    from model.export import INT8_MIN_COSINE, ParityError, _accept
 
     model_dir = tmp_path / "m"
     shutil.copytree(tiny_model_dir, model_dir)
@@ -150,3 +151,35 @@ def test_an_export_below_its_parity_floor_is_discarded(tiny_model_dir: Path, tmp
         )
     assert not candidate.exists()
     assert (model_dir / MANIFEST).read_text() == before
+
+
+def test_int8_falls_back_to_fp32_ffn_outputs_and_then_refuses(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both quantisation schemes are tried before an export is refused; nothing is left behind."""
+    from model import export
+
+    model_dir = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, model_dir)
+    names = export._ffn_output_matmuls(model_dir / "model.onnx")
+    assert names == [f"/encoder/encoder/layer.{i}/output/dense/MatMul" for i in range(2)]
+    tried: list[list[str]] = []
+    from model.encoder import OnnxBackend as real
+
+    def spy(path: Path, name: str, threads: int | None = None) -> object:
+        if name == "onnx-int8":
+            import onnx
+
+            graph = onnx.load(str(path)).graph
+            tried.append(sorted(n.name for n in graph.node if n.op_type == "MatMul"))
+        return real(path, name, threads)  # type: ignore[arg-type]  # name is a Backend literal
+
+    monkeypatch.setattr(export, "OnnxBackend", spy)
+    monkeypatch.setattr(export, "INT8_MIN_COSINE", 1.01)  # unreachable: force both attempts
+    with pytest.raises(export.ParityError):
+        export.quantize_int8(model_dir)
+    assert len(tried) == 2
+    assert set(names) <= set(tried[1]) and not set(names) & set(
+        tried[0]
+    )  # kept as fp32 MatMuls only in try 2
+    assert not (model_dir / "model.int8.onnx.tmp").exists()
