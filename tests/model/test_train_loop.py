@@ -204,3 +204,57 @@ def test_short_real_run_does_not_break_dev_accuracy(
     first = evals[0]["avg"]
     last = evals[-1].get("eval", evals[-1].get("avg"))
     assert last >= first - 1.0, (first, last)
+
+
+def test_trained_model_exports_and_evaluates_beside_its_base(
+    data_dir: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """OUT/best goes through `model export` and `dapsearch eval` like any built model."""
+    from model.export import export_all
+
+    out = tmp_path / "run"
+    Trainer(config(data_dir, tiny_model_dir, out, steps=2, eval_every=2)).run()
+    export_all(out / "best")
+    assert Encoder.load(out / "best", backend="onnx-int8").embed(["hallo"]).shape == (1, 32)
+    report = tmp_path / "eval.json"
+    cmd = [
+        sys.executable,
+        "-m",
+        "service.cli",
+        "eval",
+        "--model",
+        str(tiny_model_dir),
+        "--model",
+        str(out / "best"),
+        "--data",
+        str(data_dir / "dev"),
+        "--train-data",
+        str(data_dir),
+        "--limit",
+        "20",
+        "--distractors",
+        "2",
+        "--backend",
+        "onnx",
+        "--json",
+        str(report),
+    ]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = result.stdout
+    assert "tiny@" in table and "tiny-dap@" in table and "**average**" in table
+    assert all(f"| {lang} |" in table for lang in LANGS)
+    payload = json.loads(report.read_text())
+    assert len(payload) == 2
+    for model in payload:
+        assert set(model["languages"]) == set(LANGS)
+        for scores in model["languages"].values():
+            assert 0 <= scores["xx2en"] <= 100 and 0 <= scores["en2xx"] <= 100
+            assert scores["mining_f1"] is not None and scores["threshold"] is not None
+    bad = subprocess.run(
+        [*cmd[:4], "--model", str(tmp_path / "nope"), "--data", str(data_dir / "dev")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode == 2 and "no built model" in bad.stderr
