@@ -126,15 +126,21 @@ def naive(x: F32, y: F32) -> tuple[I64, I64, F32]:
     return src[idx], tgt[idx], val[idx]
 
 
-def rss_mb() -> float:
-    """Current resident set size (Linux /proc), to separate the inputs from the method's own memory."""
+def _proc_status_mb(field: str) -> float | None:
+    """A memory field of /proc/self/status (Linux) in MB, or None where there is no /proc."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
-    return float("nan")
+    return None
+
+
+def rss_mb() -> float:
+    """Current resident set size, to separate the inputs from the method's own memory."""
+    value = _proc_status_mb("VmRSS")
+    return float("nan") if value is None else value
 
 
 def reset_peak_rss() -> None:
@@ -146,13 +152,8 @@ def reset_peak_rss() -> None:
 
 def peak_rss_mb() -> float:
     """Peak RSS since reset_peak_rss (VmHWM), or the process's lifetime peak where that is unavailable."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    value = _proc_status_mb("VmHWM")
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 if value is None else value
 
 
 class _OutOfTime(Exception):

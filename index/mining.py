@@ -59,6 +59,16 @@ def _matrix(name: str, array: npt.ArrayLike, chunk_size: int) -> F32:
     return out
 
 
+def _matrices(
+    first: tuple[str, npt.ArrayLike], second: tuple[str, npt.ArrayLike], chunk_size: int
+) -> tuple[F32, F32]:
+    """Two checked matrices of the same dimension."""
+    a, b = _matrix(*first, chunk_size), _matrix(*second, chunk_size)
+    if a.shape[1] != b.shape[1]:
+        raise InputError(f"dimension mismatch: {first[0]} dim {a.shape[1]}, {second[0]} dim {b.shape[1]}")
+    return a, b
+
+
 def _positive_int(name: str, value: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
         raise InputError(f"{name} must be a positive integer, got {value!r}")
@@ -76,10 +86,7 @@ def knn(
     """
     k = _positive_int("k", k)
     chunk_size = _positive_int("chunk_size", chunk_size)
-    q = _matrix("queries", queries, chunk_size)
-    b = _matrix("base", base, chunk_size)
-    if q.shape[1] != b.shape[1]:
-        raise InputError(f"dimension mismatch: queries have dim {q.shape[1]}, base has dim {b.shape[1]}")
+    q, b = _matrices(("queries", queries), ("base", base), chunk_size)
     return _knn(q, b, k, chunk_size)
 
 
@@ -109,10 +116,7 @@ def knn_both(
     """
     k = _positive_int("k", k)
     chunk_size = _positive_int("chunk_size", chunk_size)
-    x = _matrix("source", source, chunk_size)
-    y = _matrix("target", target, chunk_size)
-    if x.shape[1] != y.shape[1]:
-        raise InputError(f"dimension mismatch: source has dim {x.shape[1]}, target has dim {y.shape[1]}")
+    x, y = _matrices(("source", source), ("target", target), chunk_size)
     return _knn_both(x, y, k, chunk_size, progress)
 
 
@@ -279,10 +283,7 @@ def mine(
         raise InputError(f"threshold must be finite, got {threshold!r}")
     k = _positive_int("k", k)
     chunk_size = _positive_int("chunk_size", chunk_size)
-    x = _matrix("source", source, chunk_size)
-    y = _matrix("target", target, chunk_size)
-    if x.shape[1] != y.shape[1]:
-        raise InputError(f"dimension mismatch: source has dim {x.shape[1]}, target has dim {y.shape[1]}")
+    x, y = _matrices(("source", source), ("target", target), chunk_size)
 
     # Both directions are needed for the margins (each side's neighbourhood mean) except for a
     # plain-cosine forward search.

@@ -14,10 +14,8 @@ chunk; its counts are rebuilt exactly by re-reading (without embedding) the part
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import secrets
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -30,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from index.collection import Collection
 from index.ingest import Format, detect_format, ingest, read_records
 from index.mining import Score, Strategy, mine
-from model.artifact import atomic_write_text, now_iso
+from model.artifact import atomic_write_text, atomic_writer, now_iso
 from model.encoder import Encoder
 from model.errors import InputError
 from service.collections import Collections
@@ -594,17 +592,7 @@ def _write_pairs(
     tgt_texts: list[str],
 ) -> None:
     """score, source id, target id, source text, target text; written whole or not at all."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            for s, t, value in pairs:
-                fields = (src_ids[s], tgt_ids[t], src_texts[s], tgt_texts[t])
-                fh.write(f"{value:.6f}\t" + "\t".join(_clean_field(f) for f in fields) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_writer(out) as fh:
+        for s, t, value in pairs:
+            fields = (src_ids[s], tgt_ids[t], src_texts[s], tgt_texts[t])
+            fh.write(f"{value:.6f}\t" + "\t".join(_clean_field(f) for f in fields) + "\n")
