@@ -251,6 +251,7 @@ def test_trained_model_exports_and_evaluates_beside_its_base(
         for scores in model["languages"].values():
             assert 0 <= scores["xx2en"] <= 100 and 0 <= scores["en2xx"] <= 100
             assert scores["mining_f1"] is not None and scores["threshold"] is not None
+            assert scores["mining_oracle_f1"] >= scores["mining_f1"] - 1e-9
     bad = subprocess.run(
         [*cmd[:4], "--model", str(tmp_path / "nope"), "--data", str(data_dir / "dev")],
         capture_output=True,
