@@ -2,11 +2,18 @@
 
 (a) Tatoeba-style retrieval: for each language, every dev sentence's nearest neighbour by cosine
 among that language's dev pairs, P@1 in both directions. (b) BUCC-style mining: the gold pairs of
-one half of the dev set are hidden among unrelated sentences in both languages (taken from
-disjoint rows of the training file, so distractors are not translations of each other), pairs are
-mined with the ratio margin and the max strategy, the F1-best threshold is tuned on that half and
-applied to the other half, whose precision, recall and F1 are reported. Tuning on one corpus and
-testing on another is what a user does with a new corpus, so it is the honest number.
+one half of the dev set are hidden among unrelated sentences in both languages (by default the
+dev rows not used as gold: text no model was trained on; the non-English and English distractors
+come from different rows, so they are not translations of each other), pairs are mined with the
+ratio margin and the max strategy, the F1-best threshold is tuned on that half and applied to the
+other half, whose precision, recall and F1 are reported, beside the oracle F1 (threshold tuned on
+the test half itself). Tuning on one corpus and testing on another is what a user does with a new
+corpus, so it is the honest number.
+
+Distractors from training files (``train_dir``) give bigger sets but are biased against models
+trained on them: measured on 12 languages, a DAP model's oracle mining F1 was 3 points below its
+base with them (94.0 vs 97.3 on four of them) and level with it with held-out distractors (98.8 vs
+98.9).
 """
 
 from __future__ import annotations
@@ -68,22 +75,18 @@ def retrieval_p1(src: np.ndarray, en: np.ndarray) -> tuple[float, float]:
 
 
 def mining_sets(
-    pairs: Sequence[Pair], train_file: Path, lang: str, distractors_per_gold: int, seed: int
+    pairs: Sequence[Pair], pool: Sequence[Pair], distractors_per_gold: int, seed: int
 ) -> tuple[MiningSet, MiningSet]:
     """Two halves (tune, test) of ``pairs``, each among ``distractors_per_gold`` unrelated sentences
-    per gold pair on both sides."""
+    per gold pair on both sides, taken from ``pool`` (pairs disjoint from ``pairs``)."""
     half = len(pairs) // 2
     halves = (list(pairs[:half]), list(pairs[half:]))
-    gold_text = {p.src for p in pairs} | {p.en for p in pairs}
     need = distractors_per_gold * len(pairs) * 2
-    pool: list[Pair] = []
-    for pair in read_pairs(train_file, lang):
-        if pair.src not in gold_text and pair.en not in gold_text:
-            pool.append(pair)
-            if len(pool) >= need:
-                break
     if len(pool) < need:
-        raise InputError(f"{train_file} has too few sentences to dilute {len(pairs)} {lang} dev pairs")
+        raise InputError(
+            f"{len(pool)} spare pairs cannot dilute {len(pairs)} gold pairs {distractors_per_gold}:1 "
+            f"(needs {need}); lower --limit or --distractors"
+        )
     rng = random.Random(seed)
     out = []
     for i, gold_pairs in enumerate(halves):
@@ -133,6 +136,19 @@ def evaluate_model(
     return report
 
 
+def training_pool(train_file: Path, lang: str, exclude: Sequence[Pair], need: int) -> list[Pair]:
+    """Distractors from a training file: only for models that were not trained on it (a model
+    that was has seen these sentences with their translations, which biases mining against it)."""
+    gold_text = {p.src for p in exclude} | {p.en for p in exclude}
+    pool: list[Pair] = []
+    for pair in read_pairs(train_file, lang):
+        if pair.src not in gold_text and pair.en not in gold_text:
+            pool.append(pair)
+            if len(pool) >= need:
+                break
+    return pool
+
+
 def _mine(encoder: Encoder, data: MiningSet) -> Any:
     return mine(encoder.embed(data.source, "query"), encoder.embed(data.target, "query"), strategy="max")
 
@@ -143,23 +159,41 @@ def run_evaluation(
     langs: Sequence[str] | None = None,
     train_dir: Path | None = None,
     limit: int | None = None,
-    distractors_per_gold: int = 4,
+    distractors_per_gold: int = 1,
     backend: Backend = "torch",
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
 ) -> list[ModelReport]:
-    """Every model on the same dev pairs and mining sets (mining only where a training file exists)."""
+    """Every model on the same dev pairs and mining sets.
+
+    Gold pairs are the first ``limit`` dev pairs of each language (default: as many as leave
+    enough spare rows). Mining distractors come from the remaining dev rows, which no model was
+    trained on; with ``train_dir`` they come from the training files instead (larger sets, but
+    biased against any model trained on those files).
+    """
     if not model_dirs:
         raise InputError("give at least one --model")
-    dev = read_dev(dev_dir, langs, limit)
-    if not dev:
+    full = read_dev(dev_dir, langs, None)
+    if not full:
         raise InputError(f"no dev pairs found in {dev_dir}")
+    files = find_parallel_files(train_dir, None) if train_dir is not None else {}
+    dev: dict[str, list[Pair]] = {}
     mining: dict[str, tuple[MiningSet, MiningSet]] = {}
-    if train_dir is not None:
-        files = find_parallel_files(train_dir, None)
-        for lang, pairs in dev.items():
-            if lang in files and len(pairs) >= 4:
-                mining[lang] = mining_sets(pairs, files[lang], lang, distractors_per_gold, seed)
+    for lang, pairs in full.items():
+        spare_share = 0 if train_dir is not None else 2 * distractors_per_gold
+        n_gold = min(limit or len(pairs), len(pairs) // (1 + spare_share))
+        gold = pairs[:n_gold]
+        dev[lang] = gold
+        if n_gold < 4 or distractors_per_gold == 0:
+            continue
+        need = distractors_per_gold * n_gold * 2
+        if train_dir is None:
+            pool = pairs[n_gold:]
+        elif lang in files:
+            pool = training_pool(files[lang], lang, pairs, need)
+        else:
+            continue
+        mining[lang] = mining_sets(gold, pool, distractors_per_gold, seed)
     return [evaluate_model(Path(d), dev, mining, backend, progress=progress) for d in model_dirs]
 
 

@@ -137,11 +137,19 @@ def eval_cmd(
     data: Annotated[Path, typer.Option("--data", help="Dev pairs directory (xx-en.tsv files).")],
     train_data: Annotated[
         Path | None,
-        typer.Option("--train-data", help="Parallel files whose unrelated rows dilute the mining sets."),
+        typer.Option(
+            "--train-data",
+            help="Dilute the mining sets with rows of these parallel files instead of spare dev rows "
+            "(bigger sets, but biased against models trained on them).",
+        ),
     ] = None,
     langs: LangsOpt = None,
-    limit: Annotated[int | None, typer.Option(min=4, help="Dev pairs per language.")] = None,
-    distractors: Annotated[int, typer.Option(min=0, help="Unrelated sentences per gold pair (mining).")] = 4,
+    limit: Annotated[
+        int | None, typer.Option(min=4, help="At most this many gold dev pairs per language.")
+    ] = None,
+    distractors: Annotated[
+        int, typer.Option(min=0, help="Unrelated sentences per gold pair and side (mining).")
+    ] = 1,
     backend: Annotated[str, typer.Option(help="torch | onnx | onnx-int8.")] = "torch",
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the results as JSON.")] = None,
 ) -> None:

@@ -252,6 +252,16 @@ def test_trained_model_exports_and_evaluates_beside_its_base(
             assert 0 <= scores["xx2en"] <= 100 and 0 <= scores["en2xx"] <= 100
             assert scores["mining_f1"] is not None and scores["threshold"] is not None
             assert scores["mining_oracle_f1"] >= scores["mining_f1"] - 1e-9
+    # Default: distractors from the spare dev rows (10 gold of 30 pairs, 20 spare rows, 1:1).
+    held_out = subprocess.run(
+        [*cmd[:8], "--data", str(data_dir / "dev"), "--backend", "onnx", "--json", str(report)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert held_out.returncode == 0, held_out.stderr[-3000:]
+    for model in json.loads(report.read_text()):
+        assert all(s["mining_f1"] is not None for s in model["languages"].values())
     bad = subprocess.run(
         [*cmd[:4], "--model", str(tmp_path / "nope"), "--data", str(data_dir / "dev")],
         capture_output=True,
