@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ import pytest
 from ruamel.yaml import YAML
 
 from service.settings import Settings
+from tests.conftest import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 ENTRYPOINT = REPO / "docker" / "entrypoint.sh"
@@ -31,13 +31,6 @@ COMPOSE = REPO / "docker-compose.yml"
 ENV_EXAMPLE = REPO / ".env.example"
 IMAGE_MODEL_DIR = "/opt/dapsearch/models/multilingual-e5-small"
 VENV_BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _tool(name: str) -> str:
@@ -127,7 +120,7 @@ def test_entrypoint_serves_like_the_image(real_model_dir: Path, tmp_path: Path) 
     keys = tmp_path / "admin_keys"
     keys.write_text("k1\n", encoding="utf-8")
     home = tmp_path / "home"
-    port = _free_port()
+    port = free_port()
     env = _clean_env(
         DAPSEARCH_HOME=str(home),
         DAPSEARCH_MODEL_DIR=str(model_dir),

@@ -8,7 +8,6 @@ gradients across ranks as DDP does. That must reproduce the single-process loss 
 from __future__ import annotations
 
 import os
-import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -21,17 +20,11 @@ from torch.multiprocessing.spawn import spawn
 
 from model.train import losses
 from model.train.losses import translation_ranking_loss
+from tests.conftest import free_port
 
 WORLD = 2
 DIRECTIONS = ("both", "xx2en", "en2xx")
 BATCH, D_IN, D_OUT = 8, 12, 6
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _problem() -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
@@ -100,7 +93,7 @@ def _worker(rank: int, port: int, out: str) -> None:
 @pytest.fixture(scope="module")
 def distributed_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("tr-dist") / "rank0.pt"
-    context = spawn(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=False)  # type: ignore[no-untyped-call]
+    context = spawn(_worker, args=(free_port(), str(out)), nprocs=WORLD, join=False)  # type: ignore[no-untyped-call]
     assert context is not None
     deadline = time.monotonic() + 90
     while not context.join(timeout=1):

@@ -13,7 +13,6 @@ request as a curl command, and pytest's "Captured log" section holds the server'
 from __future__ import annotations
 
 import os
-import socket
 import threading
 import time
 from collections import Counter
@@ -31,6 +30,7 @@ from schemathesis.checks import not_a_server_error
 
 from service.app import create_app
 from service.settings import Settings
+from tests.conftest import free_port
 
 MAX_EXAMPLES = int(os.environ.get("DAPSEARCH_FUZZ_EXAMPLES", "25"))
 
@@ -38,19 +38,12 @@ MAX_EXAMPLES = int(os.environ.get("DAPSEARCH_FUZZ_EXAMPLES", "25"))
 SEEN: Counter[tuple[str, int]] = Counter()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @pytest.fixture(scope="module")
 def base_url(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A ready server: tiny model, admin without keys, and the 'demo' collection."""
     home = tmp_path_factory.mktemp("fuzz-home")
     app = create_app(Settings(home=home, model_dir=tiny_model_dir, admin_open=True, demo=True))
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, name="fuzz-uvicorn", daemon=True)
     thread.start()

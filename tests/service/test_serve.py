@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,13 +13,7 @@ import numpy as np
 import pytest
 
 from model.encoder import Encoder
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+from tests.conftest import free_port
 
 
 @pytest.mark.real_model
@@ -31,7 +24,7 @@ def test_serve_answers_the_official_openai_client_and_search(
     against /v1 unchanged, and the demo collection answers /search on first start."""
     import openai
 
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "DAPSEARCH_MODEL_DIR": str(real_model_dir), "DAPSEARCH_HOME": str(tmp_path)}
     cmd = [sys.executable, "-m", "service.cli", "serve", "--port", str(port)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -81,7 +74,7 @@ def test_serve_answers_the_official_openai_client_and_search(
 def test_serve_refuses_a_model_that_is_not_built(tmp_path: Path) -> None:
     env = {**os.environ, "DAPSEARCH_MODEL_DIR": str(tmp_path / "missing")}
     result = subprocess.run(
-        [sys.executable, "-m", "service.cli", "serve", "--port", str(_free_port())],
+        [sys.executable, "-m", "service.cli", "serve", "--port", str(free_port())],
         env=env,
         capture_output=True,
         text=True,
