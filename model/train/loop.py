@@ -41,6 +41,7 @@ from model.train.data import (
     read_dev,
     read_pairs,
 )
+from model.train.evaluate import retrieval_p1
 from model.train.losses import translation_ranking_loss
 from model.train.rtl import RTLHead, rtl_labels
 
@@ -138,9 +139,6 @@ class Tokenizer:
         self._tok = HFTokenizer.from_file(str(model_dir / "tokenizer.json"))
         self._tok.no_padding()
         self._tok.enable_truncation(max_length)
-        self._bare = HFTokenizer.from_file(str(model_dir / "tokenizer.json"))
-        self._bare.no_truncation()
-        self._bare.no_padding()
         self.prefix = manifest.prefix("query")  # e5: "query: " on both sides for symmetric tasks
         pad = self._tok.token_to_id("<pad>")
         self.pad_id = int(pad) if pad is not None else 0
@@ -170,7 +168,7 @@ class Tokenizer:
         return [e.ids for e in self._tok.encode_batch([self.prefix + t for t in texts])]
 
     def pair_filter(self) -> PairFilter:
-        return PairFilter.from_tokenizer(self._bare)
+        return PairFilter.from_tokenizer(self._tok)  # counts on an untruncated copy
 
 
 class DapModel(nn.Module):
@@ -215,12 +213,8 @@ def dev_accuracy(
         for lang, pairs in dev.items():
             src = _embed_all(model, tokenizer, [p.src for p in pairs], device, batch)
             en = _embed_all(model, tokenizer, [p.en for p in pairs], device, batch)
-            sims = src @ en.T
-            gold = torch.arange(len(pairs), device=sims.device)
-            per_lang[lang] = {
-                "xx2en": float((sims.argmax(dim=1) == gold).float().mean()) * 100,
-                "en2xx": float((sims.argmax(dim=0) == gold).float().mean()) * 100,
-            }
+            xx2en, en2xx = retrieval_p1(src.cpu().numpy(), en.cpu().numpy())
+            per_lang[lang] = {"xx2en": xx2en, "en2xx": en2xx}
     finally:
         model.train(was_training)
     xx2en = float(np.mean([v["xx2en"] for v in per_lang.values()]))
