@@ -17,7 +17,6 @@ import json
 import os
 import platform
 import random
-import resource
 import shlex
 import statistics
 import subprocess
@@ -30,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from machine import cpu_model, version
+from machine import cpu_model, main_for, peak_rss_mb, version
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # workers must import `model` even without the editable install
@@ -293,12 +292,6 @@ def latency(embed_one: EmbedFn, texts: list[str], seconds: float, min_calls: int
         "bs1_calls": float(len(times_ms)),
         "bs1_sent_s": len(times_ms) / (sum(times_ms) / 1000.0),
     }
-
-
-def peak_rss_mb() -> float:
-    """Peak resident set of this process; ru_maxrss is KiB on Linux, bytes on macOS."""
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
 
 
 def worker(args: argparse.Namespace) -> int:
@@ -581,11 +574,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = parse_args(argv)
-    if args.worker:
-        return worker(args)
-    return parent(args, [sys.argv[0], *argv])
+    return main_for(parse_args, worker, parent, argv)
 
 
 if __name__ == "__main__":

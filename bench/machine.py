@@ -1,8 +1,15 @@
-"""What every benchmark prints about where it ran, so results from two machines are not mixed."""
+"""What benchmarks share: the machine facts every one prints (so results from two machines are not
+mixed), memory readings, and the worker/parent entry point of those that measure in subprocesses."""
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import gc
 import platform
+import resource
+import sys
+from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
 
@@ -22,3 +29,51 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def _proc_status_mb(field: str) -> float | None:
+    """A memory field of /proc/self/status (Linux) in MB, or None where there is no /proc."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def rss_mb() -> float:
+    """Current resident set size (NaN where /proc is missing)."""
+    value = _proc_status_mb("VmRSS")
+    return float("nan") if value is None else value
+
+
+def reset_peak_rss() -> None:
+    """Start peak-RSS accounting now (Linux clear_refs): earlier temporaries (data generation) don't count."""
+    gc.collect()
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def peak_rss_mb() -> float:
+    """Peak RSS since reset_peak_rss, or the whole process's (VmHWM; ru_maxrss without /proc:
+    KiB on Linux, bytes on macOS)."""
+    value = _proc_status_mb("VmHWM")
+    if value is not None:
+        return value
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
+
+
+def main_for(
+    parse_args: Callable[[Sequence[str]], argparse.Namespace],
+    worker: Callable[[argparse.Namespace], int],
+    parent: Callable[[argparse.Namespace, Sequence[str]], int],
+    argv: Sequence[str] | None = None,
+) -> int:
+    """One measurement in a ``--worker`` subprocess, else the parent that runs and tabulates them."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(args_list)
+    if args.worker:
+        return worker(args)
+    return parent(args, [sys.argv[0], *args_list])

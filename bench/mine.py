@@ -18,12 +18,9 @@ input matrices.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import gc
 import json
 import os
 import platform
-import resource
 import shlex
 import subprocess
 import sys
@@ -35,7 +32,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from machine import cpu_model, version
+from machine import cpu_model, main_for, peak_rss_mb, reset_peak_rss, rss_mb, version
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # workers must import `index` even without the editable install
@@ -124,36 +121,6 @@ def naive(x: F32, y: F32) -> tuple[I64, I64, F32]:
             keep.append(pos)
     idx = np.asarray(keep, dtype=np.int64)
     return src[idx], tgt[idx], val[idx]
-
-
-def _proc_status_mb(field: str) -> float | None:
-    """A memory field of /proc/self/status (Linux) in MB, or None where there is no /proc."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(f"{field}:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
-def rss_mb() -> float:
-    """Current resident set size, to separate the inputs from the method's own memory."""
-    value = _proc_status_mb("VmRSS")
-    return float("nan") if value is None else value
-
-
-def reset_peak_rss() -> None:
-    """Start peak-RSS accounting now (Linux clear_refs), so data generation's temporaries don't count."""
-    gc.collect()
-    with contextlib.suppress(OSError):
-        Path("/proc/self/clear_refs").write_text("5")
-
-
-def peak_rss_mb() -> float:
-    """Peak RSS since reset_peak_rss (VmHWM), or the process's lifetime peak where that is unavailable."""
-    value = _proc_status_mb("VmHWM")
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 if value is None else value
 
 
 class _OutOfTime(Exception):
@@ -352,11 +319,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = parse_args(argv)
-    if args.worker:
-        return worker(args)
-    return parent(args, [sys.argv[0], *argv])
+    return main_for(parse_args, worker, parent, argv)
 
 
 if __name__ == "__main__":
