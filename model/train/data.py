@@ -90,7 +90,7 @@ def _open_binary(path: Path) -> BinaryIO | gzip.GzipFile:
 
 
 def _raw_lines(path: Path) -> Generator[bytes, None, None]:
-    """Lines split on ``\\n`` only, the same way ``_count_lines`` counts them."""
+    """Lines split on ``\\n`` only, the same way ``count_lines`` counts them."""
     with _open_binary(path) as fh:
         try:
             yield from fh
@@ -125,7 +125,7 @@ def read_pairs(path: Path, lang: str) -> Iterator[Pair]:
 _LINE_COUNTS: dict[tuple[str, int, int], int] = {}
 
 
-def _count_lines(path: Path) -> int:
+def count_lines(path: Path) -> int:
     """Lines in a file (a last line without ``\\n`` counts), cached per (path, size, mtime)."""
     try:
         st = path.stat()
@@ -289,6 +289,15 @@ def _rng(seed: int, epoch: int, purpose: str) -> random.Random:
     return random.Random(f"dapsearch-parallel/{seed}/{epoch}/{purpose}")
 
 
+def _kept(probability: float, seed: int, epoch: int, file: int, line: int) -> bool:
+    """A line of a down-weighted source is used in an epoch with this probability, decided by a
+    hash so the decision does not depend on the order lines are read in."""
+    if probability >= 1.0:
+        return True
+    digest = hashlib.blake2b(f"{seed}/{epoch}/{file}/{line}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") < probability * 2.0**64
+
+
 def _below(rng: random.Random, n: int) -> int:
     """Uniform in [0, n), from ``random()`` only, whose output Python guarantees across versions."""
     return min(int(rng.random() * n), n - 1)
@@ -328,6 +337,8 @@ class ParallelStream:
         shuffle_buffer: int = 10_000,
         dedupe: bool = True,
         exclude: Iterable[tuple[str, str]] = (),
+        lang: str | None = None,
+        keep_probability: Mapping[str, np.ndarray] | None = None,
     ) -> None:
         if not files:
             raise InputError("ParallelStream needs at least one file")
@@ -339,13 +350,21 @@ class ParallelStream:
         self.shuffle_buffer = shuffle_buffer
         self.dedupe = dedupe
         self._exclude: set[int] = {pair_key(src, en) for src, en in exclude}
-        self._counts = [_count_lines(path) for path in self.files.values()]
+        self.lang = lang
+        self._counts = [count_lines(path) for path in self.files.values()]
+        keep = keep_probability or {}
+        self._keep: list[np.ndarray | None] = []
+        for key, n in zip(self.files, self._counts, strict=True):
+            probs = keep.get(key)
+            if probs is not None and len(probs) != n:
+                raise InputError(f"{len(probs)} keep probabilities for the {n} lines of {self.files[key]}")
+            self._keep.append(None if probs is None else np.asarray(probs, dtype=np.float64))
         self._decisions = [bytearray([_UNKNOWN]) * n for n in self._counts]
         self._epoch = 0
         self._consumed = 0
         self._epoch_size: int | None = None
         self.stats: dict[str, int] = dict.fromkeys(
-            ("kept", "malformed", *REASONS, "duplicates", "excluded"), 0
+            ("kept", "malformed", *REASONS, "duplicates", "excluded", "downweighted"), 0
         )
 
     # ------------------------------------------------------------------ state
@@ -408,7 +427,7 @@ class ParallelStream:
         """(file index, line number, pair) of well-formed lines, files merged at random."""
         rng = _rng(self.seed, epoch, "mix")
         paths = list(self.files.values())
-        langs = list(self.files)
+        langs = [self.lang or key for key in self.files]
         remaining = list(self._counts)
         position = [0] * len(paths)
         total = sum(remaining)
@@ -453,9 +472,13 @@ class ParallelStream:
         seen: set[int] = set()
         mixed = self._mixed(epoch)
         while chunk := list(itertools.islice(mixed, _CHUNK)):
-            for (_, _, pair), code in zip(chunk, self._judged(chunk), strict=True):
+            for (i, n, pair), code in zip(chunk, self._judged(chunk), strict=True):
                 if code != _KEEP:
                     self.stats[REASONS[code - 1]] += 1
+                    continue
+                keep = self._keep[i]
+                if keep is not None and not _kept(keep[n], self.seed, epoch, i, n):
+                    self.stats["downweighted"] += 1
                     continue
                 if self._exclude or self.dedupe:
                     key = pair_key(pair.src, pair.en)
