@@ -43,10 +43,13 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
 
 
 def _ranking(
-    queries: torch.Tensor, candidates: torch.Tensor, labels: torch.Tensor, temperature: float
+    queries: torch.Tensor, candidates: torch.Tensor, labels: torch.Tensor, temperature: float, margin: float
 ) -> torch.Tensor:
-    logits = F.normalize(queries, dim=-1) @ F.normalize(candidates, dim=-1).T / temperature
-    return F.cross_entropy(logits, labels)
+    sims = F.normalize(queries, dim=-1) @ F.normalize(candidates, dim=-1).T
+    if margin:
+        rows = torch.arange(len(labels), device=sims.device)
+        sims = sims.index_put((rows, labels), sims[rows, labels] - margin)
+    return F.cross_entropy(sims / temperature, labels)
 
 
 def translation_ranking_loss(
@@ -54,13 +57,16 @@ def translation_ranking_loss(
     en: torch.Tensor,
     temperature: float = 0.05,
     direction: Direction = "both",
+    margin: float = 0.0,
 ) -> torch.Tensor:
     """InfoNCE over cosine/τ between aligned ``src`` (non-English) and ``en`` rows, global in-batch negatives.
 
     ``src`` and ``en`` are this rank's (b, d) embeddings (normalised inside). "xx2en" ranks all English
     candidates for each non-English query (the paper's Eq. 5 and DAP's default ``cl_dir='fwd'``), "en2xx"
     the reverse, "both" averages the two. Mean over this rank's rows, so the mean over ranks equals the
-    single-process loss on the concatenated global batch.
+    single-process loss on the concatenated global batch. ``margin`` is subtracted from each
+    true pair's cosine before scaling (the additive margin of LaBSE, which uses 0.3): the true
+    translation must win by that much.
     """
     if src.ndim != 2 or src.shape != en.shape:
         raise ValueError(
@@ -76,7 +82,10 @@ def translation_ranking_loss(
         raise ValueError("every rank must hold the same number of pairs")
     labels = torch.arange(b, device=src.device) + rank * b
     if direction == "xx2en":
-        return _ranking(src, en_all, labels, temperature)
+        return _ranking(src, en_all, labels, temperature, margin)
     if direction == "en2xx":
-        return _ranking(en, src_all, labels, temperature)
-    return (_ranking(src, en_all, labels, temperature) + _ranking(en, src_all, labels, temperature)) / 2
+        return _ranking(en, src_all, labels, temperature, margin)
+    return (
+        _ranking(src, en_all, labels, temperature, margin)
+        + _ranking(en, src_all, labels, temperature, margin)
+    ) / 2

@@ -136,6 +136,15 @@ class RTLHead(nn.Module):
         self, src_states: torch.Tensor, src_mask: torch.Tensor, tgt_mask: torch.Tensor
     ) -> torch.Tensor:
         """(B, Lt, |en vocab|) logits for every target position (the target ids themselves are never seen)."""
+        logits: torch.Tensor = self.decoder(
+            self.transform(self._target_states(src_states, src_mask, tgt_mask))
+        )
+        return logits
+
+    def _target_states(
+        self, src_states: torch.Tensor, src_mask: torch.Tensor, tgt_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """(B, Lt, H): the head's last-layer states at the target ([MASK] query) positions."""
         batch, src_len, _ = src_states.shape
         tgt_len = tgt_mask.shape[1]
         if src_mask.shape != (batch, src_len) or tgt_mask.shape[0] != batch:
@@ -159,8 +168,8 @@ class RTLHead(nn.Module):
         for layer in self.layers:
             out = layer(x, additive)
             x = out[0] if isinstance(out, tuple) else out
-        logits: torch.Tensor = self.decoder(self.transform(x[:, src_len:]))
-        return logits
+        states: torch.Tensor = x[:, src_len:]
+        return states
 
     def forward(
         self,
@@ -178,14 +187,13 @@ class RTLHead(nn.Module):
         """
         if tgt_ids.shape != tgt_mask.shape or tgt_labels.shape != tgt_mask.shape:
             raise ValueError("tgt_ids, tgt_mask and tgt_labels must have the same (B, Lt) shape")
-        logits = self.predict(src_states, src_mask, tgt_mask)
         labels = tgt_labels.masked_fill(tgt_mask == 0, IGNORE_INDEX)
         labels[:, 0] = IGNORE_INDEX
-        total = F.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]).float(),
-            labels.reshape(-1),
-            ignore_index=IGNORE_INDEX,
-            reduction="sum",
-        )
-        count = (labels != IGNORE_INDEX).sum().clamp(min=1)
+        scored = labels != IGNORE_INDEX
+        # Only scored positions reach the vocabulary projection (the costliest part of the head):
+        # padding is a third of a typical batch, and it would be ignored by the loss anyway.
+        states = self._target_states(src_states, src_mask, tgt_mask)[scored]
+        logits = self.decoder(self.transform(states))
+        total = F.cross_entropy(logits.float(), labels[scored], reduction="sum")
+        count = scored.sum().clamp(min=1)
         return total / count

@@ -364,3 +364,17 @@ def test_real_model_forward_backward(real_model_dir: Path) -> None:
     last = encoder.encoder.layer[-1].output.dense.weight.grad
     assert last is not None and float(last.abs().sum()) > 0
     assert head.decoder.weight.grad is not None and float(head.decoder.weight.grad.abs().sum()) > 0
+
+
+@pytest.mark.parametrize("margin", [0.1, 0.3])
+def test_additive_margin_matches_the_formula(margin: float) -> None:
+    """LaBSE's margin: the true pair's cosine is lowered by m before scaling; negatives untouched."""
+    torch.manual_seed(1)
+    src, en = torch.randn(6, 16), torch.randn(6, 16)
+    cos = F.cosine_similarity(src[:, None, :], en[None, :, :], dim=-1)
+    shifted = cos - margin * torch.eye(6)
+    xx2en = -(shifted / 0.05).log_softmax(dim=1).diagonal().mean()
+    en2xx = -(shifted.T / 0.05).log_softmax(dim=1).diagonal().mean()
+    got = translation_ranking_loss(src, en, 0.05, "both", margin)
+    torch.testing.assert_close(got, (xx2en + en2xx) / 2)
+    assert float(got) > float(translation_ranking_loss(src, en, 0.05, "both"))
