@@ -26,26 +26,22 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.distributed as dist
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
 from model.artifact import Manifest, Pooling, atomic_write_text, read_manifest
 from model.errors import InputError
 from model.torch_model import load_transformer, pool
-from model.train.data import (
-    EnglishVocab,
-    Pair,
-    PairFilter,
-    ParallelStream,
-    find_parallel_files,
-    read_dev,
-    read_pairs,
-)
+from model.train.data import EnglishVocab, Pair, PairFilter, read_dev, read_pairs
 from model.train.evaluate import retrieval_p1
 from model.train.losses import translation_ranking_loss
+from model.train.mixture import BatchLanguages, MixtureStream, find_corpora
 from model.train.rtl import RTLHead, rtl_labels
 
 Direction = Literal["xx2en", "en2xx", "both"]
+Precision = Literal["auto", "fp32", "bf16"]
+Kind = Literal["query", "passage"]
+DEV_FOLDERS = ("dev", "dev-short")  # looked for in every --data folder when no --dev is given
 
 
 class TrainConfig(BaseModel):
@@ -53,11 +49,19 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    data: Path = Field(description="Directory of xx-en.tsv[.gz] files.")
+    data: list[Path] = Field(description="Folders of xx-en.tsv[.gz] files (merged per language).")
     out: Path = Field(description="Run directory: checkpoint/, best/, log.jsonl, config.json.")
     model_dir: Path = Field(description="Built model to start from (manifest.json + Hugging Face files).")
-    dev: Path | None = Field(None, description="Dev pairs (xx-en.tsv); default <data>/dev.")
+    dev: list[Path] | None = Field(
+        None, description="Dev folders (xx-en.tsv); default every dev/ and dev-short/ in the data folders."
+    )
+    select: bool = Field(True, description="False: no dev evaluation, the final model is the run's model.")
     langs: list[str] | None = Field(None, description="Languages to train on; default every file in data.")
+    lang_alpha: float = Field(1.0, ge=0, le=1, description="Language sampling p ∝ lines^α.")
+    source_weights: dict[str, float] = Field(
+        default_factory=dict, description="Probability of using a line of a source (sources/ files)."
+    )
+    batch_languages: BatchLanguages = Field("mixed", description="mixed, or one language per batch.")
     steps: int = Field(1000, ge=1)
     batch_size: int = Field(64, ge=2, description="Global batch (pairs); split across processes.")
     lr: float = Field(5e-5, gt=0)
@@ -66,6 +70,10 @@ class TrainConfig(BaseModel):
     grad_clip: float = Field(1.0, gt=0)
     temperature: float = Field(0.05, gt=0)
     tr_direction: Direction = "both"
+    margin: float = Field(0.0, ge=0, description="Additive margin on the true pair's cosine (LaBSE: 0.3).")
+    distill_weight: float = Field(0.0, ge=0, description="Weight of 1 - cos(embedding, frozen base's).")
+    en_kind: Kind = Field("query", description="Prefix of the English side; the other side is 'query'.")
+    precision: Precision = Field("auto", description="auto: bf16 autocast where the CPU/GPU has native bf16.")
     rtl: bool = True
     rtl_weight: float = Field(0.1, ge=0)
     rtl_layers: int = Field(2, ge=1)
@@ -80,12 +88,37 @@ class TrainConfig(BaseModel):
     device: str = Field("auto", description="auto, cpu or cuda.")
     name: str | None = Field(None, description="Name of the trained model; default <base>-dap.")
 
+    @field_validator("data", "dev", mode="before")
+    @classmethod
+    def _paths(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str | Path) else value
+
 
 @dataclass
 class StepStats:
     loss: float
     tr: float
     rtl: float
+    distill: float = 0.0
+
+
+def distillation_loss(student: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+    """Mean 1 - cos between each sentence's embedding and the frozen base model's: keeps what the
+    base does well (query → passage search) while translation ranking pulls translations together."""
+    return (1 - nn.functional.cosine_similarity(student, base, dim=-1)).mean()
+
+
+def cpu_has_native_bf16() -> bool:
+    """AMX-BF16 or AVX512-BF16, read at run time: bf16 on other CPUs is emulated and slower than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    for line in flags.splitlines():
+        if line.startswith("flags"):
+            names = set(line.split(":", 1)[1].split())
+            return bool(names & {"amx_bf16", "avx512_bf16"})
+    return False
 
 
 @dataclass
@@ -139,7 +172,12 @@ class Tokenizer:
         self._tok = HFTokenizer.from_file(str(model_dir / "tokenizer.json"))
         self._tok.no_padding()
         self._tok.enable_truncation(max_length)
-        self.prefix = manifest.prefix("query")  # e5: "query: " on both sides for symmetric tasks
+        # e5: "query: " on both sides for symmetric tasks; "passage: " may be asked for on the English side.
+        self.prefixes: dict[str, str] = {
+            "query": manifest.prefix("query"),
+            "passage": manifest.prefix("passage"),
+        }
+        self.prefix = self.prefixes["query"]
         pad = self._tok.token_to_id("<pad>")
         self.pad_id = int(pad) if pad is not None else 0
         mask = self._tok.token_to_id("<mask>")
@@ -154,8 +192,11 @@ class Tokenizer:
             if i is not None
         ]
 
-    def encode(self, texts: Sequence[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = [e.ids for e in self._tok.encode_batch([self.prefix + t for t in texts])]
+    def encode(
+        self, texts: Sequence[str], device: torch.device, kind: Kind = "query"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        prefix = self.prefixes[kind]
+        rows = [e.ids for e in self._tok.encode_batch([prefix + t for t in texts])]
         width = max(len(r) for r in rows)
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -164,8 +205,9 @@ class Tokenizer:
             mask[i, : len(r)] = 1
         return ids.to(device), mask.to(device)
 
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in self._tok.encode_batch([self.prefix + t for t in texts])]
+    def encode_batch(self, texts: list[str], kind: Kind = "query") -> list[list[int]]:
+        prefix = self.prefixes[kind]
+        return [e.ids for e in self._tok.encode_batch([prefix + t for t in texts])]
 
     def pair_filter(self) -> PairFilter:
         return PairFilter.from_tokenizer(self._tok)  # counts on an untruncated copy
@@ -281,14 +323,27 @@ class Trainer:
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.manifest = read_manifest(cfg.model_dir)
         self.tokenizer = Tokenizer(cfg.model_dir, self.manifest, cfg.max_length)
-        files = find_parallel_files(cfg.data, cfg.langs)
-        self.langs = sorted(files)
-        dev_dir = cfg.dev if cfg.dev is not None else cfg.data / "dev"
-        dev_langs = [lang for lang in self.langs if (dev_dir / f"{lang}-en.tsv").is_file()]
-        self.dev = read_dev(dev_dir, dev_langs, cfg.eval_pairs) if dev_langs else {}
-        exclude = [(p.src, p.en) for pairs in self.dev.values() for p in pairs]
-        self.stream = ParallelStream(files, self.tokenizer.pair_filter(), cfg.seed, exclude=exclude)
-        self.files = files
+        self.corpora = find_corpora(cfg.data, cfg.langs)
+        self.langs = sorted(self.corpora)
+        self.dev_dirs = self._dev_dirs()
+        self.dev: dict[str, dict[str, list[Pair]]] = {}
+        exclude: list[tuple[str, str]] = []
+        for dev_dir in self.dev_dirs:
+            dev_langs = [lang for lang in self.langs if (dev_dir / f"{lang}-en.tsv").is_file()]
+            if dev_langs and cfg.select:
+                self.dev[dev_dir.name] = read_dev(dev_dir, dev_langs, cfg.eval_pairs)
+            # Every dev pair stays out of training, not only the ones evaluated.
+            exclude += [(p.src, p.en) for pairs in read_dev(dev_dir).values() for p in pairs]
+        self.stream = MixtureStream(
+            self.corpora,
+            self.tokenizer.pair_filter(),
+            cfg.seed,
+            alpha=cfg.lang_alpha,
+            source_weights=cfg.source_weights,
+            batch_languages=cfg.batch_languages,
+            exclude=exclude,
+        )
+        self.bf16 = self._bf16(cfg.precision)
         self._seed_everything(cfg.seed)
         encoder = load_transformer(cfg.model_dir)
         encoder.train()
@@ -303,6 +358,11 @@ class Trainer:
                 if isinstance(module, nn.Embedding) and module.num_embeddings > 10_000:
                     module.weight.requires_grad_(False)
         self.model = DapModel(encoder, self.manifest.pooling, rtl).to(self.device)
+        self.teacher: DapModel | None = None
+        if cfg.distill_weight > 0:
+            teacher = load_transformer(cfg.model_dir)
+            teacher.requires_grad_(False)
+            self.teacher = DapModel(teacher, self.manifest.pooling, None).to(self.device).eval()
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._schedule)
@@ -319,6 +379,50 @@ class Trainer:
         if name == "cuda" and not torch.cuda.is_available():
             raise InputError("--device cuda but no CUDA device is available")
         return torch.device(name)
+
+    def _dev_dirs(self) -> list[Path]:
+        if self.cfg.dev is not None:
+            for d in self.cfg.dev:
+                if not d.is_dir():
+                    raise InputError(f"dev directory {d} does not exist")
+            return list(self.cfg.dev)
+        return [d / name for d in self.cfg.data for name in DEV_FOLDERS if (d / name).is_dir()]
+
+    def _bf16(self, precision: Precision) -> bool:
+        if precision == "fp32":
+            return False
+        native = bool(torch.cuda.is_bf16_supported()) if self.device.type == "cuda" else cpu_has_native_bf16()
+        if precision == "bf16" and not native:
+            raise InputError(
+                f"--precision bf16 needs native bf16 (AMX or AVX512-BF16 on CPU); this {self.device.type} "
+                "has none, use --precision auto or fp32"
+            )
+        return native
+
+    def describe(self) -> list[str]:
+        """What the run trains on and selects by, printed at start-up."""
+        files = sum(len(c) for c in self.corpora.values())
+        shares = sorted(self.stream.shares.items(), key=lambda kv: -kv[1])
+        lines = [
+            f"data: {files} files in {', '.join(str(d) for d in self.cfg.data)}; "
+            f"{len(self.langs)} languages sampled p ∝ n^{self.cfg.lang_alpha:g} "
+            f"({self.cfg.batch_languages} batches): "
+            + ", ".join(f"{lang} {share * 100:.1f}%" for lang, share in shares),
+        ]
+        if self.cfg.source_weights:
+            weights = ", ".join(f"{k}={v:g}" for k, v in sorted(self.cfg.source_weights.items()))
+            lines.append(f"source weights: {weights}")
+        if self.dev:
+            sets = "; ".join(
+                f"{d} ({len(self.dev[d.name])} languages, up to {self.cfg.eval_pairs} pairs each)"
+                for d in self.dev_dirs
+                if d.name in self.dev
+            )
+            lines.append(f"dev (model selection: mean P@1 over the sets): {sets}")
+        else:
+            lines.append("no dev set: the final model is written to OUT/best")
+        lines.append(f"precision: {'bf16 autocast' if self.bf16 else 'fp32'} on {self.device}")
+        return lines
 
     @staticmethod
     def _seed_everything(seed: int) -> None:
@@ -338,8 +442,16 @@ class Trainer:
         path = self.cfg.out / "en_vocab.txt"
         if path.is_file():
             return EnglishVocab.load(path)
-        texts: Iterator[Pair] = (pair for lang, f in self.files.items() for pair in read_pairs(f, lang))
-        vocab = EnglishVocab.collect(texts, self.tokenizer.encode_batch, always=self.tokenizer.specials)
+        texts: Iterator[Pair] = (
+            pair
+            for lang, corpora in self.corpora.items()
+            for c in corpora
+            for pair in read_pairs(c.path, lang)
+        )
+        kind = self.cfg.en_kind
+        vocab = EnglishVocab.collect(
+            texts, lambda batch: self.tokenizer.encode_batch(batch, kind), always=self.tokenizer.specials
+        )
         if self.rank == 0:
             self.cfg.out.mkdir(parents=True, exist_ok=True)
             vocab.save(path)
@@ -350,24 +462,40 @@ class Trainer:
     def train_step(self, batch: list[Pair]) -> StepStats:
         cfg = self.cfg
         src_ids, src_mask = self.tokenizer.encode([p.src for p in batch], self.device)
-        en_ids, en_mask = self.tokenizer.encode([p.en for p in batch], self.device)
-        src_emb, src_states = self.model.embed(src_ids, src_mask)
-        en_emb, _ = self.model.embed(en_ids, en_mask)
-        tr = translation_ranking_loss(src_emb, en_emb, cfg.temperature, cfg.tr_direction)
+        en_ids, en_mask = self.tokenizer.encode([p.en for p in batch], self.device, cfg.en_kind)
+        with self._autocast():
+            src_emb, src_states = self.model.embed(src_ids, src_mask)
+            en_emb, _ = self.model.embed(en_ids, en_mask)
+        tr = translation_ranking_loss(
+            src_emb.float(), en_emb.float(), cfg.temperature, cfg.tr_direction, cfg.margin
+        )
         loss = tr
-        rtl_value = 0.0
+        rtl_value = distill_value = 0.0
         if self.model.rtl is not None and cfg.rtl_weight > 0:
             labels = rtl_labels(en_ids, en_mask, self.vocab.to_compact)
-            rtl = self.model.rtl(src_states, src_mask, en_ids, en_mask, labels)
-            loss = tr + cfg.rtl_weight * rtl
+            with self._autocast():
+                rtl = self.model.rtl(src_states, src_mask, en_ids, en_mask, labels).float()
+            loss = loss + cfg.rtl_weight * rtl
             rtl_value = float(rtl.detach())
+        if self.teacher is not None:
+            with torch.no_grad(), self._autocast():
+                src_base, _ = self.teacher.embed(src_ids, src_mask)
+                en_base, _ = self.teacher.embed(en_ids, en_mask)
+            distill = distillation_loss(
+                torch.cat([src_emb, en_emb]).float(), torch.cat([src_base, en_base]).float()
+            )
+            loss = loss + cfg.distill_weight * distill
+            distill_value = float(distill.detach())
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
         _average_gradients(self.params)
         torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
-        return StepStats(float(loss.detach()), float(tr.detach()), rtl_value)
+        return StepStats(float(loss.detach()), float(tr.detach()), rtl_value, distill_value)
+
+    def _autocast(self) -> Any:
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -452,9 +580,20 @@ class Trainer:
             fh.write(json.dumps(record) + "\n")
 
     def evaluate(self) -> dict[str, Any] | None:
+        """Dev P@1 on every dev set; the selection score is their mean (each set's own mean first,
+        so a set with more languages does not outweigh the other)."""
         if not self.dev:
             return None
-        result = dev_accuracy(self.model, self.tokenizer, self.dev, self.device)
+        sets = {
+            name: dev_accuracy(self.model, self.tokenizer, dev, self.device) for name, dev in self.dev.items()
+        }
+        first = next(iter(sets.values()))
+        result: dict[str, Any] = {
+            "avg": float(np.mean([r["avg"] for r in sets.values()])),
+            # The first set's numbers also at the top, as in runs with one dev set.
+            **{k: first[k] for k in ("xx2en", "en2xx", "per_lang")},
+            "sets": sets,
+        }
         self._log({"step": self.step, "event": "eval", **result})
         if self.best_score is None or result["avg"] > self.best_score:
             self.best_score, self.best_step = result["avg"], self.step
@@ -490,6 +629,7 @@ class Trainer:
                     "loss": stats.loss,
                     "tr": stats.tr,
                     "rtl": stats.rtl,
+                    "distill": stats.distill,
                     "lr": float(self.scheduler.get_last_lr()[0]),
                     "pairs_per_s": pairs_done / max(time.perf_counter() - started, 1e-9),
                 }
@@ -511,6 +651,10 @@ class Trainer:
             raise Interrupted(
                 f"interrupted at step {self.step}; checkpoint saved, resume with --resume"
             ) from None
+        if not self.dev:
+            self.save_best()  # nothing to select by: the final model is the run's model
+            if self.distributed:
+                dist.barrier()
         return RunResult(self.step, self.best_score, self.best_step, history)
 
 

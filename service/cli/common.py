@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 from tqdm import tqdm
 
-from model.artifact import BACKENDS, Backend
+from model.artifact import BACKENDS, Backend, default_model_dir
 from model.encoder import Encoder
 from model.errors import InputError
 from service.settings import Settings
@@ -36,6 +36,11 @@ def load_settings() -> Settings:
 
 def model_dir_or_default(model_dir: Path | None) -> Path:
     return model_dir if model_dir is not None else load_settings().resolved_model_dir
+
+
+def base_model_dir() -> Path:
+    """The untrained base encoder's directory (what training starts from), in DAPSEARCH_HOME."""
+    return default_model_dir(load_settings().home)
 
 
 def parse_backend(value: str) -> Backend:

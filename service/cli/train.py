@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from model.errors import InputError
-from service.cli.common import ModelDirOpt, app, bar, model_dir_or_default, parse_backend
+from service.cli.common import app, bar, base_model_dir, parse_backend
 
 LangsOpt = Annotated[
     str | None, typer.Option("--langs", help="Comma-separated language codes [default: every file found].")
@@ -24,10 +24,59 @@ def _langs(value: str | None) -> list[str] | None:
     return langs
 
 
+# The CPU recipe (README, bench/RESULTS.md): about 2 hours on 2 cores with native bf16.
+CPU_PRESET: dict[str, Any] = {
+    "steps": 1200,
+    "batch_size": 128,
+    "lr": 5e-5,
+    "warmup": 60,
+    "lang_alpha": 0.5,
+    "source_weight": ["weblate=0.2", "django=0.5", "wagtail=0.5", "globalvoices=0.3"],
+    "eval_every": 200,
+    "save_every": 50,
+}
+
+
+def _source_weights(values: list[str]) -> dict[str, float]:
+    weights: dict[str, float] = {}
+    for item in values:
+        name, sep, number = item.partition("=")
+        try:
+            weight = float(number)
+        except ValueError:
+            weight = -1.0
+        if not sep or not name.strip() or not 0.0 <= weight <= 1.0:
+            raise InputError(f"--source-weight {item!r}: expected NAME=WEIGHT with a weight from 0 to 1")
+        weights[name.strip()] = weight
+    return weights
+
+
+def _apply_preset(ctx: typer.Context, preset: str | None, values: dict[str, Any]) -> dict[str, Any]:
+    """Preset values for every option the user did not give on the command line."""
+    if preset is None:
+        return values
+    if preset != "cpu":
+        raise InputError(f"unknown --preset {preset!r}; the one preset is 'cpu'")
+    out = dict(values)
+    for key, value in CPU_PRESET.items():
+        source = ctx.get_parameter_source(key)
+        if source is None or source.name != "COMMANDLINE":
+            out[key] = value
+    return out
+
+
 @app.command("train")
 def train_cmd(
-    data: Annotated[Path, typer.Option("--data", help="Directory of xx-en.tsv[.gz] parallel files.")],
+    ctx: typer.Context,
+    data: Annotated[
+        list[Path],
+        typer.Option("--data", help="Folder of xx-en.tsv[.gz] parallel files (repeat to merge folders)."),
+    ],
     out: Annotated[Path, typer.Option("--out", help="Run directory (checkpoint/, best/, log.jsonl).")],
+    preset: Annotated[
+        str | None,
+        typer.Option(help="cpu: the 2-core recipe (steps, batch, sampling); given flags win."),
+    ] = None,
     langs: LangsOpt = None,
     steps: Annotated[int, typer.Option(min=1, help="Optimiser steps.")] = 1000,
     batch_size: Annotated[int, typer.Option(min=2, help="Global batch of pairs (in-batch negatives).")] = 64,
@@ -35,9 +84,22 @@ def train_cmd(
     warmup: Annotated[int, typer.Option(min=0, help="Linear warm-up steps, then linear decay.")] = 100,
     temperature: Annotated[float, typer.Option(min=1e-4, help="InfoNCE temperature.")] = 0.05,
     tr_direction: Annotated[str, typer.Option(help="both | xx2en (the paper) | en2xx.")] = "both",
+    margin: Annotated[float, typer.Option(min=0.0, help="Additive margin on true pairs' cosine.")] = 0.0,
     rtl_weight: Annotated[float, typer.Option(min=0.0, help="Weight of the RTL loss.")] = 0.1,
     rtl_layers: Annotated[int, typer.Option(min=1, help="Transformer layers in the RTL head.")] = 2,
     no_rtl: Annotated[bool, typer.Option("--no-rtl", help="Translation ranking only (ablation).")] = False,
+    distill_weight: Annotated[
+        float, typer.Option(min=0.0, help="Weight of 1 - cos to the frozen base model's embedding.")
+    ] = 0.0,
+    en_kind: Annotated[str, typer.Option(help="Prefix of the English side: query | passage.")] = "query",
+    lang_alpha: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Sample languages p ∝ lines^α (1: as in the data).")
+    ] = 1.0,
+    source_weight: Annotated[
+        list[str] | None,
+        typer.Option(help="NAME=WEIGHT: use lines of that source (sources/ files) with this probability."),
+    ] = None,
+    batch_languages: Annotated[str, typer.Option(help="mixed | one (one language per batch).")] = "mixed",
     max_length: Annotated[int, typer.Option(min=4, help="Tokens per sentence in training.")] = 32,
     train_embeddings: Annotated[
         bool, typer.Option("--train-embeddings", help="Also train the word embeddings (frozen by default).")
@@ -45,28 +107,62 @@ def train_cmd(
     train_layers: Annotated[
         int | None, typer.Option(min=1, help="Train only the top N transformer layers (faster on CPU).")
     ] = None,
+    precision: Annotated[
+        str, typer.Option(help="auto (bf16 where the CPU/GPU has it natively) | fp32 | bf16.")
+    ] = "auto",
     eval_every: Annotated[int, typer.Option(min=1, help="Dev evaluation interval (steps).")] = 100,
     eval_pairs: Annotated[int, typer.Option(min=2, help="Dev pairs per language.")] = 200,
     save_every: Annotated[int, typer.Option(min=1, help="Checkpoint interval (steps).")] = 100,
-    dev: Annotated[Path | None, typer.Option(help="Dev pairs directory [default: DATA/dev].")] = None,
+    dev: Annotated[
+        list[Path] | None,
+        typer.Option(help="Dev pairs folder, repeatable [default: every dev/ and dev-short/ in --data]."),
+    ] = None,
+    no_dev: Annotated[
+        bool,
+        typer.Option("--no-dev", help="No dev evaluation: keep the final model (dev pairs stay excluded)."),
+    ] = False,
     seed: Annotated[int, typer.Option(help="Seed for data order, dropout and initialisation.")] = 0,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
     name: Annotated[str | None, typer.Option(help="Name of the trained model [default: <base>-dap].")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out exactly.")] = False,
-    model_dir: ModelDirOpt = None,
+    model_dir: Annotated[
+        Path | None,
+        typer.Option("--model-dir", help="Model to start from [default: the base multilingual-e5-small]."),
+    ] = None,
 ) -> None:
     """Fine-tune an encoder with DAP (translation ranking + representation translation learning).
 
     Runs the same under `torchrun --nproc-per-node N` (gloo on CPU, nccl on GPU). The best model
-    by dev P@1 is written to OUT/best as a built model directory (export it with `dapsearch model
-    export --model-dir OUT/best`).
+    by dev P@1 (the final one when there is no dev set) is written to OUT/best as a built model
+    directory (export it with `dapsearch model export --model-dir OUT/best`).
     """
     from model.train.loop import Interrupted, TrainConfig, Trainer, distributed_cleanup
 
-    if not data.is_dir():
-        raise InputError(f"data directory not found: {data}")
+    v = _apply_preset(
+        ctx,
+        preset,
+        {
+            "steps": steps,
+            "batch_size": batch_size,
+            "lr": lr,
+            "warmup": warmup,
+            "lang_alpha": lang_alpha,
+            "source_weight": source_weight or [],
+            "eval_every": eval_every,
+            "save_every": save_every,
+        },
+    )
+    for d in data:
+        if not d.is_dir():
+            raise InputError(f"data directory not found: {d}")
     if tr_direction not in ("both", "xx2en", "en2xx"):
         raise InputError("--tr-direction must be both, xx2en or en2xx")
+    if en_kind not in ("query", "passage"):
+        raise InputError("--en-kind must be query or passage")
+    if batch_languages not in ("mixed", "one"):
+        raise InputError("--batch-languages must be mixed or one")
+    if precision not in ("auto", "fp32", "bf16"):
+        raise InputError("--precision must be auto, fp32 or bf16")
     if (out / "checkpoint").exists() and not resume:
         raise InputError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     if resume and not (out / "checkpoint" / "state.pt").is_file():
@@ -74,33 +170,45 @@ def train_cmd(
     cfg = TrainConfig(
         data=data,
         out=out,
-        model_dir=model_dir_or_default(model_dir),
+        model_dir=model_dir if model_dir is not None else base_model_dir(),
         dev=dev,
+        select=not no_dev,
         langs=_langs(langs),
-        steps=steps,
-        batch_size=batch_size,
-        lr=lr,
-        warmup=warmup,
+        lang_alpha=v["lang_alpha"],
+        source_weights=_source_weights(v["source_weight"]),
+        batch_languages=batch_languages,
+        steps=v["steps"],
+        batch_size=v["batch_size"],
+        lr=v["lr"],
+        warmup=v["warmup"],
         temperature=temperature,
         tr_direction=tr_direction,
+        margin=margin,
         rtl=not no_rtl,
         rtl_weight=rtl_weight,
         rtl_layers=rtl_layers,
+        distill_weight=distill_weight,
+        en_kind=en_kind,
+        precision=precision,
         max_length=max_length,
         freeze_embeddings=not train_embeddings,
         train_layers=train_layers,
-        eval_every=eval_every,
+        eval_every=v["eval_every"],
         eval_pairs=eval_pairs,
-        save_every=save_every,
+        save_every=v["save_every"],
         seed=seed,
         device=device,
         name=name,
     )
+    if resume:
+        cfg = _resumed_config(cfg)
     with distributed_cleanup():
         trainer = Trainer(cfg)
         progress: Any = None
         if trainer.rank == 0:
-            progress = bar("training", total=steps, unit="step", initial=0)
+            for line in trainer.describe():
+                typer.echo(line, err=True)
+            progress = bar("training", total=cfg.steps, unit="step", initial=0)
 
             def show(step: int, record: dict[str, float]) -> None:
                 progress.n = step
@@ -124,17 +232,37 @@ def train_cmd(
                 progress.close()
         if trainer.rank == 0:
             best = (
-                "no dev set"
+                "no dev set, final model"
                 if result.best_score is None
                 else f"best dev P@1 {result.best_score:.2f} at step {result.best_step}"
             )
             typer.echo(f"trained {result.steps} steps; {best}; model in {out / 'best'}")
 
 
+def _resumed_config(cfg: Any) -> Any:
+    """A resumed run keeps the options it was started with (config.json), whatever flags say."""
+    from model.train.loop import TrainConfig
+
+    path = cfg.out / "config.json"
+    try:
+        return TrainConfig.model_validate_json(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read the run's options from {path}: {exc}") from exc
+
+
 @app.command("eval")
 def eval_cmd(
     model: Annotated[list[Path], typer.Option("--model", help="Built model directory (repeat to compare).")],
-    data: Annotated[Path, typer.Option("--data", help="Dev pairs directory (xx-en.tsv files).")],
+    data: Annotated[
+        list[Path],
+        typer.Option("--data", help="Dev pairs folder of xx-en.tsv files (repeat: dev, dev-short)."),
+    ],
+    search_dev: Annotated[
+        Path | None,
+        typer.Option(
+            "--search-dev", help="search-dev folder: question → paragraph R@1 (mono, cross, en→en)."
+        ),
+    ] = None,
     train_data: Annotated[
         Path | None,
         typer.Option(
@@ -145,7 +273,7 @@ def eval_cmd(
     ] = None,
     langs: LangsOpt = None,
     limit: Annotated[
-        int | None, typer.Option(min=4, help="At most this many gold dev pairs per language.")
+        int | None, typer.Option(min=4, help="At most this many dev pairs per language [default: all].")
     ] = None,
     distractors: Annotated[
         int, typer.Option(min=0, help="Unrelated sentences per gold pair and side (mining).")
@@ -153,14 +281,17 @@ def eval_cmd(
     backend: Annotated[str, typer.Option(help="torch | onnx | onnx-int8.")] = "torch",
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the results as JSON.")] = None,
 ) -> None:
-    """Retrieval P@1 (xx→en, en→xx) and mining F1 per language, models side by side (markdown)."""
-    from model.train.evaluate import markdown, run_evaluation, to_json
+    """Retrieval P@1 (xx→en, en→xx), mining F1 and search-dev R@1, models side by side (markdown)."""
+    from model.train.evaluate import markdown, run_evaluation, summary_markdown, to_json
 
     for directory in model:
         if not (directory / "manifest.json").is_file():
             raise InputError(f"no built model in {directory} (build it with `dapsearch model build`)")
-    if not data.is_dir():
-        raise InputError(f"dev data directory not found: {data}")
+    for d in data:
+        if not d.is_dir():
+            raise InputError(f"dev data directory not found: {d}")
+    if search_dev is not None and not search_dev.is_dir():
+        raise InputError(f"search-dev directory not found: {search_dev}")
     with bar("evaluating", unit="lang") as progress:
         reports = run_evaluation(
             model,
@@ -171,7 +302,10 @@ def eval_cmd(
             distractors,
             parse_backend(backend),
             progress=lambda _: progress.update(1),
+            search_dir=search_dev,
         )
     typer.echo(markdown(reports))
+    typer.echo("")
+    typer.echo(summary_markdown(reports))
     if json_out is not None:
         json_out.write_text(to_json(reports) + "\n", encoding="utf-8")
