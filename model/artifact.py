@@ -26,10 +26,14 @@ WEIGHTS = "model.safetensors"
 ONNX_FP32 = "model.onnx"
 ONNX_INT8 = "model.int8.onnx"
 DEFAULT_MODEL_NAME = "multilingual-e5-small"
-INT8_SCHEME = "dynamic-int8-per-channel-reduce-range"  # see model/export.py
-# Fallback for models whose feed-forward outputs quantise badly (seen after DAP fine-tuning).
+# Static int8 (calibrated activation scales, so vectors do not depend on batch neighbours) on
+# every weight MatMul but the feed-forward output projections; see model/export.py.
+INT8_STATIC = "static-int8-qdq-per-channel-ffn-out-fp32"
+INT8_SCHEME = "dynamic-int8-per-channel-reduce-range"  # fallbacks when the static graph drifts
+# For models whose feed-forward outputs quantise badly (seen after DAP fine-tuning).
 INT8_SCHEME_FFN_FP32 = "dynamic-int8-per-channel-reduce-range-ffn-out-fp32"
-INT8_SCHEMES = (INT8_SCHEME, INT8_SCHEME_FFN_FP32)
+INT8_SCHEMES = (INT8_STATIC, INT8_SCHEME, INT8_SCHEME_FFN_FP32)
+INT8_CURRENT = INT8_STATIC  # an int8 graph made with another scheme is made again
 
 Pooling = Literal["mean", "cls"]
 Backend = Literal["torch", "onnx", "onnx-int8"]
@@ -42,7 +46,8 @@ class OnnxFile(BaseModel):
     file: str
     sha256: str
     source_model_id: str
-    quantization: str | None = None  # e.g. "dynamic-int8-per-channel"
+    quantization: str | None = None  # e.g. "static-int8-qdq-per-channel-ffn-out-fp32"
+    rejected: list[str] = Field(default_factory=list)  # schemes tried first that drifted too far
     opset: int
     created: str
 

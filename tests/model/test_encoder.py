@@ -101,7 +101,8 @@ def test_manifest_records_export_provenance(tiny_model_dir: Path) -> None:
     manifest = read_manifest(tiny_model_dir)
     assert manifest.pooling == "mean"
     assert manifest.onnx["onnx"].opset == 17
-    assert manifest.onnx["onnx-int8"].quantization == "dynamic-int8-per-channel-reduce-range"
+    assert manifest.onnx["onnx-int8"].quantization == "static-int8-qdq-per-channel-ffn-out-fp32"
+    assert manifest.onnx["onnx-int8"].rejected == []
     assert manifest.onnx["onnx-int8"].source_model_id == manifest.id
     assert manifest.id.startswith("tiny@")
 
@@ -156,14 +157,14 @@ def test_an_export_below_its_parity_floor_is_discarded(tiny_model_dir: Path, tmp
 def test_int8_falls_back_to_fp32_ffn_outputs_and_then_refuses(
     tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Both quantisation schemes are tried before an export is refused; nothing is left behind."""
+    """All three schemes are tried before an export is refused; nothing is left behind."""
     from model import export
 
     model_dir = tmp_path / "m"
     shutil.copytree(tiny_model_dir, model_dir)
     names = export._ffn_output_matmuls(model_dir / "model.onnx")
     assert names == [f"/encoder/encoder/layer.{i}/output/dense/MatMul" for i in range(2)]
-    tried: list[list[str]] = []
+    tried: list[dict[str, set[str]]] = []
     from model.encoder import OnnxBackend as real
 
     def spy(path: Path, name: str, threads: int | None = None) -> object:
@@ -171,15 +172,28 @@ def test_int8_falls_back_to_fp32_ffn_outputs_and_then_refuses(
             import onnx
 
             graph = onnx.load(str(path)).graph
-            tried.append(sorted(n.name for n in graph.node if n.op_type == "MatMul"))
+            dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+            tried.append(
+                {
+                    "fp32": {
+                        n.name for n in graph.node if n.op_type == "MatMul" and not set(n.input) & dequantized
+                    },
+                    "qdq": {
+                        n.name for n in graph.node if n.op_type == "MatMul" and set(n.input) & dequantized
+                    },
+                    "integer": {n.name for n in graph.node if n.op_type == "MatMulInteger"},
+                }
+            )
         return real(path, name, threads)  # type: ignore[arg-type]  # name is a Backend literal
 
     monkeypatch.setattr(export, "OnnxBackend", spy)
-    monkeypatch.setattr(export, "INT8_MIN_COSINE", 1.01)  # unreachable: force both attempts
+    monkeypatch.setattr(export, "INT8_MIN_COSINE", 1.01)  # unreachable: force every attempt
     with pytest.raises(export.ParityError):
         export.quantize_int8(model_dir)
-    assert len(tried) == 2
-    assert set(names) <= set(tried[1]) and not set(names) & set(
-        tried[0]
-    )  # kept as fp32 MatMuls only in try 2
+    assert len(tried) == 3
+    static, dynamic, dynamic_ffn = tried
+    # Static: weight MatMuls through Q/DQ, the FFN outputs (and attention's own MatMuls) in fp32.
+    assert set(names) <= static["fp32"] and static["qdq"] and not static["qdq"] & set(names)
+    assert not static["integer"] and dynamic["integer"] and not dynamic["qdq"]
+    assert not set(names) & dynamic["fp32"] and set(names) <= dynamic_ffn["fp32"]
     assert not (model_dir / "model.int8.onnx.tmp").exists()
