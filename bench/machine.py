@@ -31,6 +31,21 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
+def cpu_flags() -> str:
+    """The SIMD features that decide which kernels run (int8 VNNI, bf16 AMX), as ``avx2+fma+...``."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                return "+".join(f for f in SIMD_FLAGS if f in flags) or "none of " + ",".join(SIMD_FLAGS)
+    except OSError:
+        pass
+    return "?"
+
+
 def _proc_status_mb(field: str) -> float | None:
     """A memory field of /proc/self/status (Linux) in MB, or None where there is no /proc."""
     try:

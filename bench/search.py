@@ -37,7 +37,7 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 import psutil
-from machine import cpu_model
+from machine import cpu_flags, cpu_model
 
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
@@ -340,17 +340,6 @@ class SizeBench:
             self.rows.append(row)
             if row.recall >= RECALL_TARGET:
                 break
-
-
-def cpu_flags() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                return "+".join(f for f in ("avx2", "fma", "avx512f", "avx512_vnni") if f in flags)
-    except OSError:
-        pass
-    return "?"
 
 
 def chosen(rows: Sequence[Row]) -> list[Row]:
