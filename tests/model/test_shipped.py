@@ -126,3 +126,24 @@ def test_interpolation_mixes_the_weights(tiny_model_dir: Path, tmp_path: Path) -
         assert "interpolation" in m.provenance
     with pytest.raises(InputError, match="between 0 and 1"):
         interpolate(tiny_model_dir, trained, 1.5, tmp_path / "bad")
+
+
+def test_calibration_text_is_rebuilt_from_training_data_and_holds_no_dev_text() -> None:
+    from model.calibration import calibration_path, make_calibration, read_calibration
+    from tests.conftest import SHARED
+
+    data = SHARED / "data"
+    rows = make_calibration(data / "parallel", data / "parallel-extra")
+    shipped = [json.loads(line) for line in calibration_path().read_text(encoding="utf-8").splitlines()]
+    assert shipped == rows  # python -m model.calibration regenerates exactly the shipped file
+    texts = set(read_calibration())
+    dev = {
+        side.strip()
+        for folder in (data / "parallel" / "dev", data / "parallel-extra" / "dev-short")
+        for path in folder.glob("*-en.tsv")
+        for line in path.read_text(encoding="utf-8").splitlines()
+        for side in line.split("\t")
+    }
+    assert len(texts) > 500 and not texts & dev
+    assert {r["source"] for r in rows} <= {"ntrex", "xcopa", "xsid", "truthfulqa", "nusax", "korsts", "django"}
+    assert len({r["lang"] for r in rows}) >= 36
