@@ -279,6 +279,11 @@ def pair_key(src: str, en: str) -> int:
     return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little")
 
 
+def side_key(text: str) -> int:
+    """8-byte hash of one side of a pair, case- and edge-whitespace-insensitive."""
+    return int.from_bytes(hashlib.blake2b(text.strip().lower().encode(), digest_size=8).digest(), "little")
+
+
 _UNKNOWN = 255  # decision cache: not yet judged
 _KEEP = 0  # else 1 + REASONS.index(reason)
 _CHUNK = 512  # pairs judged per keep_batch call
@@ -339,6 +344,7 @@ class ParallelStream:
         exclude: Iterable[tuple[str, str]] = (),
         lang: str | None = None,
         keep_probability: Mapping[str, np.ndarray] | None = None,
+        exclude_sides: Iterable[str] = (),
     ) -> None:
         if not files:
             raise InputError("ParallelStream needs at least one file")
@@ -350,6 +356,7 @@ class ParallelStream:
         self.shuffle_buffer = shuffle_buffer
         self.dedupe = dedupe
         self._exclude: set[int] = {pair_key(src, en) for src, en in exclude}
+        self._exclude_sides: set[int] = {side_key(side) for side in exclude_sides}
         self.lang = lang
         self._counts = [count_lines(path) for path in self.files.values()]
         keep = keep_probability or {}
@@ -479,6 +486,11 @@ class ParallelStream:
                 keep = self._keep[i]
                 if keep is not None and not _kept(keep[n], self.seed, epoch, i, n):
                     self.stats["downweighted"] += 1
+                    continue
+                if self._exclude_sides and (
+                    side_key(pair.src) in self._exclude_sides or side_key(pair.en) in self._exclude_sides
+                ):
+                    self.stats["excluded"] += 1
                     continue
                 if self._exclude or self.dedupe:
                     key = pair_key(pair.src, pair.en)

@@ -332,7 +332,9 @@ class Trainer:
             dev_langs = [lang for lang in self.langs if (dev_dir / f"{lang}-en.tsv").is_file()]
             if dev_langs and cfg.select:
                 self.dev[dev_dir.name] = read_dev(dev_dir, dev_langs, cfg.eval_pairs)
-            # Every dev pair stays out of training, not only the ones evaluated.
+            # Every dev pair stays out of training, not only the ones evaluated, and so does every
+            # pair sharing a side with one: n-way sources (xCOPA, xSID) pair one English sentence
+            # with many languages, so a dev pair's English side recurs in other languages' files.
             exclude += [(p.src, p.en) for pairs in read_dev(dev_dir).values() for p in pairs]
         self.stream = MixtureStream(
             self.corpora,
@@ -342,6 +344,7 @@ class Trainer:
             source_weights=cfg.source_weights,
             batch_languages=cfg.batch_languages,
             exclude=exclude,
+            exclude_sides=[side for pair in exclude for side in pair],
         )
         self.bf16 = self._bf16(cfg.precision)
         self._seed_everything(cfg.seed)

@@ -107,6 +107,7 @@ class MixtureStream:
         batch_languages: BatchLanguages = "mixed",
         exclude: Iterable[tuple[str, str]] = (),
         shuffle_buffer: int = 2000,
+        exclude_sides: Iterable[str] = (),
     ) -> None:
         if not corpora:
             raise InputError("no training files")
@@ -116,6 +117,7 @@ class MixtureStream:
         self.seed = int(seed)
         self.batch_languages: BatchLanguages = batch_languages
         excluded = list(exclude)
+        sides = list(exclude_sides)
         self.streams: dict[str, ParallelStream] = {}
         sizes: dict[str, float] = {}
         for lang in sorted(corpora):
@@ -129,7 +131,14 @@ class MixtureStream:
                     keep[key] = probs
                 size += lines if probs is None else float(probs.sum())
             self.streams[lang] = ParallelStream(
-                files, pair_filter, seed, shuffle_buffer, exclude=excluded, lang=lang, keep_probability=keep
+                files,
+                pair_filter,
+                seed,
+                shuffle_buffer,
+                exclude=excluded,
+                lang=lang,
+                keep_probability=keep,
+                exclude_sides=sides,
             )
             sizes[lang] = size
         self.sizes = sizes

@@ -145,5 +145,13 @@ def test_calibration_text_is_rebuilt_from_training_data_and_holds_no_dev_text() 
         for side in line.split("\t")
     }
     assert len(texts) > 500 and not texts & dev
-    assert {r["source"] for r in rows} <= {"ntrex", "xcopa", "xsid", "truthfulqa", "nusax", "korsts", "django"}
+    assert {r["source"] for r in rows} <= {
+        "ntrex",
+        "xcopa",
+        "xsid",
+        "truthfulqa",
+        "nusax",
+        "korsts",
+        "django",
+    }
     assert len({r["lang"] for r in rows}) >= 36

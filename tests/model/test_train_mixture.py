@@ -113,3 +113,12 @@ def test_excluded_pairs_never_appear(folders: tuple[Path, Path]) -> None:
     s = stream(folders, alpha=0.0, exclude=banned)
     seen = {(p.src, p.en) for _ in range(50) for p in next(s.batches(20))}
     assert not seen & set(banned)
+
+
+def test_pairs_sharing_a_side_with_dev_are_excluded(folders: tuple[Path, Path]) -> None:
+    """A dev pair's English side can recur paired with another language: that pair is dev text too."""
+    dev_pair = ("jv satz nummer 3 hier", "de sentence number 3 here")  # shares only de's English side
+    s = stream(folders, alpha=0.0, exclude_sides=dev_pair)
+    seen = {p.en for _ in range(60) for p in next(s.batches(20))}
+    assert "de sentence number 3 here" not in seen and "de sentence number 4 here" in seen
+    assert s.stats["excluded"] > 0
