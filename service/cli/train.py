@@ -26,13 +26,13 @@ def _langs(value: str | None) -> list[str] | None:
 
 # The CPU recipe (README, bench/RESULTS.md): about 2 hours on 2 cores with native bf16.
 CPU_PRESET: dict[str, Any] = {
-    "steps": 1200,
+    "steps": 900,
     "batch_size": 128,
     "lr": 5e-5,
-    "warmup": 60,
+    "warmup": 45,
     "lang_alpha": 0.5,
     "source_weight": ["weblate=0.2", "django=0.5", "wagtail=0.5", "globalvoices=0.3"],
-    "eval_every": 200,
+    "eval_every": 150,
     "save_every": 50,
 }
 
@@ -106,6 +106,10 @@ def train_cmd(
     ] = False,
     train_layers: Annotated[
         int | None, typer.Option(min=1, help="Train only the top N transformer layers (faster on CPU).")
+    ] = None,
+    dropout: Annotated[
+        float | None,
+        typer.Option(min=0.0, max=0.9, help="Dropout while training [default: the model's 0.1]."),
     ] = None,
     precision: Annotated[
         str, typer.Option(help="auto (bf16 where the CPU/GPU has it natively) | fp32 | bf16.")
@@ -190,6 +194,7 @@ def train_cmd(
         distill_weight=distill_weight,
         en_kind=en_kind,
         precision=precision,
+        dropout=dropout,
         max_length=max_length,
         freeze_embeddings=not train_embeddings,
         train_layers=train_layers,

@@ -148,6 +148,24 @@ def test_cpu_preset_fills_what_the_command_line_leaves_out(
     assert result.returncode == 0, result.stderr[-2000:]
     cfg: dict[str, Any] = json.loads((out / "config.json").read_text())
     assert (cfg["steps"], cfg["batch_size"]) == (1, 8)  # given on the command line
-    assert cfg["lang_alpha"] == 0.5 and cfg["warmup"] == 60 and cfg["source_weights"]["weblate"] == 0.2
+    assert cfg["lang_alpha"] == 0.5 and cfg["warmup"] == 45 and cfg["source_weights"]["weblate"] == 0.2
     bad = _cli("--data", str(data_dir), "--out", str(tmp_path / "y"), "--preset", "gpu")
     assert bad.returncode == 2 and "preset" in bad.stderr
+
+
+def test_dropout_can_be_switched_off_for_training(
+    data_dir: Path,  # noqa: F811
+    tiny_model_dir: Path,
+    tmp_path: Path,
+) -> None:
+    trainer = Trainer(config(data_dir, tiny_model_dir, tmp_path / "nodrop", dropout=0.0))
+    probabilities = {m.p for m in trainer.model.modules() if isinstance(m, torch.nn.Dropout)}
+    assert probabilities == {0.0}
+    batch = next(trainer.stream.batches(8))
+    with torch.no_grad():  # no dropout: two forward passes in training mode agree exactly
+        ids, mask = trainer.tokenizer.encode([p.src for p in batch], trainer.device)
+        first, _ = trainer.model.embed(ids, mask)
+        second, _ = trainer.model.embed(ids, mask)
+    assert torch.equal(first, second)
+    default = Trainer(config(data_dir, tiny_model_dir, tmp_path / "drop"))
+    assert {m.p for m in default.model.modules() if isinstance(m, torch.nn.Dropout)} == {0.1}
