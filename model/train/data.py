@@ -21,7 +21,7 @@ from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Se
 from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, overload
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar, overload
 
 import numpy as np
 
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 IGNORE_INDEX = -100  # torch.nn.functional.cross_entropy's default ignore_index
 REASONS: tuple[str, ...] = ("url", "identical", "length", "ratio", "overlap")
+_T = TypeVar("_T")
 _FILE_RE = re.compile(r"^(?P<lang>[A-Za-z0-9_]+)-en\.tsv(?P<gz>\.gz)?$")
 
 
@@ -64,11 +65,18 @@ def _lang_files(directory: Path, langs: Sequence[str] | None, what: str) -> dict
         found[lang] = path
     if not found:
         raise InputError(f"no xx-en.tsv or xx-en.tsv.gz files in {what} directory {directory}")
+    return select_languages(found, langs, f"{what} file", str(directory))
+
+
+def select_languages(
+    found: dict[str, _T], langs: Sequence[str] | None, what: str, where: str
+) -> dict[str, _T]:
+    """``found`` restricted to ``langs`` (every one must be there), sorted by language."""
     if langs is not None:
         missing = [lang for lang in langs if lang not in found]
         if missing:
             raise InputError(
-                f"no {what} file for language(s) {', '.join(missing)} in {directory} "
+                f"no {what} for language(s) {', '.join(missing)} in {where} "
                 f"(found: {', '.join(sorted(found))})"
             )
         found = {lang: found[lang] for lang in langs}

@@ -25,7 +25,14 @@ from typing import Any, Literal
 import numpy as np
 
 from model.errors import InputError
-from model.train.data import Pair, PairFilter, ParallelStream, count_lines, find_parallel_files
+from model.train.data import (
+    Pair,
+    PairFilter,
+    ParallelStream,
+    count_lines,
+    find_parallel_files,
+    select_languages,
+)
 
 BatchLanguages = Literal["mixed", "one"]
 
@@ -47,15 +54,7 @@ def find_corpora(data_dirs: Sequence[Path], langs: Sequence[str] | None = None) 
             stem = path.name.removesuffix(".gz").removesuffix(".tsv")
             sources = Path(directory) / "sources" / f"{stem}.source.gz"
             found.setdefault(lang, []).append(Corpus(lang, path, sources if sources.is_file() else None))
-    if langs is not None:
-        missing = [lang for lang in langs if lang not in found]
-        if missing:
-            raise InputError(
-                f"no training file for language(s) {', '.join(missing)} in "
-                f"{', '.join(str(d) for d in data_dirs)} (found: {', '.join(sorted(found))})"
-            )
-        found = {lang: found[lang] for lang in langs}
-    return {lang: found[lang] for lang in sorted(found)}
+    return select_languages(found, langs, "training file", ", ".join(str(d) for d in data_dirs))
 
 
 def read_sources(path: Path) -> list[str]:
