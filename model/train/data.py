@@ -281,6 +281,16 @@ def _given(a: list[int], b: list[int]) -> Callable[[], tuple[Sequence[object], S
 # --------------------------------------------------------------------------- the stream
 
 
+def rank_slice(batch_size: int, rank: int, world_size: int) -> tuple[int, int]:
+    """[start, stop) of this rank's contiguous share of a global batch, after checking both fit."""
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise InputError(f"rank {rank} is not in a world of {world_size} processes")
+    if batch_size < 1 or batch_size % world_size:
+        raise InputError(f"batch size {batch_size} must be a positive multiple of {world_size} processes")
+    per = batch_size // world_size
+    return rank * per, (rank + 1) * per
+
+
 def pair_key(src: str, en: str) -> int:
     """8-byte hash of a pair, case- and edge-whitespace-insensitive (dedupe and exclusion)."""
     text = f"{src.strip().lower()}\t{en.strip().lower()}".encode()
@@ -425,12 +435,7 @@ class ParallelStream:
 
     def batches(self, batch_size: int, rank: int = 0, world_size: int = 1) -> Iterator[list[Pair]]:
         """This rank's contiguous slice of each global batch of ``batch_size`` pairs."""
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise InputError(f"rank {rank} is not in a world of {world_size} processes")
-        if batch_size < 1 or batch_size % world_size:
-            raise InputError(f"batch size {batch_size} must be a positive multiple of {world_size} processes")
-        per = batch_size // world_size
-        return self._batches(batch_size, rank * per, (rank + 1) * per)
+        return self._batches(batch_size, *rank_slice(batch_size, rank, world_size))
 
     def _batches(self, batch_size: int, start: int, stop: int) -> Iterator[list[Pair]]:
         pairs = iter(self)

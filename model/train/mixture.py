@@ -31,6 +31,7 @@ from model.train.data import (
     ParallelStream,
     count_lines,
     find_parallel_files,
+    rank_slice,
     select_languages,
 )
 
@@ -197,10 +198,6 @@ class MixtureStream:
 
     def batches(self, batch_size: int, rank: int = 0, world_size: int = 1) -> Iterator[list[Pair]]:
         """This rank's contiguous slice of each global batch (every rank draws the same batches)."""
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise InputError(f"rank {rank} is not in a world of {world_size} processes")
-        if batch_size < 1 or batch_size % world_size:
-            raise InputError(f"batch size {batch_size} must be a positive multiple of {world_size} processes")
-        per = batch_size // world_size
+        start, stop = rank_slice(batch_size, rank, world_size)
         while True:
-            yield self.next_batch(batch_size)[rank * per : (rank + 1) * per]
+            yield self.next_batch(batch_size)[start:stop]
