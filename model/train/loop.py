@@ -32,6 +32,7 @@ from torch import nn
 from model.artifact import Manifest, Pooling, atomic_write_text, read_manifest
 from model.errors import InputError
 from model.torch_model import load_transformer, pool
+from model.train.budget import PROBE_STEPS, Budget, scaled_warmup
 from model.train.data import EnglishVocab, Pair, PairFilter, read_dev, read_pairs
 from model.train.evaluate import retrieval_p1
 from model.train.losses import translation_ranking_loss
@@ -62,7 +63,10 @@ class TrainConfig(BaseModel):
         default_factory=dict, description="Probability of using a line of a source (sources/ files)."
     )
     batch_languages: BatchLanguages = Field("mixed", description="mixed, or one language per batch.")
-    steps: int = Field(1000, ge=1)
+    steps: int = Field(1000, ge=1, description="Optimiser steps (with a time budget: the most).")
+    time_budget: float | None = Field(
+        None, gt=0, description="Wall-time budget in minutes: the last step is fitted to it as the run goes."
+    )
     batch_size: int = Field(64, ge=2, description="Global batch (pairs); split across processes.")
     lr: float = Field(5e-5, gt=0)
     warmup: int = Field(100, ge=0)
@@ -130,6 +134,7 @@ class RunResult:
     best_score: float | None
     best_step: int | None
     history: list[dict[str, Any]] = field(default_factory=list)
+    wall_time_s: float = 0.0
 
 
 class Interrupted(Exception):
@@ -321,8 +326,16 @@ class Trainer:
     def __init__(
         self, cfg: TrainConfig, progress: Callable[[int, dict[str, float]], None] | None = None
     ) -> None:
+        self._born = time.perf_counter()
         self.cfg = cfg
         self.progress = progress
+        # With a time budget the last step (and the warm-up's length) are fitted as the run goes.
+        self.planned, self.warmup, self.elapsed_before = cfg.steps, cfg.warmup, 0.0
+        self.budget = (
+            Budget(cfg.time_budget * 60, cfg.steps, cfg.eval_every, cfg.save_every)
+            if cfg.time_budget is not None
+            else None
+        )
         self.device = self._device(cfg.device)
         self.distributed = init_distributed(self.device)
         self.rank, self.world = _world()
@@ -439,6 +452,11 @@ class Trainer:
         else:
             lines.append("no dev set: the final model is written to OUT/best")
         lines.append(f"precision: {'bf16 autocast' if self.bf16 else 'fp32'} on {self.device}")
+        if self.cfg.time_budget is not None:
+            lines.append(
+                f"time budget: {self.cfg.time_budget:g} min (the last step is fitted after "
+                f"{PROBE_STEPS} steps and after each evaluation; at most {self.cfg.steps} steps)"
+            )
         return lines
 
     @staticmethod
@@ -449,10 +467,10 @@ class Trainer:
 
     def _schedule(self, step: int) -> float:
         """Linear warm-up, then linear decay to zero at the last step."""
-        if step < self.cfg.warmup:
-            return (step + 1) / (self.cfg.warmup + 1)
-        remaining = self.cfg.steps - step
-        return max(0.0, remaining / max(1, self.cfg.steps - self.cfg.warmup))
+        if step < self.warmup:
+            return (step + 1) / (self.warmup + 1)
+        remaining = self.planned - step
+        return max(0.0, remaining / max(1, self.planned - self.warmup))
 
     def _english_vocab(self) -> EnglishVocab:
         """English-side token ids of the training files, computed once and cached in the run dir."""
@@ -516,9 +534,14 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
 
+    def elapsed(self) -> float:
+        """Wall time of the run so far, over every (re)start up to now."""
+        return self.elapsed_before + time.perf_counter() - self._born
+
     def save_checkpoint(self) -> None:
         if self.rank != 0:
             return
+        started = time.perf_counter()
         out = self.cfg.out
         staging = out / "checkpoint.tmp"
         shutil.rmtree(staging, ignore_errors=True)
@@ -533,12 +556,17 @@ class Trainer:
                 "stream": self.stream.state_dict(),
                 "best_score": self.best_score,
                 "best_step": self.best_step,
+                "planned": self.planned,
+                "warmup": self.warmup,
+                "elapsed": self.elapsed(),
             },
             staging / "state.pt",
         )
         with open(staging / "state.pt", "rb") as fh:
             os.fsync(fh.fileno())
         _replace_dir(staging, out / "checkpoint")
+        if self.budget is not None:
+            self.budget.save_s = time.perf_counter() - started
 
     def load_checkpoint(self) -> None:
         state = torch.load(
@@ -551,6 +579,9 @@ class Trainer:
         self.stream.load_state_dict(state["stream"])
         self.best_score = state["best_score"]
         self.best_step = state["best_step"]
+        self.planned = int(state.get("planned", self.cfg.steps))
+        self.warmup = int(state.get("warmup", self.cfg.warmup))
+        self.elapsed_before = float(state.get("elapsed", 0.0))
         _set_rng_state(state["rng"])
 
     def save_best(self) -> None:
@@ -584,6 +615,7 @@ class Trainer:
                 "step": str(self.step),
                 "dev_p1": f"{self.best_score:.2f}" if self.best_score is not None else "",
                 "losses": "TR+RTL" if self.cfg.rtl else "TR",
+                "wall_time_s": f"{self.elapsed():.0f}",
             },
         )
         shutil.rmtree(raw, ignore_errors=True)
@@ -601,6 +633,7 @@ class Trainer:
         so a set with more languages does not outweigh the other)."""
         if not self.dev:
             return None
+        started = time.perf_counter()
         sets = {
             name: dev_accuracy(self.model, self.tokenizer, dev, self.device) for name, dev in self.dev.items()
         }
@@ -612,6 +645,8 @@ class Trainer:
             "sets": sets,
         }
         self._log({"step": self.step, "event": "eval", **result})
+        if self.budget is not None:
+            self.budget.eval_s = time.perf_counter() - started
         if self.best_score is None or result["avg"] > self.best_score:
             self.best_score, self.best_step = result["avg"], self.step
             self.save_best()
@@ -634,13 +669,17 @@ class Trainer:
             if first is not None:
                 history.append({"step": 0, **first})
         batches = self.stream.batches(cfg.batch_size, self.rank, self.world)
-        started, pairs_done = time.perf_counter(), 0
+        started, pairs_done, since_start = time.perf_counter(), 0, 0
         try:
-            while self.step < cfg.steps:
+            while self.step < self.planned:
+                step_started = time.perf_counter()
                 batch = next(batches)
                 stats = self.train_step(batch)
                 self.step += 1
+                since_start += 1
                 pairs_done += cfg.batch_size
+                if self.budget is not None:
+                    self.budget.record_step(time.perf_counter() - step_started)
                 record: dict[str, float] = {
                     "step": self.step,
                     "loss": stats.loss,
@@ -649,6 +688,7 @@ class Trainer:
                     "distill": stats.distill,
                     "lr": float(self.scheduler.get_last_lr()[0]),
                     "pairs_per_s": pairs_done / max(time.perf_counter() - started, 1e-9),
+                    "planned": self.planned,
                 }
                 if not math.isfinite(stats.loss):
                     raise RuntimeError(f"loss became {stats.loss} at step {self.step}; lower --lr")
@@ -657,12 +697,15 @@ class Trainer:
                 if self.step % cfg.log_every == 0:
                     self._log({"event": "train", **record})
                 history.append(record)
-                if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
+                last = self.step >= self.planned
+                if self.step % cfg.eval_every == 0 or last:
                     result = self.evaluate()
                     if result is not None:
                         history.append({"step": self.step, "eval": result["avg"]})
-                if self.step % cfg.save_every == 0 or self.step == cfg.steps:
+                if self.step % cfg.save_every == 0 or last:
                     self.save_checkpoint()
+                if not last and (since_start == PROBE_STEPS or self.step % cfg.eval_every == 0):
+                    self._fit_to_budget()
         except KeyboardInterrupt:
             self.save_checkpoint()
             raise Interrupted(
@@ -672,7 +715,33 @@ class Trainer:
             self.save_best()  # nothing to select by: the final model is the run's model
             if self.distributed:
                 dist.barrier()
-        return RunResult(self.step, self.best_score, self.best_step, history)
+        return RunResult(self.step, self.best_score, self.best_step, history, self.elapsed())
+
+    def _fit_to_budget(self) -> None:
+        """Set the last step from the measured step, evaluation and save times (rank 0 decides)."""
+        if self.budget is None:
+            return
+        planned = self.budget.fit(self.step, self.elapsed())
+        warmup = self.warmup
+        if self.step < self.warmup:  # still warming up: keep the warm-up's share of the run
+            warmup = scaled_warmup(self.cfg.warmup, self.cfg.steps, planned)
+        if self.distributed:
+            agreed = torch.tensor([planned, warmup], dtype=torch.long, device=self.device)
+            dist.broadcast(agreed, 0)
+            planned, warmup = (int(v) for v in agreed.tolist())
+        if (planned, warmup) != (self.planned, self.warmup):
+            self._log(
+                {
+                    "step": self.step,
+                    "event": "plan",
+                    "planned": planned,
+                    "warmup": warmup,
+                    "elapsed_s": self.elapsed(),
+                    "step_s": float(np.median(list(self.budget.step_times))),
+                    "eval_s": self.budget.eval_s,
+                }
+            )
+        self.planned, self.warmup = planned, warmup
 
 
 @contextmanager

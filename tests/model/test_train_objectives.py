@@ -149,6 +149,7 @@ def test_cpu_preset_fills_what_the_command_line_leaves_out(
     cfg: dict[str, Any] = json.loads((out / "config.json").read_text())
     assert (cfg["steps"], cfg["batch_size"]) == (1, 8)  # given on the command line
     assert cfg["lang_alpha"] == 0.5 and cfg["warmup"] == 45 and cfg["source_weights"]["weblate"] == 0.2
+    assert cfg["time_budget"] == 115.0  # minutes: the preset finishes in time on any 2-core CPU
     bad = _cli("--data", str(data_dir), "--out", str(tmp_path / "y"), "--preset", "gpu")
     assert bad.returncode == 2 and "preset" in bad.stderr
 
