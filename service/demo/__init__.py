@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 from importlib import resources
 from pathlib import Path
 
@@ -22,16 +24,28 @@ def ensure_demo_collection(collections_dir: Path, encoder: Encoder) -> bool:
     """Create and fill ``demo`` once, when the service has no collections at all; True if it did.
 
     Only on an empty home: an operator who deleted the demo or runs real collections never gets
-    it back. An interrupted first fill resumes on the next start (ingest is resumable).
+    it back. An interrupted first fill resumes on the next start (ingest is resumable). A demo
+    embedded by another model (the served default changed) is embedded again, if it still holds
+    exactly the bundled sample.
     """
     names = list_collections(collections_dir)
     if names and names != [DEMO_NAME]:
         return False
     if DEMO_NAME in names:
         coll = Collection.open(collections_dir, DEMO_NAME)
-        if coll.manifest.model_id != encoder.model_id:  # made by an earlier model: leave it alone
+        if coll.manifest.model_id != encoder.model_id:  # made by another model
+            untouched = _is_the_bundled_sample(coll)
             coll.close()
-            return False
+            if not untouched:  # an operator's documents in it: theirs to re-index
+                log.warning(
+                    "the demo collection holds vectors of %s and documents of its own; it is left as "
+                    "it is (dapsearch index reindex demo --to NEW re-embeds it)",
+                    coll.manifest.model_id,
+                )
+                return False
+            _discard(collections_dir / DEMO_NAME)
+            log.info("re-embedding the demo collection for %s", encoder.model_id)
+            coll = Collection.create(collections_dir, DEMO_NAME, encoder.model_id, encoder.dim)
     else:
         coll = Collection.create(collections_dir, DEMO_NAME, encoder.model_id, encoder.dim)
     with coll:
@@ -40,3 +54,19 @@ def ensure_demo_collection(collections_dir: Path, encoder: Encoder) -> bool:
             coll.checkpoint()
             log.info("created the demo collection: %d documents", len(coll))
     return bool(report.documents)
+
+
+def _is_the_bundled_sample(coll: Collection) -> bool:
+    """Every document in the collection is a bundled one with its text unchanged."""
+    with open(demo_documents(), encoding="utf-8") as fh:
+        bundled = {row["id"]: row["text"] for row in map(json.loads, fh)}
+    held = {doc.id: doc.text for doc in coll.documents()}
+    return held.items() <= bundled.items()  # a first fill cut short holds part of it
+
+
+def _discard(path: Path) -> None:
+    """Rename first, so a crash half-way never leaves a half-removed collection under the name."""
+    doomed = path.with_name(f".deleted-{path.name}")
+    shutil.rmtree(doomed, ignore_errors=True)
+    path.rename(doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
