@@ -92,7 +92,8 @@ class MemoryCache:
         if self.max_items == 0:
             return
         for key, value in items.items():
-            self._items[key] = value
+            # A fill never replaces what is stored: the first vector of a text stays its vector.
+            self._items.setdefault(key, value)
             self._items.move_to_end(key)
         while len(self._items) > self.max_items:
             self._items.popitem(last=False)  # least recently used first
@@ -108,7 +109,7 @@ class RedisCache:
     """Shared cache in Redis (``redis.asyncio``), bounded in time and failing open.
 
     * ``get_many`` is one ``MGET``; ``set_many`` is one non-transactional pipeline of
-      ``SET key value EX ttl_s``, so every key expires.
+      ``SET key value EX ttl_s NX``, so every key expires and the first value stored stays.
     * Every call is bounded by ``timeout_s`` (socket timeouts plus ``asyncio.wait_for``) and redis-py's
       own retries are disabled, so a slow or paused Redis delays a request by at most about one timeout.
     * Any error or timeout counts in ``metrics.cache_errors``, returns misses / drops the write, and
@@ -223,7 +224,9 @@ class RedisCache:
     async def _pipeline_set(self, items: Mapping[str, bytes]) -> None:
         async with self._client.pipeline(transaction=False) as pipe:
             for key, value in items.items():
-                pipe.set(key, value, ex=self.ttl_s)
+                # NX: a fill never replaces a stored value (after a blip made a request miss, a
+                # recomputed vector must not overwrite the one other replicas already served).
+                pipe.set(key, value, ex=self.ttl_s, nx=True)
             await pipe.execute()
 
     async def _bounded(self, call: Awaitable[T]) -> T:

@@ -126,9 +126,9 @@ async def test_memory_lru_evicts_least_recently_used() -> None:
     assert await cache.get("a") == b"A"  # a hit makes "a" most recently used, so "b" goes next
     await cache.set("d", b"D")
     assert await cache.get_many(["a", "b", "c", "d"]) == [b"A", None, b"C", b"D"]
-    await cache.set("c", b"C2")  # overwriting refreshes recency too: "a" is now the oldest
+    await cache.set("c", b"C2")  # a fill keeps the stored value but refreshes recency: "a" is oldest
     await cache.set("e", b"E")
-    assert await cache.get_many(["a", "c", "d", "e"]) == [None, b"C2", b"D", b"E"]
+    assert await cache.get_many(["a", "c", "d", "e"]) == [None, b"C", b"D", b"E"]
     assert isinstance(cache, MemoryCache)
     assert len(cache) == 3
 
@@ -185,6 +185,8 @@ async def test_redis_round_trip_and_ttl(admin: Redis, prefix: str) -> None:
         ]
         await cache.set(prefix + "single", b"one")
         assert await cache.get(prefix + "single") == b"one"
+        await cache.set_many({prefix + "single": b"two", prefix + "text": b"other"})  # never replaces
+        assert await cache.get_many([prefix + "single", prefix + "text"]) == [b"one", values[prefix + "text"]]
         for key in [*values, prefix + "single"]:
             assert 50 <= await admin.ttl(key) <= 60, key  # every key expires
         assert await cache.get_many([]) == []
