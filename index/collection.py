@@ -11,6 +11,7 @@ committed version (SQLite WAL snapshots) and pick up newer ones with ``refresh()
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -21,6 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from uuid import uuid4
 
 import faiss
 import numpy as np
@@ -69,6 +71,15 @@ class CollectionManifest(BaseModel):
     ef_search: int = Field(default=128, ge=1, description="HNSW candidate list size per query")
     count: int = 0
     version: int = 0
+    uuid: str | None = Field(default=None, description="Unique per creation, never reused by a name")
+
+    @property
+    def identity(self) -> str:
+        """What caches and read handles key on: never repeated by a collection re-created under the
+        same name (versions start again at 0). Collections made before uuids: name and creation time."""
+        if self.uuid is not None:
+            return self.uuid
+        return hashlib.sha256(f"{self.name}\0{self.created}".encode()).hexdigest()[:32]
 
 
 @dataclass
@@ -197,7 +208,7 @@ class Collection:
             db.executescript(_SCHEMA)
             db.execute("INSERT OR IGNORE INTO meta VALUES ('version', '0')")
         manifest = CollectionManifest(
-            name=name, model_id=model_id, dim=dim, index_factory=factory, created=now_iso()
+            name=name, model_id=model_id, dim=dim, index_factory=factory, created=now_iso(), uuid=uuid4().hex
         )
         atomic_write_text(root / MANIFEST, manifest.model_dump_json(indent=2) + "\n")
         return cls(root, manifest, readonly=False)
@@ -606,6 +617,15 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def collection_identity(home_dir: Path, name: str) -> str | None:
+    """The identity of the collection now under ``name`` (None: there is none)."""
+    path = Path(home_dir) / _check_name(name) / MANIFEST
+    try:
+        return CollectionManifest.model_validate_json(path.read_text(encoding="utf-8")).identity
+    except (OSError, ValueError):
+        return None
 
 
 def list_collections(home_dir: Path) -> list[str]:

@@ -25,7 +25,7 @@ from typing import Any, Literal, get_args
 import anyio
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from index.collection import Collection
+from index.collection import Collection, collection_identity
 from index.ingest import Format, detect_format, ingest, read_records
 from index.mining import Score, Strategy, mine
 from model.artifact import atomic_write_text, atomic_writer, now_iso
@@ -61,6 +61,9 @@ class IngestParams(BaseModel):
         default=None, description="Resume bookkeeping: byte offset at first run."
     )
     start_line: int | None = Field(default=None, description="Resume bookkeeping: line number at first run.")
+    collection_identity: str | None = Field(
+        default=None, description="The collection the job was submitted for (not one re-created since)."
+    )
 
 
 class MineParams(BaseModel):
@@ -322,7 +325,14 @@ class JobManager:
         chunk_size: int = 256,
     ) -> Job:
         """A new ingest job (not yet submitted)."""
-        params = IngestParams(path=str(path), upload=upload, format=fmt, strict=strict, chunk_size=chunk_size)
+        params = IngestParams(
+            path=str(path),
+            upload=upload,
+            format=fmt,
+            strict=strict,
+            chunk_size=chunk_size,
+            collection_identity=collection_identity(self.settings.collections_dir, collection),
+        )
         size = path.stat().st_size if path.is_file() else None
         return Job(
             id=job_id,
@@ -462,6 +472,11 @@ class JobManager:
         total = path.stat().st_size
         self._check(job_id)
         with Collection.open(self.settings.collections_dir, name, self.encoder.model_id) as coll:
+            if params.collection_identity not in (None, coll.manifest.identity):
+                raise InputError(
+                    f"collection {name!r} was deleted after this job was submitted; the collection now "
+                    "under that name is another one (submit the documents to it again)"
+                )
             source = str(path.resolve())
             offset, line = coll.source_progress(source)
             if offset > total:

@@ -18,15 +18,16 @@ from service.validation import check_texts
 router = APIRouter(tags=["search"])
 
 
-def _result_key(model_id: str, body: SearchRequest, queries: list[str], version: int) -> str:
-    """Keyed by the collection's committed version: any write makes older entries unreachable."""
+def _result_key(model_id: str, body: SearchRequest, queries: list[str], identity: str, version: int) -> str:
+    """Keyed by the collection's identity and committed version: any write makes older entries
+    unreachable, and so does deleting the collection (a re-created one has another identity)."""
     spec = json.dumps(
         [queries, body.k, body.filter.model_dump() if body.filter else None],
         sort_keys=True,
         ensure_ascii=False,
     )
     digest = hashlib.sha256(spec.encode("utf-8", "surrogatepass")).hexdigest()
-    return f"dapsearch:v1:search:{model_id}:{body.collection}:{version}:{digest}"
+    return f"dapsearch:v2:search:{model_id}:{identity}:{version}:{digest}"
 
 
 def _hits(rows: list[list[Hit]]) -> list[list[SearchHit]]:
@@ -52,8 +53,8 @@ async def search(
     if body.k > settings.max_k:
         raise APIError(422, f"k must be at most {settings.max_k}", "k")
     # Unknown collection → 404 before any model work.
-    version = await anyio.to_thread.run_sync(partial(collections.version, body.collection))
-    key = _result_key(embedder.model_id, body, queries, version)
+    identity, version = await anyio.to_thread.run_sync(partial(collections.version, body.collection))
+    key = _result_key(embedder.model_id, body, queries, identity, version)
     cached = await cache.get_many([key])
     if cached[0] is not None:
         metrics.cache_hits.labels("search").inc()
@@ -61,12 +62,12 @@ async def search(
     metrics.cache_misses.labels("search").inc()
     vectors = (await embedder.embed(queries, "query")).vectors
     flt = Filter(lang=body.filter.lang, metadata=body.filter.metadata) if body.filter else None
-    searched, rows = await anyio.to_thread.run_sync(
+    searched_identity, searched, rows = await anyio.to_thread.run_sync(
         partial(collections.search, body.collection, vectors, body.k, flt)
     )
     response = SearchResponse(
         collection=body.collection, version=searched, model=embedder.model_id, results=_hits(rows)
     )
-    if searched == version:
+    if (searched_identity, searched) == (identity, version):
         await cache.set_many({key: response.model_dump_json().encode()})
     return response

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -222,6 +225,66 @@ async def test_collections_create_list_get_delete(tmp_path: Path, tiny_model_dir
         assert [c["name"] for c in (await client.get("/admin/collections")).json()["collections"]] == [
             "blogs"
         ]
+
+
+@pytest.mark.parametrize("redis_url", [None, "redis://127.0.0.1:6379/14"], ids=["memory", "redis"])
+async def test_a_deleted_collection_is_never_served_again(
+    tmp_path: Path, tiny_model_dir: Path, redis_url: str | None
+) -> None:
+    """Delete c1, create c1 again: its versions start again, and neither the result cache (in
+    memory or in Redis) nor a read replica's open handle may answer with the deleted text."""
+    home = tmp_path / "home"
+    writer_settings = settings_for(home, tiny_model_dir, redis_url=redis_url)
+    replica_settings = settings_for(home, tiny_model_dir, redis_url=redis_url, admin_keys="")
+    query = {"collection": "c1", "query": "what was written", "k": 5}
+
+    async def fill(client: httpx.AsyncClient, doc_id: str, text: str) -> None:
+        await create(client, "c1")
+        line = json.dumps({"id": doc_id, "text": text}) + "\n"
+        job = await upload(client, "c1", line.encode())
+        assert (await wait_for(client, job["id"]))["state"] == "succeeded"
+
+    async def served(client: httpx.AsyncClient) -> list[str]:
+        r = await client.post("/search", json=query)
+        assert r.status_code == 200, r.text
+        return [hit["id"] for hit in r.json()["results"][0]]
+
+    async with serve(writer_settings) as (_, writer), serve(replica_settings) as (_, replica):
+        await fill(writer, "old-1", "the text that is deleted")
+        for client in (writer, replica, writer, replica):  # the second round comes from the cache
+            assert await served(client) == ["old-1"]
+        assert (await writer.delete("/admin/collections/c1")).status_code == 204
+        await fill(writer, "new-1", "the text of the collection made again")
+        for client in (writer, replica, writer, replica):
+            assert await served(client) == ["new-1"]
+
+
+async def test_a_job_queued_for_a_deleted_collection_never_fills_its_successor(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    settings = settings_for(tmp_path / "home", tiny_model_dir)
+    async with serve(settings) as (_, client):
+        await create(client, "big")
+        blocker = await upload(client, "big", jsonl(4000), chunk_size=2)  # keeps the worker busy
+        await wait_started(client, blocker["id"])
+        await create(client, "c1")
+        queued = await upload(client, "c1", jsonl(3, "q"))
+        assert (await client.delete("/admin/collections/c1")).status_code == 409  # a job is queued
+        # ...but an operator can remove its folder and `dapsearch index create` it again meanwhile.
+        shutil.rmtree(settings.collections_dir / "c1")
+        env = {**os.environ, "DAPSEARCH_HOME": str(settings.home), "DAPSEARCH_MODEL_DIR": str(tiny_model_dir)}
+        done = subprocess.run(
+            [sys.executable, "-m", "service.cli", "index", "create", "c1"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+        )
+        assert done.returncode == 0, done.stderr
+        await client.post(f"/admin/jobs/{blocker['id']}/cancel")
+        job = await wait_for(client, queued["id"])
+        assert job["state"] == "failed" and "deleted after this job was submitted" in job["error"], job
+        assert (await client.get("/admin/collections/c1")).json()["count"] == 0
 
 
 # ---------------------------------------------------------------------- ingest
