@@ -33,8 +33,8 @@ from model.errors import InputError
 
 MANIFEST = "manifest.json"
 DOCS = "docs.sqlite"
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_SNAPSHOT_RE = re.compile(r"^index\.(\d+)\.faiss$")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # always fullmatch: "$" allows a final \n
+_SNAPSHOT_RE = re.compile(r"index\.(\d+)\.faiss")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS docs (
@@ -127,7 +127,37 @@ AUTO_HNSW_AT = 200_000  # documents; below this exact search answers in a few mi
 AUTO_LARGE = "HNSW32"
 TRAIN_POINTS_PER_LIST = 39  # FAISS's own minimum for k-means training
 MAX_TRAIN_POINTS = 256_000
-_IVF_RE = re.compile(r"^IVF(\d+)")
+# The index strings a collection accepts, checked in full before FAISS sees them: FAISS accepts
+# strings it then cannot run (HNSW0 aborts the process on the first add), so its parser is not
+# the check. HNSW<M>[,Flat|,SQfp16] with 4 <= M <= 128; IVF<n>,<codec> with 1 <= n <= 65536 and codec Flat,
+# SQ8, SQfp16 or PQ<m>[x<bits>] (m divides the dimension, 4 <= bits <= 8).
+_HNSW_GRAMMAR = re.compile(r"HNSW(?P<m>[1-9][0-9]{0,3})(?:,(?:Flat|SQfp16))?")  # SQ8 would need training
+_IVF_GRAMMAR = re.compile(
+    r"IVF(?P<lists>[1-9][0-9]{0,5}),(?:Flat|SQ8|SQfp16|PQ(?P<pq>[1-9][0-9]{0,3})(?:x(?P<bits>[0-9]{1,2}))?)"
+)
+HNSW_M = (4, 128)
+IVF_LISTS = (1, 65_536)
+PQ_BITS = (4, 8)
+INDEX_HELP = (
+    "auto, Flat, HNSW<M> (M 4-128, optionally ,SQfp16) or IVF<lists>,<codec> "
+    "(lists 1-65536; codec Flat, SQ8, SQfp16 or PQ<m>[x<bits>], m dividing the dimension)"
+)
+
+
+def check_index_factory(factory: str, dim: int) -> str:
+    """The factory string if a collection of dimension ``dim`` can build, fill and search it."""
+    if factory in (AUTO, "Flat"):
+        return factory
+    hnsw, ivf = _HNSW_GRAMMAR.fullmatch(factory), _IVF_GRAMMAR.fullmatch(factory)
+    if hnsw is not None and HNSW_M[0] <= int(hnsw["m"]) <= HNSW_M[1]:
+        return factory
+    if ivf is not None and IVF_LISTS[0] <= int(ivf["lists"]) <= IVF_LISTS[1]:
+        if ivf["pq"] is None:
+            return factory
+        bits = int(ivf["bits"] or 8)
+        if dim % int(ivf["pq"]) == 0 and PQ_BITS[0] <= bits <= PQ_BITS[1]:
+            return factory
+    raise InputError(f"index {factory[:80]!r} is not one a collection can use; use {INDEX_HELP}")
 
 
 def effective_factory(factory: str, count: int) -> str:
@@ -138,9 +168,13 @@ def effective_factory(factory: str, count: int) -> str:
     """
     if factory == AUTO:
         return "Flat" if count < AUTO_HNSW_AT else AUTO_LARGE
-    match = _IVF_RE.match(factory)
-    if match and count < TRAIN_POINTS_PER_LIST * int(match.group(1)):
-        return "Flat"
+    match = _IVF_GRAMMAR.fullmatch(factory)
+    if match is not None:
+        needed = TRAIN_POINTS_PER_LIST * int(match["lists"])
+        if match["pq"] is not None:  # and the product quantizer's 2^bits centroids per sub-vector
+            needed = max(needed, 2 ** int(match["bits"] or 8))
+        if count < needed:
+            return "Flat"
     return factory
 
 
@@ -156,7 +190,7 @@ def _kind_of_index(index: Any) -> str:
 
 
 def _check_name(name: str) -> str:
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):
         raise InputError(
             f"invalid collection name {name!r}: 1-64 letters, digits, '_', '-' or '.', "
             "starting with a letter or digit"
@@ -168,8 +202,8 @@ def _make_index(factory: str, dim: int) -> faiss.Index:
     factory = AUTO_LARGE if factory == AUTO else factory
     try:
         index = faiss.index_factory(dim, f"IDMap2,{factory}", faiss.METRIC_INNER_PRODUCT)
-    except RuntimeError as exc:
-        raise InputError(f"invalid FAISS index factory string {factory!r}: {exc}") from exc
+    except RuntimeError as exc:  # FAISS's message names its C++ sources: not for the user
+        raise InputError(f"index {factory[:80]!r} is not one a collection can use; use {INDEX_HELP}") from exc
     return index
 
 
@@ -199,9 +233,7 @@ class Collection:
         root = Path(home_dir) / _check_name(name)
         if (root / MANIFEST).is_file():
             raise CollectionExists(f"collection {name!r} already exists")
-        factory = index_factory or AUTO
-        if not (factory in (AUTO, "Flat") or factory.startswith("HNSW") or _IVF_RE.match(factory)):
-            raise InputError(f"index must be auto, Flat, HNSW<M>[,...] or IVF<n>,<codec>; not {factory!r}")
+        factory = check_index_factory(index_factory or AUTO, dim)
         _make_index(factory, dim)  # validate before writing anything
         root.mkdir(parents=True, exist_ok=True)
         with sqlite3.connect(root / DOCS) as db:
@@ -263,7 +295,7 @@ class Collection:
     def _snapshots(self) -> list[tuple[int, Path]]:
         found = []
         for path in self.root.iterdir():
-            match = _SNAPSHOT_RE.match(path.name)
+            match = _SNAPSHOT_RE.fullmatch(path.name)
             if match:
                 found.append((int(match.group(1)), path))
         return sorted(found)

@@ -41,6 +41,10 @@ JobType = Literal["ingest", "mine"]
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 STATES: tuple[JobState, ...] = get_args(JobState)
 ACTIVE: frozenset[JobState] = frozenset({"queued", "running"})
+# A job found "running" at start-up took the process down with it (a clean stop re-queues it).
+# After this many such stops in a row without committing anything in between it is failed, not
+# run again: a job that crashes the process would otherwise crash every restart.
+MAX_CRASHES = 3
 FINISHED: frozenset[JobState] = frozenset({"succeeded", "failed", "cancelled"})
 MAX_JOB_ERRORS = 100  # malformed lines kept in a job record; the count covers all of them
 SAVE_EVERY_S = 0.5
@@ -107,6 +111,8 @@ class Job(BaseModel):
     errors: list[JobLineError] = Field(default_factory=list, description="First malformed lines.")
     error: str | None = Field(default=None, description="Why the job failed.")
     cancel_requested: bool = False
+    crashes: int = Field(default=0, description="Process stops while running, in a row, without progress.")
+    crash_progress: int = Field(default=0, description="Committed progress when the last such stop was seen.")
     created: str
     started: str | None = None
     finished: str | None = None
@@ -244,6 +250,18 @@ class JobManager:
             if job.cancel_requested:
                 self._finish(job.id, "cancelled")  # the cancel was under way when the service stopped
                 continue
+            if job.state == "running":  # the process died while running it
+                done = job.progress.docs + job.progress.bytes_done
+                job.crashes = job.crashes + 1 if done <= job.crash_progress else 1
+                job.crash_progress = done
+                if job.crashes >= MAX_CRASHES:
+                    crashed = (
+                        f"the service stopped {job.crashes} times in a row while running this job, "
+                        "with nothing committed in between; it is not run again"
+                    )
+                    self._finish(job.id, "failed", error=crashed)
+                    log.error("job %s failed: %s", job.id, crashed)
+                    continue
             reason = self._cannot_resume(job)
             if reason is not None:
                 self._finish(job.id, "failed", error=reason)

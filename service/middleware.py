@@ -14,7 +14,7 @@ from service.metrics import Metrics
 from service.settings import Settings
 
 # Uploads are streamed to disk by the admin router, which enforces its own (much larger) limit.
-_UPLOAD_PATH = re.compile(r"^/admin/collections/[^/]+/documents$")
+_UPLOAD_PATH = re.compile(r"/admin/collections/[^/]+/documents")
 
 
 class BodyTooLarge(APIError):
@@ -30,7 +30,7 @@ class BodyLimit:
         self.limit = limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or _UPLOAD_PATH.match(scope["path"]):
+        if scope["type"] != "http" or _UPLOAD_PATH.fullmatch(scope["path"]):
             await self.app(scope, receive, send)
             return
         for name, value in scope["headers"]:

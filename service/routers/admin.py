@@ -95,7 +95,7 @@ def _error(exc: InputError, param: str | None = None) -> APIError:
 
 def _known(collections: Collections, name: str, param: str | None = None) -> None:
     """404 for a name that is no collection (invalid names included)."""
-    if not NAME_RE.match(name) or not collections.exists(name):
+    if not NAME_RE.fullmatch(name) or not collections.exists(name):
         raise APIError(404, f"unknown collection {name!r}", param)
 
 
@@ -136,7 +136,7 @@ async def list_collections(collections: CollectionsDep) -> CollectionList:
 async def create_collection(
     body: CreateCollection, collections: CollectionsDep, encoder: EncoderDep
 ) -> dict[str, Any]:
-    if not NAME_RE.match(body.name):
+    if not NAME_RE.fullmatch(body.name):
         raise APIError(
             400,
             f"invalid collection name {body.name!r}: 1-64 letters, digits, '_', '-' or '.', "

@@ -124,10 +124,19 @@ def test_model_binding_names_and_bad_input(tmp_path: Path) -> None:
     for bad in ("", "../x", "a b", "-x"):
         with pytest.raises(InputError, match="invalid collection name"):
             Collection.create(tmp_path, bad, "model@1", DIM)
-    with pytest.raises(InputError, match="index must be"):
-        Collection.create(tmp_path, "f", "model@1", DIM, "NotAnIndex")
-    with pytest.raises(InputError, match="factory"):
-        Collection.create(tmp_path, "f", "model@1", DIM, "HNSW32,Bogus")
+    for bad in (
+        "NotAnIndex",
+        "HNSW32,Bogus",
+        "HNSW0",
+        "HNSW1000",
+        "HNSW16,SQ8",
+        "IVF0,Flat",
+        "IVF4,PQ7",
+        "IVF4,PQ8x12",
+    ):
+        with pytest.raises(InputError, match="is not one a collection can use") as err:
+            Collection.create(tmp_path, "f", "model@1", DIM, bad)
+        assert ".cpp" not in str(err.value) and "faiss/" not in str(err.value)
     with Collection.open(tmp_path, "m") as coll:
         with pytest.raises(InputError, match="shape"):
             coll.upsert(docs(2), np.zeros((2, DIM + 1), dtype=np.float32))
@@ -196,3 +205,24 @@ def test_auto_grows_from_exact_to_hnsw(tmp_path: Path, monkeypatch: pytest.Monke
     coll.upsert([Document("d120", "moved")], unit(rng, 1))  # superseded rows are hidden in HNSW
     assert all(h.id != "d120" or h.text == "moved" for h in coll.search(vectors[120:121], k=5)[0])
     assert coll.stats()["index_vectors"] == 150
+
+
+ACCEPTED = ["auto", "Flat", "HNSW4", "HNSW128", "HNSW8,SQfp16", "HNSW16,Flat", "IVF1,Flat"]
+ACCEPTED += ["IVF4,SQ8", "IVF4,SQfp16", "IVF4,PQ4", "IVF4,PQ8x4", "IVF2,PQ16"]
+
+
+@pytest.mark.parametrize("factory", ACCEPTED)
+def test_every_index_string_a_collection_accepts_fills_and_searches(tmp_path: Path, factory: str) -> None:
+    """Past the training thresholds too: what create accepts must never fail later, in a job."""
+    rng = np.random.default_rng(0)
+    coll = Collection.create(tmp_path, "c", "m@1", DIM, factory)
+    vectors = unit(rng, 400)
+    for start in (0, 100, 300):  # below, around and above IVF's and PQ's training minimum
+        end = 100 if start == 0 else start + (200 if start == 100 else 100)
+        coll.upsert(docs(end - start, start), vectors[start:end])
+        hits = coll.search(vectors[start : start + 1], k=3)[0]
+        assert hits and hits[0].id == f"d{start}", (factory, start)
+    coll.checkpoint()
+    coll.close()
+    with Collection.open(tmp_path, "c") as again:
+        assert len(again) == 400 and again.search(vectors[:1], k=1)[0][0].id == "d0"

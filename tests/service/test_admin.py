@@ -196,7 +196,12 @@ async def test_collections_create_list_get_delete(tmp_path: Path, tiny_model_dir
 
         r = await client.post("/admin/collections", json={"name": "news"})
         assert r.status_code == 409 and r.json()["error"]["param"] == "name"
-        for bad in ({"name": "../etc"}, {"name": ""}, {"name": "ok", "index": "bogus"}):
+        for bad in (
+            {"name": "../etc"},
+            {"name": ""},
+            {"name": "ok", "index": "bogus"},
+            {"name": "x", "index": "HNSW0"},
+        ):
             r = await client.post("/admin/collections", json=bad)
             assert r.status_code == 400, (bad, r.text)
             assert r.json()["error"]["type"] == "invalid_request"

@@ -100,3 +100,74 @@ assert not heavy, heavy
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def _start(env: dict[str, str], port: int) -> subprocess.Popen[str]:
+    cmd = [sys.executable, "-m", "service.cli", "serve", "--port", str(port)]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _ready_or_dead(proc: subprocess.Popen[str], base: str, timeout: float = 120) -> bool:
+    """True once /health/ready answers 200; False if the process exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        try:
+            if httpx.get(f"{base}/health/ready", timeout=1).status_code == 200:
+                return True
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    pytest.fail("service neither became ready nor exited")
+
+
+def test_a_job_that_kills_the_process_fails_after_three_restarts(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """A collection whose index aborts FAISS on the first add (as 'HNSW0' did, accepted before
+    index strings were checked): the job takes the process down, each restart picks it up again,
+    and after three such stops in a row it is failed and the service stays up."""
+    import json
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        "DAPSEARCH_MODEL_DIR": str(tiny_model_dir),
+        "DAPSEARCH_HOME": str(tmp_path),
+        "DAPSEARCH_BACKEND": "onnx",
+        "DAPSEARCH_ADMIN_KEYS": "k1",
+        "DAPSEARCH_DEMO": "false",
+    }
+    auth = {"Authorization": "Bearer k1"}
+    proc = _start(env, port)
+    try:
+        assert _ready_or_dead(proc, base)
+        assert httpx.post(f"{base}/admin/collections", json={"name": "x"}, headers=auth).status_code == 201
+        manifest = tmp_path / "collections" / "x" / "manifest.json"
+        stored = json.loads(manifest.read_text())
+        manifest.write_text(json.dumps(stored | {"index_factory": "HNSW0"}))  # as an old collection could
+        body = "".join(json.dumps({"id": f"d{i}", "text": f"document {i}"}) + "\n" for i in range(5)).encode()
+        r = httpx.post(
+            f"{base}/admin/collections/x/documents",
+            content=body,
+            headers={**auth, "Content-Type": "application/x-ndjson"},
+        )
+        assert r.status_code == 202, r.text
+        job_id = r.json()["job"]["id"]
+        proc.wait(timeout=60)
+        assert proc.returncode != 0  # FAISS aborted the process
+        for _restart in (1, 2):  # each restart runs the job again, and dies of it again
+            proc = _start(env, port)
+            proc.wait(timeout=120)
+            assert proc.returncode != 0
+        proc = _start(env, port)
+        assert _ready_or_dead(proc, base)  # the third stop in a row: failed, not run
+        job = httpx.get(f"{base}/admin/jobs/{job_id}", headers=auth).json()["job"]
+        assert job["state"] == "failed" and "3 times in a row" in job["error"], job
+        assert httpx.get(f"{base}/health/ready").status_code == 200
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=30)
