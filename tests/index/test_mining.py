@@ -237,7 +237,10 @@ def test_planted_translations_are_recovered_among_distractors() -> None:
 def test_chunk_size_does_not_change_mining() -> None:
     rng = np.random.default_rng(6)
     x, y = random_unit(rng, 120), random_unit(rng, 90)
-    assert mine(x, y, chunk_size=11).pairs == mine(x, y).pairs
+    chunked, whole = mine(x, y, chunk_size=11).pairs, mine(x, y).pairs
+    # The same pairs; scores equal up to float32 rounding (BLAS sums in another order per shape).
+    assert [(p[0], p[1]) for p in chunked] == [(p[0], p[1]) for p in whole]
+    np.testing.assert_allclose([p[2] for p in chunked], [p[2] for p in whole], rtol=1e-6)
 
 
 def test_tiny_inputs_clip_k() -> None:
