@@ -237,6 +237,9 @@ class Collection:
         _make_index(factory, dim)  # validate before writing anything
         root.mkdir(parents=True, exist_ok=True)
         with sqlite3.connect(root / DOCS) as db:
+            # WAL before the manifest makes the collection visible: switching the journal mode
+            # later takes a lock that readers opening it at the same moment would contend for.
+            db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
             db.execute("INSERT OR IGNORE INTO meta VALUES ('version', '0')")
         manifest = CollectionManifest(
@@ -253,7 +256,7 @@ class Collection:
         root = Path(home_dir) / _check_name(name)
         path = root / MANIFEST
         if not path.is_file():
-            raise UnknownCollection(f"unknown collection {name!r} (no {path})")
+            raise UnknownCollection(f"unknown collection {name!r}")
         manifest = CollectionManifest.model_validate_json(path.read_text(encoding="utf-8"))
         if model_id is not None and manifest.model_id != model_id:
             raise ModelMismatch(

@@ -76,8 +76,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
             def loaded(done: asyncio.Task[None]) -> None:
                 if not done.cancelled() and done.exception() is not None:
-                    app.state.load_error = f"{type(done.exception()).__name__}: {done.exception()}"
-                    log.error("dapsearch failed to start: %s", app.state.load_error)
+                    # Public (/health/ready): no paths or library text; the log has the cause.
+                    app.state.load_error = "failed to start; the service log has the cause"
+                    log.error("dapsearch failed to start: %r", done.exception())
 
             task.add_done_callback(loaded)
             try:

@@ -20,6 +20,8 @@ from pydantic import BaseModel
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.metrics import Metrics
 from service.settings import Settings
@@ -203,7 +205,7 @@ class RedisCache:
         try:
             await self._bounded(self._ping())
         except Exception as exc:
-            detail = _describe(exc, self.timeout_s)
+            detail = _public(exc, self.timeout_s)
             if self.in_backoff():
                 detail += f"; bypassed for {self._retry_at - time.monotonic():.1f} s more"
             return CacheStatus(backend=self.name, ok=False, detail=detail)
@@ -260,6 +262,16 @@ class RedisCache:
         self._backoff_s = 0.0
         self._retry_at = 0.0
         self._errors_in_outage = 0
+
+
+def _public(exc: BaseException, timeout_s: float) -> str:
+    """What /health/ready may say about a Redis failure: the kind, never the host, port or reply
+    (the log line from ``_failed`` has the full error for the operator)."""
+    if isinstance(exc, TimeoutError | RedisTimeoutError):
+        return f"timed out after {timeout_s * 1000:g} ms"
+    if isinstance(exc, ConnectionError | OSError | RedisConnectionError):
+        return "unreachable"
+    return f"failed ({type(exc).__name__})"
 
 
 def _describe(exc: BaseException, timeout_s: float) -> str:

@@ -11,6 +11,7 @@ lock; different collections search in parallel.
 from __future__ import annotations
 
 import shutil
+import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -69,21 +70,41 @@ class Collections:
     def reading(self, name: str) -> Iterator[Collection]:
         """The current read handle of ``name``, refreshed to the last committed version and held
         under the collection's lock. Raises UnknownCollection or ModelMismatch."""
+        stale: tuple[Collection, threading.Lock] | None = None
         with self._registry_lock:
             handle = self._handles.get(name)
             if handle is not None and self._replaced(name, handle):
-                handle.close()  # deleted, or re-created, on disk (perhaps by another process)
-                del self._handles[name]
+                # Deleted, or re-created, on disk (perhaps by another process). Closed below under
+                # its own lock: another thread may be searching it right now.
+                stale = (self._handles.pop(name), self._locks.pop(name))
                 self._seen.pop(name, None)
                 handle = None
             if handle is None:
-                handle = Collection.open(self.root, name, self.model_id, readonly=True)
+                with self._vanishing(name):
+                    handle = Collection.open(self.root, name, self.model_id, readonly=True)
                 self._handles[name] = handle
                 self._locks[name] = threading.Lock()
             lock = self._locks[name]
+        if stale is not None:
+            old, old_lock = stale
+            with old_lock:
+                old.close()
         with lock:
-            handle.refresh()
+            with self._vanishing(name):
+                handle.refresh()
             yield handle
+
+    @contextmanager
+    def _vanishing(self, name: str) -> Iterator[None]:
+        """A collection deleted while it is opened or read fails in SQLite or FAISS half-way; that
+        is an unknown collection (404), not a server error."""
+        try:
+            yield
+        except (sqlite3.Error, OSError, RuntimeError) as exc:
+            if (self.root / name / MANIFEST).is_file():
+                raise
+            # The next reading() finds the manifest gone and drops the stale handle.
+            raise UnknownCollection(f"unknown collection {name!r}") from exc
 
     def search(
         self, name: str, queries: np.ndarray, k: int, flt: Filter | None

@@ -288,12 +288,13 @@ async def _path_job(name: str, request: Request, settings: SettingsDep, jobs: Jo
     given = Path(body.path)
     try:
         resolved = (given if given.is_absolute() else data_dir / given).resolve()
-    except (OSError, RuntimeError, ValueError) as exc:
-        raise APIError(400, f"invalid path {body.path!r}: {exc}", "path") from exc
-    if not resolved.is_relative_to(data_dir):
-        raise APIError(403, "path outside the data directory", "path")
-    if not resolved.is_file():
-        raise APIError(404, f"file not found: {body.path}", "path")
+        if not resolved.is_relative_to(data_dir):
+            raise APIError(403, "path outside the data directory", "path")
+        if not resolved.is_file():
+            raise APIError(404, f"file not found: {body.path}", "path")
+    except (OSError, RuntimeError, ValueError) as exc:  # too long, a loop, a NUL byte...
+        reason = os.strerror(exc.errno) if isinstance(exc, OSError) and exc.errno else "not a usable path"
+        raise APIError(400, f"invalid path {body.path[:200]!r}: {reason.lower()}", "path") from exc
     try:
         fmt = detect_format(resolved, body.format)
     except InputError as exc:

@@ -221,6 +221,8 @@ async def test_collections_create_list_get_delete(tmp_path: Path, tiny_model_dir
         assert (await client.get("/admin/collections/news")).json()["name"] == "news"
         r = await client.get("/admin/collections/nope")
         assert r.status_code == 404 and r.json()["error"]["type"] == "not_found"
+        r = await client.post("/search", json={"collection": "nope", "query": "x"})
+        assert r.status_code == 404 and str(tmp_path) not in r.text and "collections" not in r.text
         assert (await client.get("/admin/collections/..%2F..%2Fetc")).status_code == 404
 
         r = await client.delete("/admin/collections/news")
@@ -492,8 +494,15 @@ async def test_server_side_paths_stay_inside_the_data_dir(tmp_path: Path, tiny_m
         ):
             r = await post(invalid)
             assert r.status_code == 422, (invalid, r.text)
-        r = await post({"path": "sub/a.jsonl\x00x"})
-        assert r.status_code == 400
+        for unusable in (
+            "sub/a.jsonl\x00x",
+            "x" * 300 + ".jsonl",
+            "sub/" + "y" * 5000,
+            "/".join(["z"] * 3000),
+        ):
+            r = await post({"path": unusable})
+            assert r.status_code == 400 and r.json()["error"]["param"] == "path", (unusable[:20], r.text)
+            assert str(home) not in r.text and "Errno" not in r.text
         # The data-dir file stays: only uploads are consumed.
         assert (data / "sub" / "a.jsonl").is_file()
     assert count(settings, "c") == 22
