@@ -401,7 +401,7 @@ class Collection:
                         docs[i].id,
                         docs[i].text,
                         docs[i].lang,
-                        json.dumps(docs[i].metadata, ensure_ascii=False, sort_keys=True),
+                        json.dumps(docs[i].metadata, ensure_ascii=False, sort_keys=True, allow_nan=False),
                         vectors[i].tobytes(),
                         version,
                     )

@@ -9,6 +9,7 @@ numbers and skipped, or stop the ingest with ``strict``.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +63,40 @@ def detect_format(path: Path, fmt: str | None) -> Format:
     raise InputError(f"cannot tell the format of {path.name}; pass --format jsonl or --format tsv")
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON (numbers must be finite)")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999 parses as inf
+        raise ValueError(f"{text[:40]} is beyond the range of a JSON number here")
+    return value
+
+
+def _loads(text: str) -> Any:
+    """Strict JSON: NaN, Infinity and overflowing numbers, which Python's json accepts, are refused."""
+    return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite)
+
+
+def _check_text(value: Any, where: str) -> None:
+    """Every string (keys too) must be encodable as UTF-8: JSON's \\ud800 escapes decode to lone
+    surrogates, which SQLite, the tokenizer and every reader downstream refuse."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            bad = f"\\u{ord(value[exc.start]):04x}"
+            raise ValueError(f"{where} holds a lone surrogate ({bad}): not text") from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_text(key, f"a key of {where}")
+            _check_text(item, where)
+    elif isinstance(value, list):
+        for item in value:
+            _check_text(item, where)
+
+
 def _document(obj: Any) -> Document:
     if not isinstance(obj, dict):
         raise ValueError("expected a JSON object")
@@ -79,13 +114,15 @@ def _document(obj: Any) -> Document:
         metadata = {}
     if not isinstance(metadata, dict):
         raise ValueError("'metadata' must be a JSON object")
+    for name in ("id", "text", "lang", "metadata"):
+        _check_text(obj.get(name), f"'{name}'")
     return Document(str(doc_id), text, lang or None, metadata)
 
 
 def _parse(line: str, fmt: Format) -> Document:
     if fmt == "jsonl":
         try:
-            obj = json.loads(line)
+            obj = _loads(line)
         except json.JSONDecodeError as exc:
             raise ValueError(f"invalid JSON: {exc.msg} at column {exc.colno}") from exc
         return _document(obj)
@@ -97,7 +134,7 @@ def _parse(line: str, fmt: Format) -> Document:
         row["lang"] = cols[2]
     if len(cols) > 3 and cols[3]:
         try:
-            row["metadata"] = json.loads(cols[3])
+            row["metadata"] = _loads(cols[3])
         except json.JSONDecodeError as exc:
             raise ValueError(f"metadata column is not valid JSON: {exc.msg}") from exc
     return _document(row)

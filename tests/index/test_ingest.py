@@ -58,6 +58,34 @@ def test_jsonl_with_malformed_lines_reported_by_number(tmp_path: Path, tiny: Enc
         ingest(_collection(tmp_path, tiny, "strict"), tiny, src, strict=True)
 
 
+def test_lines_json_allows_but_text_cannot_hold_are_skipped_one_by_one(tmp_path: Path, tiny: Encoder) -> None:
+    """Lone surrogates (a \\ud800 escape) anywhere, and NaN / Infinity / overflowing numbers in
+    metadata: each such line is reported and skipped, the lines around it are ingested, and the
+    metadata stored stays strict JSON that SQLite's json functions (metadata filters) can read."""
+    src = tmp_path / "docs.jsonl"
+    raw_lines = [
+        '{"id": "ok-1", "text": "before", "metadata": {"n": 1.5}}',
+        '{"id": "t", "text": "broken \\ud800 text"}',
+        '{"id": "\\udfff", "text": "broken id"}',
+        '{"id": "m", "text": "x", "metadata": {"k": NaN}}',
+        '{"id": "m2", "text": "x", "metadata": {"k": [1, -Infinity]}}',
+        '{"id": "m3", "text": "x", "metadata": {"k": 1e999}}',
+        '{"id": "m4", "text": "x", "metadata": {"\\ud800": 1}}',
+        '{"id": "l", "text": "x", "lang": "\\udc00"}',
+        '{"id": "ok-2", "text": "after \\ud83d\\ude00", "metadata": {"k": 2}}',
+    ]
+    src.write_text("\n".join(raw_lines) + "\n", encoding="utf-8")
+    coll = _collection(tmp_path, tiny)
+    report = ingest(coll, tiny, src, chunk_size=3)
+    assert report.documents == 2 and report.error_count == 7
+    assert [e.line for e in report.errors] == [2, 3, 4, 5, 6, 7, 8]
+    assert "lone surrogate" in report.errors[0].reason and "NaN" in report.errors[2].reason
+    kept = coll.get("ok-2")
+    assert kept is not None and kept.text == "after \U0001f600"
+    with sqlite3.connect(tmp_path / "collections" / "c" / "docs.sqlite") as db:
+        assert db.execute("SELECT COUNT(*) FROM docs WHERE json_valid(metadata)").fetchone()[0] == 2
+
+
 def test_tsv_header_lang_metadata_and_upsert(tmp_path: Path, tiny: Encoder) -> None:
     src = tmp_path / "docs.tsv"
     src.write_text(
