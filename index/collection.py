@@ -517,11 +517,13 @@ class Collection:
                 raise InputError(f"invalid metadata filter key {key!r}")
             if value is not None and not isinstance(value, str | int | float):
                 raise InputError(f"metadata filter {key!r} must be a string, number, boolean or null")
+            # CASE: rows whose metadata is not valid JSON (stored before it was checked) never match
+            # instead of making SQLite fail the whole query.
             if value is None:
-                clauses.append("json_type(metadata, ?) = 'null'")
+                clauses.append("CASE WHEN json_valid(metadata) THEN json_type(metadata, ?) END = 'null'")
                 args.append(f'$."{key}"')
                 continue
-            clauses.append("json_extract(metadata, ?) = ?")
+            clauses.append("CASE WHEN json_valid(metadata) THEN json_extract(metadata, ?) END = ?")
             args += [f'$."{key}"', int(value) if isinstance(value, bool) else value]
         sql = "SELECT rid FROM docs WHERE " + " AND ".join(clauses)
         return np.array([r[0] for r in self._db.execute(sql, args)], dtype=np.int64)

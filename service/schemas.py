@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    field_validator,
+)
 
 EncodingFormat = Literal["float", "base64"]
 
@@ -74,13 +84,57 @@ class OpenAIEmbeddingResponse(BaseModel):
     usage: OpenAIUsage
 
 
+MAX_FILTER_KEYS = 32
+MAX_FILTER_KEY_CHARS = 128
+MAX_FILTER_VALUE_CHARS = 1024
+INT64 = (-(2**63), 2**63 - 1)  # SQLite's integers
+FilterValue = StrictStr | StrictBool | StrictInt | StrictFloat | None
+
+
+def _text(value: str, what: str, limit: int) -> str:
+    if len(value) > limit:
+        raise ValueError(f"{what} is longer than {limit} characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} holds a lone surrogate: not text") from None
+    return value
+
+
 class SearchFilter(BaseModel):
+    """Bounded and checked here, so every filter the schema admits is one SQLite can run."""
+
     model_config = ConfigDict(extra="forbid")
 
-    lang: StrictStr | None = Field(None, description="Only documents in this language.")
-    metadata: dict[str, Any] = Field(
-        default_factory=dict, description="Exact key = value matches, all of them."
+    lang: StrictStr | None = Field(None, max_length=64, description="Only documents in this language.")
+    metadata: dict[str, FilterValue] = Field(
+        default_factory=dict,
+        max_length=MAX_FILTER_KEYS,
+        description=f"Exact key = value matches, all of them (at most {MAX_FILTER_KEYS} keys; values "
+        "are strings, booleans, finite numbers or null).",
     )
+
+    @field_validator("lang")
+    @classmethod
+    def _lang(cls, value: str | None) -> str | None:
+        return None if value is None else _text(value, "lang", 64)
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, value: dict[str, FilterValue]) -> dict[str, FilterValue]:
+        for key, item in value.items():
+            _text(key, "a metadata key", MAX_FILTER_KEY_CHARS)
+            if not key or any(ch in key for ch in '"\\') or not key.isprintable():
+                raise ValueError(
+                    f"metadata key {key[:40]!r} must be printable, without quotes or backslashes"
+                )
+            if isinstance(item, str):
+                _text(item, f"the value of {key[:40]!r}", MAX_FILTER_VALUE_CHARS)
+            elif isinstance(item, float) and not math.isfinite(item):
+                raise ValueError(f"the value of {key[:40]!r} must be a finite number")
+            elif isinstance(item, int) and not isinstance(item, bool) and not INT64[0] <= item <= INT64[1]:
+                raise ValueError(f"the value of {key[:40]!r} is beyond a 64-bit integer")
+        return value
 
 
 class SearchRequest(BaseModel):

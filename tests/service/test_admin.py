@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import time
@@ -294,6 +295,60 @@ async def test_a_job_queued_for_a_deleted_collection_never_fills_its_successor(
         assert (await client.get("/admin/collections/c1")).json()["count"] == 0
 
 
+async def test_every_filter_the_schema_admits_answers_200_or_422(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    settings = settings_for(tmp_path / "home", tiny_model_dir)
+    async with serve(settings) as (_, client):
+        await create(client, "c")
+        lines = [
+            {"id": "a", "text": "first", "lang": "en", "metadata": {"n": 1, "tag": "x", "ok": True}},
+            {"id": "b", "text": "second", "lang": "de", "metadata": {"n": 2, "tag": "y", "none": None}},
+            {"id": "c", "text": "third", "metadata": {"n": 3}},
+        ]
+        body = "".join(json.dumps(line) + "\n" for line in lines).encode()
+        assert (await wait_for(client, (await upload(client, "c", body))["id"]))["state"] == "succeeded"
+        # A row stored before metadata was checked (NaN is not JSON): it must not break filters.
+        with sqlite3.connect(settings.collections_dir / "c" / "docs.sqlite") as db:
+            db.execute("UPDATE docs SET metadata = '{\"n\": NaN}' WHERE id = 'c'")
+
+        async def ids(flt: dict[str, Any]) -> list[str]:
+            r = await client.post("/search", json={"collection": "c", "query": "q", "k": 10, "filter": flt})
+            assert r.status_code == 200, (flt, r.text)
+            return sorted(hit["id"] for hit in r.json()["results"][0])
+
+        assert await ids({}) == ["a", "b", "c"]  # the NaN row itself can be returned
+        assert await ids({"metadata": {"n": 2}}) == ["b"]
+        assert await ids({"metadata": {"tag": "x", "ok": True}}) == ["a"]
+        assert await ids({"metadata": {"none": None}}) == ["b"]
+        assert await ids({"lang": "de", "metadata": {"n": 2.0}}) == ["b"]
+        assert await ids({"metadata": {"n": 2**63 - 1, "k.with.dots": "v"}}) == []
+        refused = [
+            {"metadata": {"n": 2**63}},
+            {"metadata": {"n": -(2**63) - 1}},
+            {"metadata": {"k\u0000": 1}},
+            {"metadata": {"line\nbreak": 1}},
+            {"metadata": {'say "x"': 1}},
+            {"metadata": {"back\\slash": 1}},
+            {"metadata": {"": 1}},
+            {"metadata": {"k" * 129: 1}},
+            {"metadata": {"k": "v" * 1025}},
+            {"metadata": {f"k{i}": i for i in range(33)}},
+            {"metadata": {"k": [1, 2]}},
+            {"metadata": {"k": {"nested": 1}}},
+            {"lang": "x" * 65},
+        ]
+        for flt in refused:
+            r = await client.post("/search", json={"collection": "c", "query": "q", "filter": flt})
+            assert r.status_code == 422, (str(flt)[:80], r.text)
+            assert r.json()["error"]["param"].startswith("filter"), r.text
+        for raw in ('{"k": NaN}', '{"k": Infinity}', '{"\\ud800": 1}', '{"k": "\\udc00"}'):
+            content = '{"collection": "c", "query": "q", "filter": {"metadata": ' + raw + "}}"
+            r = await client.post("/search", content=content, headers={"Content-Type": "application/json"})
+            assert r.status_code == 422, (raw, r.text)
+
+
+# ---------------------------------------------------------------------- ingest
 # ---------------------------------------------------------------------- ingest
 
 
