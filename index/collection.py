@@ -36,6 +36,7 @@ DOCS = "docs.sqlite"
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # always fullmatch: "$" allows a final \n
 _SNAPSHOT_RE = re.compile(r"index\.(\d+)\.faiss")
 
+_MARKS_TABLE = "CREATE TABLE IF NOT EXISTS source_marks (source TEXT PRIMARY KEY, mark TEXT NOT NULL)"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS docs (
     rid INTEGER PRIMARY KEY AUTOINCREMENT,  -- the FAISS id; never reused, so replays are exact
@@ -54,6 +55,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS sources (
     source TEXT PRIMARY KEY, offset INTEGER NOT NULL, line INTEGER NOT NULL, updated TEXT NOT NULL
 );
+
 """
 
 
@@ -375,12 +377,17 @@ class Collection:
             raise InputError(f"collection {self.name!r} is open read-only")
 
     def upsert(
-        self, docs: Sequence[Document], vectors: np.ndarray, source: tuple[str, int, int] | None = None
+        self,
+        docs: Sequence[Document],
+        vectors: np.ndarray,
+        source: tuple[str, int, int] | None = None,
+        mark: str | None = None,
     ) -> int:
         """Insert or replace documents by id in one transaction; returns the new version.
 
         ``source`` = (source key, byte offset, line) records ingest progress in the same
-        transaction, so a resumed ingest starts exactly after the last committed chunk.
+        transaction, so a resumed ingest starts exactly after the last committed chunk; ``mark``
+        fingerprints the source's content up to that offset, so a replaced file is not resumed.
         """
         self._writable()
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -410,7 +417,18 @@ class Collection:
             )
             if source is not None:
                 db.execute("INSERT OR REPLACE INTO sources VALUES (?, ?, ?, ?)", (*source, now_iso()))
+                if mark is not None:
+                    db.execute(_MARKS_TABLE)
+                    db.execute("INSERT OR REPLACE INTO source_marks VALUES (?, ?)", (source[0], mark))
+                elif self._has_marks(db):  # progress without a mark: an older mark no longer applies
+                    db.execute("DELETE FROM source_marks WHERE source = ?", (source[0],))
         return version
+
+    @staticmethod
+    def _has_marks(db: sqlite3.Connection) -> bool:
+        """Collections made before content marks have no source_marks table until a marked write."""
+        row = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'source_marks'")
+        return row.fetchone() is not None
 
     def delete(self, ids: Iterable[str]) -> int:
         """Delete documents by external id; returns how many existed."""
@@ -447,6 +465,13 @@ class Collection:
         """(byte offset, line) committed for an ingest source; (0, 0) if never ingested."""
         row = self._db.execute("SELECT offset, line FROM sources WHERE source = ?", (source,)).fetchone()
         return (int(row[0]), int(row[1])) if row else (0, 0)
+
+    def source_mark(self, source: str) -> str | None:
+        """The content mark committed with the source's progress (None: none recorded)."""
+        if not self._has_marks(self._db):
+            return None
+        row = self._db.execute("SELECT mark FROM source_marks WHERE source = ?", (source,)).fetchone()
+        return str(row[0]) if row else None
 
     def checkpoint(self) -> Path:
         """Write the index snapshot for the current version; older snapshots are removed after."""

@@ -8,6 +8,7 @@ numbers and skipped, or stop the ingest with ``strict``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Callable, Iterator
@@ -140,6 +141,35 @@ def _parse(line: str, fmt: Format) -> Document:
     return _document(row)
 
 
+MARK_WINDOW = 1 << 16  # bytes read from the start, and before the offset, to fingerprint a file
+
+
+def file_mark(path: Path, offset: int) -> str:
+    """A fingerprint of a file's content up to ``offset``: its first and its last 64 KiB before
+    the offset. Cheap at every chunk, and a replaced file (other content) almost surely differs,
+    while a file that only grew (appended lines) keeps its mark."""
+    digest = hashlib.sha256(offset.to_bytes(8, "little"))
+    with Path(path).open("rb") as fh:
+        digest.update(fh.read(min(offset, MARK_WINDOW)))
+        start = max(0, offset - MARK_WINDOW)
+        fh.seek(start)
+        digest.update(fh.read(offset - start))
+    return digest.hexdigest()
+
+
+def resume_point(collection: Collection, path: Path) -> tuple[int, int]:
+    """(byte offset, line) to continue ``path`` from: the committed progress if the file is the
+    one that was committed, else (0, 0): a replaced file is ingested from its start."""
+    source = str(Path(path).resolve())
+    offset, line = collection.source_progress(source)
+    if offset == 0 or offset > Path(path).stat().st_size:
+        return 0, 0
+    mark = collection.source_mark(source)
+    if mark is not None and mark != file_mark(path, offset):
+        return 0, 0
+    return offset, line
+
+
 def read_records(path: Path, fmt: Format, start_offset: int = 0, start_line: int = 0) -> Iterator[Record]:
     """Stream records from ``start_offset`` (a committed position), never loading the file."""
     with Path(path).open("rb") as fh:
@@ -183,9 +213,7 @@ def ingest(
         )
     kind: Format = detect_format(path, fmt)
     source = str(path.resolve())
-    offset, line = collection.source_progress(source)
-    if offset > path.stat().st_size:
-        offset, line = 0, 0  # the file was replaced by a shorter one: start over
+    offset, line = resume_point(collection, path)
     report = IngestReport(source=source, resumed_from_line=line)
     pending: list[Record] = []
 
@@ -193,7 +221,9 @@ def ingest(
         docs = [r.doc for r in pending if r.doc is not None]
         last = pending[-1]
         vectors = encoder.embed([d.text for d in docs], "passage")
-        report.version = collection.upsert(docs, vectors, source=(source, last.end_offset, last.line))
+        report.version = collection.upsert(
+            docs, vectors, source=(source, last.end_offset, last.line), mark=file_mark(path, last.end_offset)
+        )
         report.documents += len(docs)
         if progress is not None:
             progress(len(docs), last.end_offset)

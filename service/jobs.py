@@ -26,7 +26,7 @@ import anyio
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from index.collection import Collection, collection_identity
-from index.ingest import Format, detect_format, ingest, read_records
+from index.ingest import Format, detect_format, ingest, read_records, resume_point
 from index.mining import Score, Strategy, mine
 from model.artifact import atomic_write_text, atomic_writer, now_iso
 from model.encoder import Encoder
@@ -496,9 +496,7 @@ class JobManager:
                     "under that name is another one (submit the documents to it again)"
                 )
             source = str(path.resolve())
-            offset, line = coll.source_progress(source)
-            if offset > total:
-                offset, line = 0, 0  # ingest starts such a replaced file over
+            offset, line = resume_point(coll, path)  # (0, 0) for a file replaced since
             with self._lock:
                 if params.start_offset is None or params.start_line is None or params.start_offset > offset:
                     params.start_offset, params.start_line = offset, line  # this job's first run

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from index.collection import Collection, Filter, list_collections
-from index.ingest import ingest
+from index.ingest import ingest, resume_point
 from model.errors import InputError
 from service.cli.common import ModelDirOpt, app, bar, load_encoder, load_settings, model_dir_or_default
 
@@ -68,7 +68,7 @@ def ingest_cmd(
     encoder = load_encoder(model_dir, backend)
     with _open(name, encoder.model_id) as coll:
         total = source.stat().st_size
-        start, _ = coll.source_progress(str(source.resolve()))
+        start, _ = resume_point(coll, source)
         with bar("ingesting", total=total, unit="B", unit_scale=True, initial=min(start, total)) as progress:
             docs = 0
 

@@ -113,6 +113,27 @@ def test_resume_skips_what_is_committed(tmp_path: Path, tiny: Encoder) -> None:
     assert more.documents == 1 and len(coll) == 11
 
 
+@pytest.mark.parametrize("size", ["same", "longer"])
+def test_a_replaced_file_is_ingested_from_its_start(tmp_path: Path, tiny: Encoder, size: str) -> None:
+    """Same path, other content: resuming at the old offset silently lost the new file's first
+    documents while the job said it succeeded."""
+    src = tmp_path / "docs.jsonl"
+
+    def write(prefix: str, n: int) -> None:
+        src.write_text(
+            "".join(json.dumps({"id": f"{prefix}{i}", "text": f"{prefix} {i}"}) + "\n" for i in range(n))
+        )
+
+    write("a", 10)
+    coll = _collection(tmp_path, tiny)
+    assert ingest(coll, tiny, src, chunk_size=4).documents == 10
+    n = {"same": 10, "longer": 30}[size]
+    write("b", n)  # 'same': the same byte length as before
+    report = ingest(coll, tiny, src, chunk_size=4)
+    assert report.resumed_from_line == 0 and report.documents == n
+    assert all(coll.get(f"b{i}") for i in range(n))
+
+
 def test_bad_sources(tmp_path: Path, tiny: Encoder) -> None:
     coll = _collection(tmp_path, tiny)
     with pytest.raises(InputError, match="not found"):

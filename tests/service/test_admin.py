@@ -514,6 +514,11 @@ async def test_server_side_paths_stay_inside_the_data_dir(tmp_path: Path, tiny_m
         assert r.json()["job"]["params"]["upload"] is False
         first = await wait_for(client, r.json()["job"]["id"])
         assert first["state"] == "succeeded" and first["counts"]["documents"] == 12
+        (data / "sub" / "a.jsonl").write_bytes(jsonl(12, "n"))  # replaced: same size, other documents
+        r = await post({"path": "sub/a.jsonl", "chunk_size": 5})
+        replaced = await wait_for(client, r.json()["job"]["id"])
+        assert replaced["state"] == "succeeded" and replaced["counts"]["documents"] == 12, replaced
+        assert (await client.get("/admin/collections/c")).json()["count"] == 24
         r = await post({"path": str(data / "b.tsv")})  # absolute, inside
         assert r.status_code == 202, r.text
         assert (await wait_for(client, r.json()["job"]["id"]))["counts"]["documents"] == 7
@@ -560,7 +565,7 @@ async def test_server_side_paths_stay_inside_the_data_dir(tmp_path: Path, tiny_m
             assert str(home) not in r.text and "Errno" not in r.text
         # The data-dir file stays: only uploads are consumed.
         assert (data / "sub" / "a.jsonl").is_file()
-    assert count(settings, "c") == 22
+    assert count(settings, "c") == 34  # 12 + 12 (the replaced file) + 7 + 3
 
 
 # ---------------------------------------------------------------------- cancel, restart
