@@ -14,6 +14,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.deps import SettingsDep
 from service.errors import APIError
+from service.settings import Settings
 
 # Only declares the scheme in the OpenAPI document (the docs' "Authorize" button); the header is
 # checked below, where a missing and a malformed header get distinct messages.
@@ -30,30 +31,40 @@ def _matches(token: str, keys: list[str]) -> bool:
     return found
 
 
-async def require_admin(
-    request: Request,
-    settings: SettingsDep,
-    _declared: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> None:
-    """401 without a well-formed bearer token, 403 for a wrong one, 503 when admin is disabled."""
+def admin_refusal(header: str | None, settings: Settings) -> APIError | None:
+    """Why a request with this Authorization header may not use /admin (None: it may).
+
+    401 without a well-formed bearer token, 403 for a wrong one, 503 when admin is disabled.
+    Checked from the headers alone, before the body is read (``service.middleware.AdminGate``),
+    so a client without a key learns nothing from how its body would have been judged."""
     keys = [k.get_secret_value() for k in settings.admin_keys if k.get_secret_value()]
     if not keys:
-        if settings.admin_open:
-            return
-        raise APIError(503, "admin API disabled: set DAPSEARCH_ADMIN_KEYS")
-    header = request.headers.get("authorization")
+        return None if settings.admin_open else APIError(503, "admin API disabled: set DAPSEARCH_ADMIN_KEYS")
     if header is None:
-        raise APIError(
+        return APIError(
             401, "missing Authorization header: use 'Authorization: Bearer <key>'", headers=_CHALLENGE
         )
     scheme, _, token = header.strip().partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token or " " in token:
-        raise APIError(
+        return APIError(
             401, "malformed Authorization header: use 'Authorization: Bearer <key>'", headers=_CHALLENGE
         )
     if not _matches(token, keys):
-        raise APIError(403, "invalid admin key")
+        return APIError(403, "invalid admin key")
+    return None
+
+
+async def require_admin(
+    request: Request,
+    settings: SettingsDep,
+    _declared: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    """The same check as a dependency: declares the scheme in OpenAPI, and guards the routes
+    even where the gate is not installed."""
+    refusal = admin_refusal(request.headers.get("authorization"), settings)
+    if refusal is not None:
+        raise refusal
 
 
 AdminDep = Depends(require_admin)

@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.auth import admin_refusal
 from service.errors import APIError, envelope
 from service.metrics import Metrics
 from service.settings import Settings
@@ -67,6 +68,26 @@ class BodyLimit:
             await envelope(413, BodyTooLarge(self.limit).message)(scope, receive, send)
 
 
+class AdminGate:
+    """/admin requests without a valid key are answered from their headers, before the body is
+    read or validated: no 422 (or 413) tells an unauthenticated client how its body was judged."""
+
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if path == "/admin" or path.startswith("/admin/"):
+            header = next((v for k, v in scope["headers"] if k == b"authorization"), None)
+            refusal = admin_refusal(None if header is None else header.decode("latin-1"), self.settings)
+            if refusal is not None:
+                response = envelope(refusal.status, refusal.message, headers=refusal.headers)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 class RouteMetrics:
     """Count and time every request by its route template (not the raw path: bounded labels)."""
 
@@ -99,4 +120,5 @@ class RouteMetrics:
 
 def install_middleware(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(AdminGate, settings=settings)  # outside BodyLimit: no 413 before the key
     app.add_middleware(RouteMetrics, metrics=metrics)

@@ -167,6 +167,20 @@ async def test_auth_keys(tmp_path: Path, tiny_model_dir: Path) -> None:
         assert r.status_code == 401
         r = await client.get("/admin/jobs/whatever")
         assert r.status_code == 401
+        # The key is checked before the body: nothing about the body reaches an unauthenticated
+        # client (no 422 for bad JSON or fields, no 413 for size, no 404 for a collection).
+        as_json = {"Content-Type": "application/json"}
+        bodies = [
+            ("/admin/collections", b"{not json"),
+            ("/admin/collections", json.dumps({"name": 3, "extra": 1}).encode()),
+            ("/admin/collections", b"x" * (5 * 2**20)),
+            ("/admin/collections/nope/documents", json.dumps({"path": "../../etc/passwd"}).encode()),
+            ("/admin/mine", b"{}"),
+        ]
+        for path, content in bodies:
+            for auth, status in (({}, 401), ({"Authorization": "Bearer wrong"}, 403)):
+                r = await client.post(path, content=content, headers={**as_json, **auth})
+                assert r.status_code == status, (path, auth, r.status_code, r.text[:200])
 
 
 async def test_admin_disabled_without_keys(tmp_path: Path, tiny_model_dir: Path) -> None:
