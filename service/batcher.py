@@ -3,8 +3,11 @@
 Why: on CPU a batch of 32 short texts costs far less than 32 single forwards, and the runtime
 already uses every core for one batch, so requests are queued, coalesced (up to ``max_batch``
 texts or ``max_wait`` seconds after the first arrives) and run one batch at a time on a dedicated
-thread. The queue is bounded in texts: when it is full, new requests fail at once with
-``Overloaded`` (HTTP 429 + Retry-After) instead of piling up latency for everyone.
+thread. A request larger than one batch is cut into batch-sized slices served round-robin with
+the other waiting requests, so no request delays another by more than one batch. The queue is
+bounded in texts: when it is full, new requests fail at once with ``Overloaded`` (HTTP 429 +
+Retry-After) instead of piling up latency for everyone. A request whose caller went away (its
+future cancelled) is dropped before its next slice reaches the engine.
 """
 
 from __future__ import annotations
@@ -37,6 +40,19 @@ class _Pending:
     kind: Kind
     future: asyncio.Future[Embeddings]
     enqueued: float = field(default_factory=time.perf_counter)
+    taken: int = 0  # texts handed to the engine so far
+    parts: list[Embeddings] = field(default_factory=list)  # results of the slices done, in order
+
+    @property
+    def left(self) -> int:
+        return len(self.texts) - self.taken
+
+
+@dataclass
+class _Slice:
+    item: _Pending
+    start: int
+    stop: int
 
 
 class Batcher:
@@ -111,42 +127,50 @@ class Batcher:
             if batch:
                 await self._process(loop, batch)
 
-    def _take(self) -> list[_Pending]:
-        """Requests of one kind, in arrival order, up to max_batch texts (at least one request)."""
-        batch: list[_Pending] = []
+    def _take(self) -> list[_Slice]:
+        """Up to max_batch texts of one kind: slices of the waiting requests in arrival order; a
+        request with texts left after its slice goes to the back of the queue (round-robin)."""
+        batch: list[_Slice] = []
         count = 0
         kind = None
         skipped: list[_Pending] = []
+        unfinished: list[_Pending] = []
         while self._pending and count < self.max_batch:
             item = self._pending.popleft()
-            self._queued -= len(item.texts)
-            if item.future.done():  # the client went away
+            if item.future.done():  # the caller went away: drop what it has not had yet
+                self._queued -= item.left
                 continue
             if kind is not None and item.kind != kind:
                 skipped.append(item)
-                self._queued += len(item.texts)
                 continue
             kind = item.kind
-            batch.append(item)
-            count += len(item.texts)
+            size = min(item.left, self.max_batch - count)
+            batch.append(_Slice(item, item.taken, item.taken + size))
+            item.taken += size
+            count += size
+            self._queued -= size
+            if item.left:
+                unfinished.append(item)
         self._pending.extendleft(reversed(skipped))
+        self._pending.extend(unfinished)
         self.metrics.queue_depth.set(self._queued)
         return batch
 
-    async def _process(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending]) -> None:
+    async def _process(self, loop: asyncio.AbstractEventLoop, batch: list[_Slice]) -> None:
         started = time.perf_counter()
-        for item in batch:
-            self.metrics.queue_seconds.observe(started - item.enqueued)
-        texts = [t for item in batch for t in item.texts]
+        for part in batch:
+            if part.start == 0:
+                self.metrics.queue_seconds.observe(started - part.item.enqueued)
+        texts = [t for part in batch for t in part.item.texts[part.start : part.stop]]
         timings = Timings()
         try:
             result = await loop.run_in_executor(
-                self._executor, lambda: self.encoder.encode(texts, batch[0].kind, timings=timings)
+                self._executor, lambda: self.encoder.encode(texts, batch[0].item.kind, timings=timings)
             )
         except Exception as exc:  # a model failure fails these requests, not the batcher
-            for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(exc)
+            for part in batch:
+                if not part.item.future.done():
+                    part.item.future.set_exception(exc)
             return
         elapsed = time.perf_counter() - started
         self._texts_per_s = 0.8 * self._texts_per_s + 0.2 * (len(texts) / max(elapsed, 1e-6))
@@ -160,16 +184,25 @@ class Batcher:
         self.metrics.embedded_texts.inc(len(texts))
         truncated = set(result.truncated)
         start = 0
-        for item in batch:
-            stop = start + len(item.texts)
+        for part in batch:
+            stop = start + part.stop - part.start
+            item = part.item
             if not item.future.done():
                 lengths = result.lengths[start:stop]
-                item.future.set_result(
-                    Embeddings(
-                        result.vectors[start:stop],
-                        [i - start for i in range(start, stop) if i in truncated],
-                        sum(lengths),
-                        lengths,
-                    )
-                )
+                cut = [part.start + i - start for i in range(start, stop) if i in truncated]
+                item.parts.append(Embeddings(result.vectors[start:stop], cut, sum(lengths), lengths))
+                if part.stop == len(item.texts):
+                    item.future.set_result(_joined(item.parts))
             start = stop
+
+
+def _joined(parts: list[Embeddings]) -> Embeddings:
+    """One request's slices as one result (indices of ``truncated`` are already the request's)."""
+    if len(parts) == 1:
+        return parts[0]
+    return Embeddings(
+        np.concatenate([p.vectors for p in parts]),
+        [i for p in parts for i in p.truncated],
+        sum(p.tokens for p in parts),
+        [n for p in parts for n in p.lengths],
+    )

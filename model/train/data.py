@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 IGNORE_INDEX = -100  # torch.nn.functional.cross_entropy's default ignore_index
 REASONS: tuple[str, ...] = ("url", "identical", "length", "ratio", "overlap")
 _T = TypeVar("_T")
-_FILE_RE = re.compile(r"^(?P<lang>[A-Za-z0-9_]+)-en\.tsv(?P<gz>\.gz)?$")
+_FILE_RE = re.compile(r"(?P<lang>[A-Za-z0-9_]+)-en\.tsv(?P<gz>\.gz)?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +56,7 @@ def _lang_files(directory: Path, langs: Sequence[str] | None, what: str) -> dict
         raise InputError(f"{what} directory {directory} does not exist")
     found: dict[str, Path] = {}
     for path in directory.iterdir():
-        match = _FILE_RE.match(path.name)
+        match = _FILE_RE.fullmatch(path.name)
         if match is None or not path.is_file() or match["lang"] == "en":
             continue
         lang = match["lang"]

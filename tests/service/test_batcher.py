@@ -1,0 +1,79 @@
+"""The micro-batcher: big requests are sliced and served round-robin, gone callers are dropped."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from model.encoder import Encoder
+from service.batcher import Batcher
+from service.metrics import Metrics
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(scope="module")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="module")
+def encoder(tiny_model_dir: Path) -> Encoder:
+    return Encoder.load(tiny_model_dir, backend="onnx", threads=1)
+
+
+def _texts(prefix: str, n: int) -> list[str]:
+    return [f"{prefix} sentence number {i} " + "word " * (i % 40) for i in range(n)]
+
+
+def _embedded(metrics: Metrics) -> float:
+    return float(metrics.registry.get_sample_value("dapsearch_embedded_texts_total") or 0)
+
+
+async def test_a_small_request_is_not_queued_behind_a_big_one(encoder: Encoder) -> None:
+    batcher = Batcher(encoder, Metrics(), max_batch=8, max_wait_s=0.0, max_queue=10_000)
+    batcher.start()
+    try:
+        finished: list[str] = []
+
+        async def run(name: str, texts: list[str]) -> np.ndarray:
+            result = await batcher.embed(texts, "passage")
+            finished.append(name)
+            assert result.vectors.shape == (len(texts), encoder.dim)
+            assert result.lengths == encoder.count_tokens(texts, "passage")
+            assert result.tokens == sum(result.lengths)
+            return result.vectors
+
+        big_texts, small_texts = _texts("big", 400), _texts("small", 3)
+        big = asyncio.create_task(run("big", big_texts))
+        await asyncio.sleep(0.05)  # the big request is being served, slice by slice
+        small = await run("small", small_texts)
+        assert finished == ["small"]
+        vectors = await big
+        assert finished == ["small", "big"]
+        direct = encoder.encode(big_texts, "passage").vectors
+        assert float((vectors * direct).sum(axis=1).min()) > 0.9999  # same vectors, same order
+        assert float((small * encoder.encode(small_texts, "passage").vectors).sum(axis=1).min()) > 0.9999
+    finally:
+        await batcher.stop()
+
+
+async def test_a_caller_that_went_away_costs_at_most_one_more_batch(encoder: Encoder) -> None:
+    metrics = Metrics()
+    batcher = Batcher(encoder, metrics, max_batch=8, max_wait_s=0.0, max_queue=10_000)
+    batcher.start()
+    try:
+        task = asyncio.create_task(batcher.embed(_texts("gone", 800), "passage"))
+        await asyncio.sleep(0.05)
+        task.cancel()  # what a disconnect does to the request's task
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        done = _embedded(metrics)
+        await batcher.embed(["after"], "passage")
+        assert _embedded(metrics) - done <= 8 + 1  # the slice under way, then the next request
+        assert _embedded(metrics) < 800 and batcher.queued == 0
+    finally:
+        await batcher.stop()
