@@ -8,7 +8,7 @@ from fastapi import Depends, Request
 
 from model.encoder import Encoder
 from service.collections import Collections
-from service.embedding import Embedder
+from service.embedding import CallerEmbedder, Embedder
 from service.errors import APIError
 from service.metrics import Metrics
 from service.settings import Settings
@@ -40,10 +40,10 @@ def get_encoder(request: Request) -> Encoder:
     return encoder
 
 
-def get_embedder(request: Request) -> Embedder:
+def get_embedder(request: Request) -> CallerEmbedder:
     require_ready(request)
     embedder: Embedder = request.app.state.embedder
-    return embedder
+    return CallerEmbedder(embedder, request.receive)
 
 
 def get_collections(request: Request) -> Collections:
@@ -71,7 +71,7 @@ def get_jobs(request: Request) -> JobManager:
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 EncoderDep = Annotated[Encoder, Depends(get_encoder)]
-EmbedderDep = Annotated[Embedder, Depends(get_embedder)]
+EmbedderDep = Annotated[CallerEmbedder, Depends(get_embedder)]
 CollectionsDep = Annotated[Collections, Depends(get_collections)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 CacheDep = Annotated["Cache", Depends(get_cache)]

@@ -7,14 +7,18 @@ vector plus the token count and truncation flag, so cached responses report usag
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import struct
 
 import numpy as np
+from starlette.types import Receive
 
 from model.encoder import Embeddings, Kind
 from service.batcher import Batcher
 from service.cache import Cache
+from service.errors import APIError
 from service.metrics import Metrics
 
 _HEADER = struct.Struct("<I?")  # tokens, truncated
@@ -77,3 +81,44 @@ class Embedder:
         return Embeddings(
             vectors[rows], [n for n, r in enumerate(rows) if cut[r]], sum(out_lengths), out_lengths
         )
+
+
+class CallerGone(APIError):
+    """The client disconnected before its vectors were ready (nginx's 499: nobody reads it)."""
+
+    def __init__(self) -> None:
+        super().__init__(499, "the client closed the request before it was answered")
+
+
+class CallerEmbedder:
+    """The embedder as one HTTP request uses it: if the client disconnects while its texts wait
+    or run, the work is cancelled, so the batcher drops the slices it has not embedded yet."""
+
+    def __init__(self, embedder: Embedder, receive: Receive) -> None:
+        self.embedder = embedder
+        self.receive = receive
+        self.model_id = embedder.model_id
+        self.dim = embedder.dim
+        self.max_length = embedder.max_length
+
+    async def _disconnected(self) -> None:
+        # The routes that embed have read their whole body already, so the next message the
+        # server sends is the disconnect.
+        while (await self.receive())["type"] != "http.disconnect":
+            pass
+
+    async def embed(self, texts: list[str], kind: Kind) -> Embeddings:
+        work = asyncio.ensure_future(self.embedder.embed(texts, kind))
+        gone = asyncio.ensure_future(self._disconnected())
+        try:
+            await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            finished = work.done()
+            if not finished:  # the caller went away first (or this request itself was cancelled)
+                work.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await work
+        if not finished:
+            raise CallerGone()
+        return work.result()
