@@ -43,7 +43,8 @@ def get_encoder(request: Request) -> Encoder:
 def get_embedder(request: Request) -> CallerEmbedder:
     require_ready(request)
     embedder: Embedder = request.app.state.embedder
-    return CallerEmbedder(embedder, request.receive)
+    settings: Settings = request.app.state.settings
+    return CallerEmbedder(embedder, request.receive, settings.max_request_tokens)
 
 
 def get_collections(request: Request) -> Collections:

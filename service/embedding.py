@@ -91,15 +91,36 @@ class CallerGone(APIError):
 
 
 class CallerEmbedder:
-    """The embedder as one HTTP request uses it: if the client disconnects while its texts wait
-    or run, the work is cancelled, so the batcher drops the slices it has not embedded yet."""
+    """The embedder as one HTTP request uses it.
 
-    def __init__(self, embedder: Embedder, receive: Receive) -> None:
+    * A request may cost the model at most ``max_tokens`` tokens, counted over all its texts
+      (cached or not, so the answer does not depend on the cache): the public routes are
+      synchronous, and bigger work belongs to collections and admin jobs.
+    * If the client disconnects while its texts wait or run, the work is cancelled, so the
+      batcher drops the slices it has not embedded yet.
+    """
+
+    def __init__(self, embedder: Embedder, receive: Receive, max_tokens: int) -> None:
         self.embedder = embedder
         self.receive = receive
+        self.max_tokens = max_tokens
+        self.spent = 0
         self.model_id = embedder.model_id
         self.dim = embedder.dim
         self.max_length = embedder.max_length
+
+    async def _charge(self, texts: list[str], kind: Kind, param: str) -> None:
+        encoder = self.embedder.batcher.encoder
+        tokens = sum(await asyncio.to_thread(encoder.count_tokens, texts, kind))
+        if self.spent + tokens > self.max_tokens:
+            raise APIError(
+                413,
+                f"{param} needs {self.spent + tokens} tokens of model work in this request, more than "
+                f"the {self.max_tokens} one request may use (DAPSEARCH_MAX_REQUEST_TOKENS); send fewer "
+                "or shorter texts, or index them in a collection with an admin job",
+                param,
+            )
+        self.spent += tokens
 
     async def _disconnected(self) -> None:
         # The routes that embed have read their whole body already, so the next message the
@@ -107,7 +128,8 @@ class CallerEmbedder:
         while (await self.receive())["type"] != "http.disconnect":
             pass
 
-    async def embed(self, texts: list[str], kind: Kind) -> Embeddings:
+    async def embed(self, texts: list[str], kind: Kind, param: str = "texts") -> Embeddings:
+        await self._charge(texts, kind, param)
         work = asyncio.ensure_future(self.embedder.embed(texts, kind))
         gone = asyncio.ensure_future(self._disconnected())
         try:

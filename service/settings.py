@@ -65,6 +65,12 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(
         default=2 * 2**30, ge=1024, description="Largest document upload to the admin ingest endpoint."
     )
+    max_request_tokens: int = Field(
+        default=131_072,  # 256 texts of 512 tokens: the largest /embed request passes
+        ge=512,
+        description="Most tokens of model work one /embed, /v1/embeddings, /search or /mine-bitext "
+        "request may need (413 beyond); bigger work goes through collections and admin jobs.",
+    )
     mine_max_sentences: int = Field(
         default=2_000,
         ge=1,

@@ -30,8 +30,8 @@ async def mine_bitext(body: MineRequest, embedder: EmbedderDep, settings: Settin
                 side,
             )
         check_texts(texts, settings, side, max_count=limit)
-    source = (await embedder.embed(body.source, body.kind)).vectors
-    target = (await embedder.embed(body.target, body.kind)).vectors
+    source = (await embedder.embed(body.source, body.kind, "source")).vectors
+    target = (await embedder.embed(body.target, body.kind, "target")).vectors
     result = await anyio.to_thread.run_sync(
         partial(
             mine, source, target, k=body.k, score=body.score, strategy=body.strategy, threshold=body.threshold

@@ -46,7 +46,7 @@ async def embeddings(
         raise APIError(400, "input is an empty list", "input")
     check_texts(texts, settings, "input")
     kind: Kind = "query" if body.input_type == "query" else "passage"
-    result = await embedder.embed(texts, kind)
+    result = await embedder.embed(texts, kind, "input")
     vectors = encode_vectors(result.vectors, body.encoding_format)
     return OpenAIEmbeddingResponse(
         data=[OpenAIEmbedding(index=i, embedding=v) for i, v in enumerate(vectors)],

@@ -60,7 +60,8 @@ async def search(
         metrics.cache_hits.labels("search").inc()
         return SearchResponse.model_validate_json(cached[0])
     metrics.cache_misses.labels("search").inc()
-    vectors = (await embedder.embed(queries, "query")).vectors
+    param = "queries" if body.queries is not None else "query"
+    vectors = (await embedder.embed(queries, "query", param)).vectors
     flt = Filter(lang=body.filter.lang, metadata=body.filter.metadata) if body.filter else None
     searched_identity, searched, rows = await anyio.to_thread.run_sync(
         partial(collections.search, body.collection, vectors, body.k, flt)

@@ -130,3 +130,36 @@ async def test_a_request_whose_client_disconnects_is_not_embedded(
         await asyncio.sleep(0.2)  # a slice under way finishes
         # A few slices of 2 ran in the 10 ms before the hang-up is seen; the other ~190 texts never.
         assert _embedded(app.state.metrics) <= 20 and app.state.batcher.queued == 0
+
+
+async def test_one_request_may_cost_at_most_its_token_budget(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import httpx
+    from asgi_lifespan import LifespanManager
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    settings = Settings(
+        home=tmp_path, model_dir=tiny_model_dir, backend="onnx", threads=1, demo=False, max_request_tokens=600
+    )
+    encoder = Encoder.load(tiny_model_dir, backend="onnx")
+    texts = _texts("budget", 60)
+    cost = encoder.count_tokens(texts, "passage")
+    fits = next(n for n in range(len(texts), 0, -1) if sum(cost[:n]) <= 600)
+    async with LifespanManager(create_app(settings), startup_timeout=120) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            while (await client.get("/health/ready")).status_code != 200:
+                await asyncio.sleep(0.02)
+            ok = await client.post("/embed", json={"texts": texts[:fits], "kind": "passage"})
+            assert ok.status_code == 200 and ok.json()["usage"]["tokens"] == sum(cost[:fits])
+            over = await client.post("/embed", json={"texts": texts[: fits + 1], "kind": "passage"})
+            assert over.status_code == 413 and over.json()["error"]["param"] == "texts", over.text
+            assert "DAPSEARCH_MAX_REQUEST_TOKENS" in over.json()["error"]["message"]
+            openai = await client.post("/v1/embeddings", json={"input": texts})
+            assert openai.status_code == 413 and openai.json()["error"]["param"] == "input"
+            # /mine-bitext: both sides count against one budget; the side that exceeds it is named.
+            side = next(n for n in range(1, fits + 1) if 2 * sum(cost[:n]) > 600)  # fits alone, not twice
+            half = texts[:side]
+            mine = await client.post("/mine-bitext", json={"source": half, "target": half})
+            assert mine.status_code == 413 and mine.json()["error"]["param"] == "target", mine.text
