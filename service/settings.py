@@ -53,6 +53,16 @@ class Settings(BaseSettings):
     # --- HTTP
     host: str = Field(default="127.0.0.1", description="Address `dapsearch serve` binds.")
     port: int = Field(default=8000, ge=1, le=65535, description="Port `dapsearch serve` binds.")
+    keep_alive_s: int = Field(
+        default=5, ge=1, le=3600, description="Idle seconds after a response before a connection is closed."
+    )
+    head_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="Time a client has to send a complete request head (from connecting, or from the "
+        "previous response) before the connection is closed.",
+    )
     max_texts: int = Field(
         default=256, ge=1, description="Most texts in one /embed or /v1/embeddings request."
     )

@@ -31,6 +31,7 @@ def serve(
 
     from model.build import ensure_model
     from service.app import create_app
+    from service.protocol import head_deadline_protocol
 
     cfg = load_settings()
     if cfg.model_dir is None:  # the default model is built on first run; a chosen one must exist
@@ -43,7 +44,13 @@ def serve(
         )
     directory = cfg.resolved_model_dir
     check_backend(directory, read_manifest(directory), cfg.backend)
-    uvicorn.run(create_app(cfg), host=host or cfg.host, port=port or cfg.port)
+    uvicorn.run(
+        create_app(cfg),
+        host=host or cfg.host,
+        port=port or cfg.port,
+        http=head_deadline_protocol(cfg.head_timeout_s),
+        timeout_keep_alive=cfg.keep_alive_s,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

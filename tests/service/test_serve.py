@@ -171,3 +171,53 @@ def test_a_job_that_kills_the_process_fails_after_three_restarts(
         if proc.poll() is None:
             proc.terminate()
             proc.wait(timeout=30)
+
+
+def test_slow_and_idle_connections_are_closed(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """A head trickled a byte at a time (slowloris) is cut at DAPSEARCH_HEAD_TIMEOUT_S, though
+    every byte would restart a keep-alive timer; an idle keep-alive connection is closed after
+    DAPSEARCH_KEEP_ALIVE_S; a prompt request on a fresh connection is served."""
+    import socket
+
+    port = free_port()
+    env = {
+        **os.environ,
+        "DAPSEARCH_MODEL_DIR": str(tiny_model_dir),
+        "DAPSEARCH_HOME": str(tmp_path),
+        "DAPSEARCH_BACKEND": "onnx",
+        "DAPSEARCH_DEMO": "false",
+        "DAPSEARCH_HEAD_TIMEOUT_S": "1.5",
+        "DAPSEARCH_KEEP_ALIVE_S": "1",
+    }
+    proc = _start(env, port)
+    try:
+        assert _ready_or_dead(proc, f"http://127.0.0.1:{port}")
+        head = b"GET /health/live HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 40 + b"\r\n\r\n"
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as slow:
+            started = time.monotonic()
+            closed_after = None
+            for byte in head:
+                try:
+                    slow.sendall(bytes([byte]))
+                except OSError:
+                    closed_after = time.monotonic() - started
+                    break
+                slow.settimeout(0.1)
+                try:
+                    if slow.recv(1024) == b"":
+                        closed_after = time.monotonic() - started
+                        break
+                except TimeoutError:
+                    pass
+            assert closed_after is not None, "the trickled head was never cut off"
+            assert 1.0 < closed_after < 4.0, closed_after
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as fine:
+            fine.sendall(b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert fine.recv(1024).startswith(b"HTTP/1.1 200")
+            started = time.monotonic()
+            fine.settimeout(10)
+            assert fine.recv(1024) == b""  # idle after the response: closed by the server
+            assert time.monotonic() - started < 3.0
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
