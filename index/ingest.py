@@ -233,7 +233,7 @@ def ingest(
         report.lines = record.line
         if record.error is not None:
             if strict:
-                raise InputError(f"{path}:{record.line}: {record.error}")
+                raise InputError(f"{path.name}:{record.line}: {record.error}")
             report.error_count += 1
             if len(report.errors) < MAX_REPORTED_ERRORS:
                 report.errors.append(LineError(record.line, record.error))

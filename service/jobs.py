@@ -317,6 +317,20 @@ class JobManager:
     def pairs_path(self, job_id: str) -> Path:
         return self.dir / f"{job_id}.pairs.tsv"
 
+    def public(self, job: Job) -> Job:
+        """The job as API clients see it: no server paths. An upload shows as "(upload)", a file
+        of the data directory by its path inside it."""
+        out = job.model_copy(deep=True)
+        if isinstance(out.params, IngestParams):
+            path = Path(out.params.path)
+            if out.params.upload:
+                out.params.path = "(upload)"
+            elif path.is_relative_to(self.settings.resolved_data_dir.resolve()):
+                out.params.path = str(path.relative_to(self.settings.resolved_data_dir.resolve()))
+            else:
+                out.params.path = path.name
+        return out
+
     async def submit(self, job: Job) -> Job:
         """Persist a new job (state queued) and queue it; returns it as stored."""
         return await anyio.to_thread.run_sync(self._submit, job)
@@ -460,9 +474,10 @@ class JobManager:
                 self._finish(job_id, "cancelled")
         except InputError as exc:
             self._finish(job_id, "failed", error=str(exc))
-        except Exception as exc:
+        except Exception:
             log.exception("job %s failed", job_id)
-            self._finish(job_id, "failed", error=f"{type(exc).__name__}: {exc}")
+            # Library messages carry server paths and internals: the log has them, the job a summary.
+            self._finish(job_id, "failed", error="an internal error stopped the job; the service log has it")
 
     def _cancelling(self, job_id: str) -> bool:
         with self._lock:
@@ -603,7 +618,7 @@ class JobManager:
             job.progress = JobProgress(docs=total, fraction=1.0)
         result = {
             "pairs": len(mined),
-            "path": str(out),
+            "download": f"/admin/jobs/{job_id}/pairs",
             "source_documents": total,
             "target_documents": len(tgt_ids),
             "k": mined.k,

@@ -106,9 +106,9 @@ async def _stats(collections: Collections, name: str, param: str | None = None) 
         raise _error(exc, param) from exc
 
 
-def _job_created(job: Job, response: Response) -> JobResponse:
+def _job_created(job: Job, response: Response, jobs: JobManager) -> JobResponse:
     response.headers["Location"] = f"/admin/jobs/{job.id}"
-    return JobResponse(job=job)
+    return JobResponse(job=jobs.public(job))
 
 
 # ---------------------------------------------------------------------- collections
@@ -211,7 +211,7 @@ async def add_documents(
     else:
         upload_fmt = _upload_format(media, fmt)
         job = await _upload_job(name, request, settings, jobs, upload_fmt, strict, chunk_size)
-    return _job_created(await jobs.submit(job), response)
+    return _job_created(await jobs.submit(job), response, jobs)
 
 
 def _upload_format(media: str, fmt: Format | None) -> Format:
@@ -316,7 +316,7 @@ async def mine_job(
         _known(collections, name, param)
         await _stats(collections, name, param)  # 409 when made with another model
     job = jobs.mine_job(MineParams(**body.model_dump()))
-    return _job_created(await jobs.submit(job), response)
+    return _job_created(await jobs.submit(job), response, jobs)
 
 
 # ---------------------------------------------------------------------- jobs
@@ -324,7 +324,7 @@ async def mine_job(
 
 @router.get("/jobs", response_model=JobList)
 async def list_jobs(jobs: JobsDep, state: Annotated[JobState | None, Query()] = None) -> JobList:
-    return JobList(jobs=jobs.list_jobs(state))
+    return JobList(jobs=[jobs.public(job) for job in jobs.list_jobs(state)])
 
 
 def _get(jobs: JobManager, job_id: str) -> Job:
@@ -336,14 +336,14 @@ def _get(jobs: JobManager, job_id: str) -> Job:
 
 @router.get("/jobs/{job_id}", response_model=JobResponse)
 async def get_job(job_id: str, jobs: JobsDep) -> JobResponse:
-    return JobResponse(job=_get(jobs, job_id))
+    return JobResponse(job=jobs.public(_get(jobs, job_id)))
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobResponse)
 async def cancel_job(job_id: str, jobs: JobsDep) -> JobResponse:
     """A queued job is cancelled at once; a running one stops after its current chunk."""
     try:
-        return JobResponse(job=await jobs.cancel(job_id))
+        return JobResponse(job=jobs.public(await jobs.cancel(job_id)))
     except InputError as exc:
         raise _error(exc) from exc
 

@@ -379,6 +379,7 @@ async def test_jsonl_upload_ingests_and_reports_malformed_lines(tmp_path: Path, 
             job["type"] == "ingest" and job["collection"] == "docs" and job["state"] in ("queued", "running")
         )
         assert job["params"]["chunk_size"] == 8 and job["params"]["format"] == "jsonl"
+        assert job["params"]["path"] == "(upload)"
         job = await wait_for(client, job["id"])
         assert job["state"] == "succeeded", job
         assert job["counts"] == {"documents": 50, "errors": 2}
@@ -526,6 +527,7 @@ async def test_server_side_paths_stay_inside_the_data_dir(tmp_path: Path, tiny_m
         r = await post({"path": "sub/a.jsonl", "chunk_size": 5})
         assert r.status_code == 202, r.text
         assert r.json()["job"]["params"]["upload"] is False
+        assert r.json()["job"]["params"]["path"] == "sub/a.jsonl"  # inside the data dir, not absolute
         first = await wait_for(client, r.json()["job"]["id"])
         assert first["state"] == "succeeded" and first["counts"]["documents"] == 12
         (data / "sub" / "a.jsonl").write_bytes(jsonl(12, "n"))  # replaced: same size, other documents
@@ -738,7 +740,8 @@ async def test_mine_job_and_pairs_download(tmp_path: Path, tiny_model_dir: Path)
             "threshold": None,
         }
         pairs = job["result"]["pairs"]
-        assert pairs == n and Path(job["result"]["path"]).is_file()
+        assert pairs == n and job["result"]["download"] == f"/admin/jobs/{job['id']}/pairs"
+        assert str(tmp_path) not in json.dumps(job)  # no server path in what clients see
 
         r = await client.get(f"/admin/jobs/{job['id']}/pairs")
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/tab-separated-values")
