@@ -221,3 +221,64 @@ def test_slow_and_idle_connections_are_closed(tiny_model_dir: Path, tmp_path: Pa
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_a_mining_job_killed_mid_run_runs_again_after_restart(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """SIGKILL while a mining job runs: the restarted service finds it, runs it again from its
+    stored vectors, and the pairs can be downloaded."""
+    import signal
+
+    from index.collection import Collection, Document
+
+    encoder = Encoder.load(tiny_model_dir, backend="onnx")
+    rng = np.random.default_rng(0)
+    n = 30_000
+    base = rng.normal(size=(n, encoder.dim)).astype(np.float32)
+    for name, noise in (("src", 0.0), ("tgt", 0.05)):
+        vectors = base + noise * rng.normal(size=base.shape).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        with Collection.create(tmp_path / "collections", name, encoder.model_id, encoder.dim) as coll:
+            coll.upsert([Document(f"{name}{i}", f"text {i}") for i in range(n)], vectors)
+            coll.checkpoint()
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        "DAPSEARCH_MODEL_DIR": str(tiny_model_dir),
+        "DAPSEARCH_HOME": str(tmp_path),
+        "DAPSEARCH_BACKEND": "onnx",
+        "DAPSEARCH_ADMIN_KEYS": "k1",
+        "DAPSEARCH_DEMO": "false",
+    }
+    auth = {"Authorization": "Bearer k1"}
+    proc = _start(env, port)
+    try:
+        assert _ready_or_dead(proc, base_url)
+        r = httpx.post(f"{base_url}/admin/mine", json={"source": "src", "target": "tgt"}, headers=auth)
+        assert r.status_code == 202, r.text
+        job_id = r.json()["job"]["id"]
+        deadline = time.monotonic() + 60
+        while httpx.get(f"{base_url}/admin/jobs/{job_id}", headers=auth).json()["job"]["state"] != "running":
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        proc = _start(env, port)
+        assert _ready_or_dead(proc, base_url)
+        deadline = time.monotonic() + 300
+        while (job := httpx.get(f"{base_url}/admin/jobs/{job_id}", headers=auth).json()["job"])["state"] in (
+            "queued",
+            "running",
+        ):
+            assert time.monotonic() < deadline, job
+            time.sleep(0.2)
+        assert job["state"] == "succeeded" and job["crashes"] == 1, job
+        pairs = httpx.get(f"{base_url}/admin/jobs/{job_id}/pairs", headers=auth, timeout=60)
+        rows = [line.split("\t") for line in pairs.text.splitlines()]
+        assert len(rows) == job["result"]["pairs"] > 0.9 * n
+        assert sum(row[1][3:] == row[2][3:] for row in rows) > 0.99 * len(rows)  # src{i} ↔ tgt{i}
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=30)
