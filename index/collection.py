@@ -174,7 +174,7 @@ def effective_factory(factory: str, count: int) -> str:
     if match is not None:
         needed = TRAIN_POINTS_PER_LIST * int(match["lists"])
         if match["pq"] is not None:  # and the product quantizer's 2^bits centroids per sub-vector
-            needed = max(needed, 2 ** int(match["bits"] or 8))
+            needed = max(needed, TRAIN_POINTS_PER_LIST * 2 ** int(match["bits"] or 8))
         if count < needed:
             return "Flat"
     return factory

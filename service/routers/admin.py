@@ -132,7 +132,23 @@ async def list_collections(collections: CollectionsDep) -> CollectionList:
     return CollectionList(collections=await anyio.to_thread.run_sync(gather))
 
 
-@router.post("/collections", status_code=201)
+# OpenAPI links: what a client (and a stateful fuzzer) can do next with a new collection, beyond
+# the path-parameter links tools infer: search it and mine it (the name goes in the body).
+_CREATED_LINKS = {
+    "SearchCollection": {
+        "operationId": "search",
+        "requestBody": {"collection": "$response.body#/name", "query": "what is in it?", "k": 3},
+        "description": "Search the new collection.",
+    },
+    "MineCollection": {
+        "operationId": "start_mining_job",
+        "requestBody": {"source": "$response.body#/name", "target": "$response.body#/name"},
+        "description": "Mine the collection against itself (an admin job).",
+    },
+}
+
+
+@router.post("/collections", status_code=201, responses={201: {"links": _CREATED_LINKS}})
 async def create_collection(
     body: CreateCollection, collections: CollectionsDep, encoder: EncoderDep
 ) -> dict[str, Any]:
@@ -307,7 +323,7 @@ async def _path_job(name: str, request: Request, settings: SettingsDep, jobs: Jo
 # ---------------------------------------------------------------------- mining
 
 
-@router.post("/mine", status_code=202, response_model=JobResponse)
+@router.post("/mine", status_code=202, response_model=JobResponse, operation_id="start_mining_job")
 async def mine_job(
     body: MineRequest, response: Response, collections: CollectionsDep, jobs: JobsDep
 ) -> JobResponse:

@@ -37,7 +37,7 @@ def _hits(rows: list[list[Hit]]) -> list[list[SearchHit]]:
     ]
 
 
-@router.post("/search", response_model=SearchResponse)
+@router.post("/search", response_model=SearchResponse, operation_id="search")
 async def search(
     body: SearchRequest,
     embedder: EmbedderDep,

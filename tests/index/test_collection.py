@@ -216,13 +216,15 @@ def test_every_index_string_a_collection_accepts_fills_and_searches(tmp_path: Pa
     """Past the training thresholds too: what create accepts must never fail later, in a job."""
     rng = np.random.default_rng(0)
     coll = Collection.create(tmp_path, "c", "m@1", DIM, factory)
-    vectors = unit(rng, 400)
-    for start in (0, 100, 300):  # below, around and above IVF's and PQ's training minimum
-        end = 100 if start == 0 else start + (200 if start == 100 else 100)
+    vectors = unit(rng, 1000)
+    for start, end in ((0, 100), (100, 300), (300, 1000)):  # below, around and past training minimums
         coll.upsert(docs(end - start, start), vectors[start:end])
-        hits = coll.search(vectors[start : start + 1], k=3)[0]
-        assert hits and hits[0].id == f"d{start}", (factory, start)
+        hits = coll.search(vectors[start : start + 1], k=5)[0]
+        # Compressed codes (SQ, PQ) rank approximately: the document itself is among the first hits.
+        assert f"d{start}" in [h.id for h in hits], (factory, start)
+    kinds = coll.stats()["index_type"]
     coll.checkpoint()
     coll.close()
     with Collection.open(tmp_path, "c") as again:
-        assert len(again) == 400 and again.search(vectors[:1], k=1)[0][0].id == "d0"
+        assert len(again) == 1000 and again.stats()["index_type"] == kinds
+        assert "d0" in [h.id for h in again.search(vectors[:1], k=5)[0]]

@@ -158,3 +158,42 @@ def test_served_schema_is_the_fuzzed_schema(base_url: str) -> None:
 )
 def test_no_server_errors_and_4xx_use_the_error_envelope(base_url: str, case: schemathesis.Case[Any]) -> None:
     case.call_and_validate(base_url=base_url, checks=[not_a_server_error, error_envelope], timeout=60)
+
+
+SEQUENCES = int(os.environ.get("DAPSEARCH_FUZZ_SEQUENCES", "20"))
+
+
+def test_sequences_of_calls_never_give_server_errors(base_url: str) -> None:
+    """The stateful phase: schemathesis chains operations through the schema's links (create a
+    collection → ingest into it → watch or cancel the job → search or mine it → delete it), with
+    generated data at every step, and each answer must pass the same checks as above.
+    DAPSEARCH_FUZZ_SEQUENCES sequences (default 20) of up to 8 calls each."""
+    before = sum(SEEN.values())
+
+    class Workflow(schema.as_state_machine()):  # type: ignore[misc]
+        def get_call_kwargs(self, case: schemathesis.Case[Any]) -> dict[str, Any]:
+            return {"base_url": base_url, "timeout": 60}
+
+        def validate_response(
+            self,
+            response: schemathesis.Response,
+            case: schemathesis.Case[Any],
+            additional_checks: Any = None,
+            **kwargs: Any,
+        ) -> None:
+            case.validate_response(
+                response, checks=[not_a_server_error, error_envelope], transport_kwargs=kwargs
+            )
+
+    Workflow.run(
+        settings=settings(
+            max_examples=SEQUENCES,
+            stateful_step_count=8,
+            deadline=None,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
+    )
+    assert sum(SEEN.values()) - before >= SEQUENCES  # the sequences really called the server
+    linked = {label for (label, status) in SEEN if status < 300}
+    assert "POST /admin/collections" in linked
