@@ -121,7 +121,7 @@ def test_model_binding_names_and_bad_input(tmp_path: Path) -> None:
         Collection.create(tmp_path, "m", "model@1", DIM)
     with pytest.raises(InputError, match="unknown collection"):
         Collection.open(tmp_path, "nope")
-    for bad in ("", "../x", "a b", "-x"):
+    for bad in ("", "../x", "a b", "-x", "x\n", "x\r\n", "x" * 65, "é"):  # "$" would let "x\n" in
         with pytest.raises(InputError, match="invalid collection name"):
             Collection.create(tmp_path, bad, "model@1", DIM)
     for bad in (

@@ -216,6 +216,7 @@ async def test_collections_create_list_get_delete(tmp_path: Path, tiny_model_dir
             {"name": ""},
             {"name": "ok", "index": "bogus"},
             {"name": "x", "index": "HNSW0"},
+            {"name": "x\n"},
         ):
             r = await client.post("/admin/collections", json=bad)
             assert r.status_code == 400, (bad, r.text)
