@@ -102,6 +102,12 @@ assert not heavy, heavy
     assert result.returncode == 0, result.stderr
 
 
+def _tiny_env(model_dir: Path, home: Path, **settings: str) -> dict[str, str]:
+    """`dapsearch serve` on the tiny model's fp32 graph, a fresh home, no demo collection."""
+    base = {"DAPSEARCH_MODEL_DIR": str(model_dir), "DAPSEARCH_HOME": str(home), "DAPSEARCH_BACKEND": "onnx"}
+    return {**os.environ, **base, "DAPSEARCH_DEMO": "false", **settings}
+
+
 def _start(env: dict[str, str], port: int) -> subprocess.Popen[str]:
     cmd = [sys.executable, "-m", "service.cli", "serve", "--port", str(port)]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -132,14 +138,7 @@ def test_a_job_that_kills_the_process_fails_after_three_restarts(
 
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    env = {
-        **os.environ,
-        "DAPSEARCH_MODEL_DIR": str(tiny_model_dir),
-        "DAPSEARCH_HOME": str(tmp_path),
-        "DAPSEARCH_BACKEND": "onnx",
-        "DAPSEARCH_ADMIN_KEYS": "k1",
-        "DAPSEARCH_DEMO": "false",
-    }
+    env = _tiny_env(tiny_model_dir, tmp_path, DAPSEARCH_ADMIN_KEYS="k1")
     auth = {"Authorization": "Bearer k1"}
     proc = _start(env, port)
     try:
@@ -180,15 +179,7 @@ def test_slow_and_idle_connections_are_closed(tiny_model_dir: Path, tmp_path: Pa
     import socket
 
     port = free_port()
-    env = {
-        **os.environ,
-        "DAPSEARCH_MODEL_DIR": str(tiny_model_dir),
-        "DAPSEARCH_HOME": str(tmp_path),
-        "DAPSEARCH_BACKEND": "onnx",
-        "DAPSEARCH_DEMO": "false",
-        "DAPSEARCH_HEAD_TIMEOUT_S": "1.5",
-        "DAPSEARCH_KEEP_ALIVE_S": "1",
-    }
+    env = _tiny_env(tiny_model_dir, tmp_path, DAPSEARCH_HEAD_TIMEOUT_S="1.5", DAPSEARCH_KEEP_ALIVE_S="1")
     proc = _start(env, port)
     try:
         assert _ready_or_dead(proc, f"http://127.0.0.1:{port}")
@@ -247,14 +238,7 @@ def test_a_mining_job_killed_mid_run_runs_again_after_restart(tiny_model_dir: Pa
             coll.checkpoint()
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
-    env = {
-        **os.environ,
-        "DAPSEARCH_MODEL_DIR": str(tiny_model_dir),
-        "DAPSEARCH_HOME": str(tmp_path),
-        "DAPSEARCH_BACKEND": "onnx",
-        "DAPSEARCH_ADMIN_KEYS": "k1",
-        "DAPSEARCH_DEMO": "false",
-    }
+    env = _tiny_env(tiny_model_dir, tmp_path, DAPSEARCH_ADMIN_KEYS="k1")
     auth = {"Authorization": "Bearer k1"}
     proc = _start(env, port)
     try:
