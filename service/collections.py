@@ -24,10 +24,10 @@ import numpy as np
 from index.collection import (
     MANIFEST,
     Collection,
-    CollectionManifest,
     Filter,
     Hit,
     UnknownCollection,
+    collection_identity,
     list_collections,
 )
 
@@ -53,12 +53,11 @@ class Collections:
         stamp = (info.st_ino, info.st_mtime_ns)
         if self._seen.get(name) == stamp:
             return False
-        try:
-            current = CollectionManifest.model_validate_json(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        current = collection_identity(self.root, name)
+        if current is None:
             return True
         self._seen[name] = stamp
-        return current.identity != handle.manifest.identity
+        return current != handle.manifest.identity
 
     def names(self) -> list[str]:
         return list_collections(self.root)
