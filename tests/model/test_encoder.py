@@ -101,10 +101,28 @@ def test_manifest_records_export_provenance(tiny_model_dir: Path) -> None:
     manifest = read_manifest(tiny_model_dir)
     assert manifest.pooling == "mean"
     assert manifest.onnx["onnx"].opset == 17
-    assert manifest.onnx["onnx-int8"].quantization == "static-int8-qdq-per-channel-ffn-out-fp32"
+    assert manifest.onnx["onnx-int8"].quantization == "static-int8-qdq-per-channel-7bit-ffn-out-fp32"
     assert manifest.onnx["onnx-int8"].rejected == []
     assert manifest.onnx["onnx-int8"].source_model_id == manifest.id
     assert manifest.id.startswith("tiny@")
+
+
+def test_int8_weights_fit_in_seven_bits(tiny_model_dir: Path) -> None:
+    """Every quantised weight lies in [-64, 64]: a u8 activation times such a weight, summed in
+    pairs, stays below 32,767, so the AVX2 kernels (16-bit pair sums) cannot saturate and give
+    what VNNI CPUs give."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(tiny_model_dir / "model.int8.onnx")).graph
+    weights = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    quantised = [
+        weights[n.input[0]]
+        for n in graph.node
+        if n.op_type == "DequantizeLinear" and n.input[0] in weights and weights[n.input[0]].dtype == np.int8
+    ]
+    assert len(quantised) >= 4  # q, k, v, attention output and feed-forward input per layer
+    assert max(int(np.abs(w.astype(np.int16)).max()) for w in quantised) <= 64
 
 
 def test_cls_pooling_checkpoint(tiny_checkpoint: Path, tmp_path: Path) -> None:
