@@ -105,6 +105,25 @@ def overlay(base: dict[str, np.ndarray], shipped: dict[str, np.ndarray]) -> dict
     return out
 
 
+# Where a run read and wrote, and where it ran: the machine's business, not the model's.
+_LOCAL = ("out", "model_dir", "dev", "device", "log_every")
+
+
+def recipe_of(run_dir: Path) -> dict[str, Any]:
+    """A run's training configuration (``config.json``) without local paths: data folders by name."""
+    path = Path(run_dir) / "config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{run_dir} has no readable config.json; is it a training run directory?") from exc
+    if not isinstance(config, dict):
+        raise InputError(f"{path} is not a training configuration")
+    recipe = {k: v for k, v in config.items() if k not in _LOCAL}
+    if isinstance(recipe.get("data"), list):
+        recipe["data"] = [Path(str(d)).name for d in recipe["data"]]
+    return recipe
+
+
 def describe(metadata: dict[str, str]) -> dict[str, str]:
     """Provenance lines from the file's metadata (its ``recipe`` is JSON, kept as one line)."""
     out = {k: v for k, v in metadata.items() if k != "recipe"}

@@ -107,13 +107,20 @@ def model_pack(
     meta: Annotated[
         list[str] | None, typer.Option("--meta", help="KEY=VALUE recorded in the file (repeatable).")
     ] = None,
+    run: Annotated[
+        Path | None,
+        typer.Option("--run", help="The training run directory: its config.json becomes the recipe."),
+    ] = None,
 ) -> None:
     """Write a trained model's tensors, less the frozen word embeddings, as one fp16 file to ship."""
-    from model.shipped import pack
+    from model.shipped import pack, recipe_of
 
     manifest = read_manifest(model_dir)
-    metadata = {f"train_{k}": v for k, v in manifest.provenance.items()}
+    # The run's local path says nothing to whoever installs the file; the recipe does.
+    metadata = {f"train_{k}": v for k, v in manifest.provenance.items() if k != "run"}
     metadata["trained_model_id"] = manifest.id
+    if run is not None:
+        metadata["recipe"] = json.dumps(recipe_of(run), sort_keys=True)
     for item in meta or []:
         key, sep, value = item.partition("=")
         if not sep or not key:

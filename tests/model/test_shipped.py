@@ -83,15 +83,28 @@ def test_overlay_refuses_a_file_of_another_layout() -> None:
 
 def test_cli_pack_and_build_and_a_missing_file(trained: Path, tmp_path: Path) -> None:
     shipped = tmp_path / "my-dap.safetensors"
+    run = tmp_path / "run"
+    run.mkdir()
+    config = {
+        "data": ["/srv/corpora/parallel"],
+        "out": str(run),
+        "model_dir": "/srv/m",
+        "steps": 900,
+        "lr": 5e-5,
+    }
+    (run / "config.json").write_text(json.dumps(config), encoding="utf-8")
     cli = [sys.executable, "-m", "service.cli", "model"]
-    packed = subprocess.run(
-        [*cli, "pack", "--model-dir", str(trained), "--out", str(shipped), "--meta", "wall_time=2h"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    args = ["--model-dir", str(trained), "--out", str(shipped), "--meta", "wall_time=2h", "--run", str(run)]
+    packed = subprocess.run([*cli, "pack", *args], capture_output=True, text=True, timeout=300)
     assert packed.returncode == 0, packed.stderr[-2000:]
-    assert read_shipped(shipped)[1]["wall_time"] == "2h"
+    metadata = read_shipped(shipped)[1]
+    assert metadata["wall_time"] == "2h"
+    # The recipe travels with the tensors; the paths of the machine that trained them do not.
+    assert json.loads(metadata["recipe"]) == {"data": ["parallel"], "steps": 900, "lr": 5e-5}
+    assert "/srv" not in json.dumps(metadata) and str(tmp_path) not in json.dumps(metadata)
+    (run / "config.json").write_text("not json", encoding="utf-8")
+    broken = subprocess.run([*cli, "pack", *args], capture_output=True, text=True, timeout=300)
+    assert broken.returncode == 2 and "no readable config.json" in broken.stderr
     built = subprocess.run(
         [*cli, "build", "--shipped", str(shipped), "--out", str(tmp_path / "m")],
         capture_output=True,
