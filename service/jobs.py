@@ -28,7 +28,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from index.collection import Collection, collection_identity
 from index.ingest import Format, detect_format, ingest, read_records, resume_point
 from index.mining import Score, Strategy, mine
-from model.artifact import atomic_write_text, atomic_writer, now_iso
+from index.pairs import write_pairs
+from model.artifact import atomic_write_text, now_iso
 from model.encoder import Encoder
 from model.errors import InputError
 from service.collections import Collections
@@ -146,11 +147,6 @@ def _fraction(done: int, total: int | None) -> float:
     if not total:
         return 0.0
     return min(1.0, done / total)
-
-
-def _clean_field(text: str) -> str:
-    """A text as one TSV field: tabs and line breaks would split it into columns or rows."""
-    return text.replace("\t", " ").replace("\r", " ").replace("\n", " ")
 
 
 class _Scan:
@@ -613,7 +609,7 @@ class JobManager:
         )
         self._check(job_id)
         out = self.pairs_path(job_id)
-        _write_pairs(out, mined.pairs, src_ids, tgt_ids, src_texts, tgt_texts)
+        write_pairs(out, mined.pairs, src_ids, tgt_ids, src_texts, tgt_texts)
         with self._lock:
             job.progress = JobProgress(docs=total, fraction=1.0)
         result = {
@@ -627,18 +623,3 @@ class JobManager:
             "threshold": mined.threshold,
         }
         self._finish(job_id, "succeeded", result=result)
-
-
-def _write_pairs(
-    out: Path,
-    pairs: list[tuple[int, int, float]],
-    src_ids: list[str],
-    tgt_ids: list[str],
-    src_texts: list[str],
-    tgt_texts: list[str],
-) -> None:
-    """score, source id, target id, source text, target text; written whole or not at all."""
-    with atomic_writer(out) as fh:
-        for s, t, value in pairs:
-            fields = (src_ids[s], tgt_ids[t], src_texts[s], tgt_texts[t])
-            fh.write(f"{value:.6f}\t" + "\t".join(_clean_field(f) for f in fields) + "\n")

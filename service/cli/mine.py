@@ -10,6 +10,7 @@ import typer
 
 from index.collection import Collection
 from index.mining import DEFAULT_K, SCORES, STRATEGIES, Score, Strategy, best_threshold, mine, score_histogram
+from index.pairs import write_pairs
 from model.encoder import Encoder
 from model.errors import InputError
 from service.cli.common import ModelDirOpt, app, bar, load_encoder, load_settings
@@ -105,9 +106,8 @@ def mine_cmd(
         typer.echo("no --threshold: writing every candidate; score histogram to pick one:", err=True)
         typer.echo(score_histogram(result), err=True)
     kept = result.with_threshold(used)
-    with out.open("w", encoding="utf-8") as fh:
-        for s, t, value in kept:
-            fh.write(f"{value:.6f}\t{s + 1}\t{t + 1}\t{src_texts[s]}\t{tgt_texts[t]}\n")
+    lines = [str(i + 1) for i in range(max(len(src_texts), len(tgt_texts)))]
+    write_pairs(out, kept, lines, lines, src_texts, tgt_texts)
     typer.echo(
         f"wrote {len(kept)} pairs to {out}" + (f" (threshold {used:.6f})" if used is not None else ""),
         err=True,

@@ -133,6 +133,7 @@ def test_mine_text_files_with_gold(tmp_path: Path, real_model_dir: Path) -> None
     ]
     src = tmp_path / "src.txt"
     tgt = tmp_path / "tgt.txt"
+    pairs[0] = (pairs[0][0].replace(" ", "\t", 1), pairs[0][1])  # a tab inside a sentence stays in its field
     src.write_text("\n".join(p[0] for p in pairs) + "\n")
     tgt.write_text("\n".join(p[1] for p in reversed(pairs)) + "\n")  # target in reverse order
     gold = tmp_path / "gold.tsv"
@@ -144,6 +145,7 @@ def test_mine_text_files_with_gold(tmp_path: Path, real_model_dir: Path) -> None
     assert result.returncode == 0, result.stderr
     assert "best threshold" in result.stderr
     rows = [line.split("\t") for line in out.read_text().splitlines()]
+    assert rows and all(len(r) == 5 for r in rows)
     found = {(int(r[1]), int(r[2])) for r in rows}
     expected = {(i + 1, len(pairs) - i) for i in range(len(pairs))}
     assert len(found & expected) >= 0.9 * len(expected)
