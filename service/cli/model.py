@@ -187,8 +187,9 @@ def model_info(
     typer.echo(f"max length    {manifest.max_length} tokens")
     typer.echo(f"prefixes      query={manifest.query_prefix!r} passage={manifest.passage_prefix!r}")
     typer.echo("provenance")
+    width = max((len(key) for key in manifest.provenance), default=0) + 2
     for key, value in manifest.provenance.items():
-        typer.echo(f"  {key:<22}{value}")
+        typer.echo(f"  {key:<{width}}{value}")
     for key, entry in manifest.onnx.items():
         if entry.source_model_id == manifest.id and entry.quantization:
             typer.echo(f"{key:<14}{entry.quantization}")

