@@ -5,7 +5,7 @@
 #   any other command           ->  run it with the same environment, e.g. `dapsearch index stats demo`
 #
 # Defaults (only where unset): DAPSEARCH_HOST=0.0.0.0, DAPSEARCH_HOME=/data,
-# DAPSEARCH_MODEL_DIR=/opt/dapsearch/models/multilingual-e5-small (built into the image, so serve
+# DAPSEARCH_MODEL_DIR=/opt/dapsearch/models/multilingual-e5-small-dap (built into the image, so serve
 # never builds a model at start). DAPSEARCH_ADMIN_KEYS_FILE names a file (a Docker/compose secret)
 # holding the admin keys, one per line or comma-separated; it becomes DAPSEARCH_ADMIN_KEYS.
 set -eu
@@ -16,7 +16,7 @@ log() {
 
 : "${DAPSEARCH_HOST:=0.0.0.0}"
 : "${DAPSEARCH_HOME:=/data}"
-: "${DAPSEARCH_MODEL_DIR:=/opt/dapsearch/models/multilingual-e5-small}"
+: "${DAPSEARCH_MODEL_DIR:=/opt/dapsearch/models/multilingual-e5-small-dap}"
 export DAPSEARCH_HOST DAPSEARCH_HOME DAPSEARCH_MODEL_DIR
 
 if [ -n "${DAPSEARCH_ADMIN_KEYS_FILE:-}" ]; then

@@ -19,7 +19,7 @@ class Settings(BaseSettings):
     # --- where things live
     home: Path = Field(default=Path("var"), description="Data directory: models, collections, jobs, uploads.")
     model: Bundled = Field(
-        default="base",
+        default="dap",
         description="The bundled model built on first run and served when model_dir is unset: dap "
         "(multilingual-e5-small-dap, the DAP-trained encoder) or base (plain multilingual-e5-small).",
     )

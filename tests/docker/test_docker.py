@@ -29,7 +29,7 @@ ENTRYPOINT = REPO / "docker" / "entrypoint.sh"
 DOCKERFILE = REPO / "docker" / "Dockerfile"
 COMPOSE = REPO / "docker-compose.yml"
 ENV_EXAMPLE = REPO / ".env.example"
-IMAGE_MODEL_DIR = "/opt/dapsearch/models/multilingual-e5-small"
+IMAGE_MODEL_DIR = "/opt/dapsearch/models/multilingual-e5-small-dap"
 VENV_BIN = Path(sys.executable).parent
 
 
