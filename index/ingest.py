@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from index.collection import Collection, Document
-from model.encoder import Encoder
+from model.encoder import TextEncoder
 from model.errors import InputError
 
 Format = Literal["jsonl", "tsv"]
@@ -195,7 +195,7 @@ def read_records(path: Path, fmt: Format, start_offset: int = 0, start_line: int
 
 def ingest(
     collection: Collection,
-    encoder: Encoder,
+    encoder: TextEncoder,
     path: Path,
     fmt: str | None = None,
     chunk_size: int = 256,

@@ -118,6 +118,16 @@ class ForwardBackend(Protocol):
     def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray: ...
 
 
+class TextEncoder(Protocol):
+    """What bulk callers (ingest) need: the model's id and texts → vectors. ``Encoder`` is one; the
+    service's ``BulkEncoder`` is another, which runs the texts through its shared batcher."""
+
+    @property
+    def model_id(self) -> str: ...
+
+    def embed(self, texts: Sequence[str], kind: Kind = "query") -> np.ndarray: ...
+
+
 def default_threads() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
 

@@ -12,7 +12,7 @@ import anyio
 from fastapi import FastAPI
 
 from model.encoder import Encoder
-from service.batcher import Batcher
+from service.batcher import Batcher, BulkEncoder
 from service.cache import create_cache
 from service.collections import Collections
 from service.demo import ensure_demo_collection
@@ -55,7 +55,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         stack.callback(collections.close)
         if settings.demo:
             await anyio.to_thread.run_sync(lambda: ensure_demo_collection(settings.collections_dir, encoder))
-        jobs = JobManager(settings, encoder, collections, metrics)
+        # Jobs embed through the batcher at bulk priority, never beside it on the engine.
+        bulk = BulkEncoder(batcher, asyncio.get_running_loop())
+        jobs = JobManager(settings, bulk, collections, metrics)
         await jobs.start()
         stack.push_async_callback(jobs.stop)
         app.state.encoder = encoder

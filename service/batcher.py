@@ -8,6 +8,10 @@ the other waiting requests, so no request delays another by more than one batch.
 bounded in texts: when it is full, new requests fail at once with ``Overloaded`` (HTTP 429 +
 Retry-After) instead of piling up latency for everyone. A request whose caller went away (its
 future cancelled) is dropped before its next slice reaches the engine.
+
+Admin jobs (ingest) embed through the same batcher at ``bulk`` priority (``BulkEncoder``): a bulk
+slice runs only when no online request waits, so an online request waits behind at most the one
+bulk batch already running, and bulk work still uses every idle moment of the engine.
 """
 
 from __future__ import annotations
@@ -17,13 +21,17 @@ import contextlib
 import math
 import time
 from collections import deque
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
 from model.encoder import Embeddings, Encoder, Kind, Timings
 from service.metrics import Metrics
+
+Priority = Literal["online", "bulk"]
 
 
 class Overloaded(Exception):
@@ -49,6 +57,14 @@ class _Pending:
 
 
 @dataclass
+class _Lane:
+    """Requests of one priority, in the order their next slice is due."""
+
+    items: deque[_Pending] = field(default_factory=deque)
+    queued: int = 0  # texts not yet handed to the engine
+
+
+@dataclass
 class _Slice:
     item: _Pending
     start: int
@@ -69,8 +85,8 @@ class Batcher:
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         self.max_queue = max_queue
-        self._pending: deque[_Pending] = deque()
-        self._queued = 0  # texts in _pending
+        self._online = _Lane()
+        self._bulk = _Lane()
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self._task: asyncio.Task[None] | None = None
@@ -78,7 +94,12 @@ class Batcher:
 
     @property
     def queued(self) -> int:
-        return self._queued
+        """Online texts waiting (bulk texts never count against the queue bound)."""
+        return self._online.queued
+
+    @property
+    def bulk_queued(self) -> int:
+        return self._bulk.queued
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="batcher")
@@ -88,57 +109,74 @@ class Batcher:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        for item in self._pending:
-            if not item.future.done():
-                item.future.cancel()
-        self._pending.clear()
+        for lane in (self._online, self._bulk):
+            for item in lane.items:
+                if not item.future.done():
+                    item.future.cancel()
+            lane.items.clear()
+            lane.queued = 0
         self._executor.shutdown(wait=True, cancel_futures=True)
 
-    async def embed(self, texts: list[str], kind: Kind) -> Embeddings:
-        """Embed ``texts`` in the next batches; raises Overloaded when the queue is full."""
+    async def embed(self, texts: list[str], kind: Kind, priority: Priority = "online") -> Embeddings:
+        """Embed ``texts`` in the next batches; online requests raise Overloaded when the queue is
+        full, bulk ones (a job's chunk, already bounded by its caller) always wait their turn."""
         if not texts:
             return Embeddings(np.empty((0, self.encoder.dim), dtype=np.float32), [], 0, [])
-        if self._queued and self._queued + len(texts) > self.max_queue:
+        lane = self._bulk if priority == "bulk" else self._online
+        if lane is self._online and lane.queued and lane.queued + len(texts) > self.max_queue:
             self.metrics.rejected.inc()
-            wait = math.ceil((self._queued + len(texts)) / max(self._texts_per_s, 1.0))
-            raise Overloaded(self._queued, max(1, wait))
+            wait = math.ceil((lane.queued + len(texts)) / max(self._texts_per_s, 1.0))
+            raise Overloaded(lane.queued, max(1, wait))
         future: asyncio.Future[Embeddings] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(list(texts), kind, future))
-        self._queued += len(texts)
-        self.metrics.queue_depth.set(self._queued)
+        lane.items.append(_Pending(list(texts), kind, future))
+        lane.queued += len(texts)
+        self._report_depth()
         self._wakeup.set()
         return await future
+
+    def _report_depth(self) -> None:
+        self.metrics.queue_depth.set(self._online.queued)
+        self.metrics.bulk_queue_depth.set(self._bulk.queued)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            while not self._pending:
+            while not (self._online.items or self._bulk.items):
                 self._wakeup.clear()
                 await self._wakeup.wait()
-            # Give concurrent requests a moment to join, unless a full batch is already waiting.
+            # Give concurrent online requests a moment to join, unless a full batch is already
+            # waiting (bulk work never waits: its requests are whole chunks).
             deadline = loop.time() + self.max_wait_s
-            while self._queued < self.max_batch and (left := deadline - loop.time()) > 0:
+            while (
+                self._online.items
+                and self._online.queued < self.max_batch
+                and (left := deadline - loop.time()) > 0
+            ):
                 self._wakeup.clear()
                 try:
                     await asyncio.wait_for(self._wakeup.wait(), left)
                 except TimeoutError:
                     break
-            batch = self._take()
+            batch = self._take(self._online)
+            bulk = not batch
+            if bulk:
+                batch = self._take(self._bulk)
+            self._report_depth()
             if batch:
-                await self._process(loop, batch)
+                await self._process(loop, batch, bulk)
 
-    def _take(self) -> list[_Slice]:
-        """Up to max_batch texts of one kind: slices of the waiting requests in arrival order; a
-        request with texts left after its slice goes to the back of the queue (round-robin)."""
+    def _take(self, lane: _Lane) -> list[_Slice]:
+        """Up to max_batch texts of one kind: slices of the lane's requests in arrival order; a
+        request with texts left after its slice goes to the back of the lane (round-robin)."""
         batch: list[_Slice] = []
         count = 0
         kind = None
         skipped: list[_Pending] = []
         unfinished: list[_Pending] = []
-        while self._pending and count < self.max_batch:
-            item = self._pending.popleft()
+        while lane.items and count < self.max_batch:
+            item = lane.items.popleft()
             if item.future.done():  # the caller went away: drop what it has not had yet
-                self._queued -= item.left
+                lane.queued -= item.left
                 continue
             if kind is not None and item.kind != kind:
                 skipped.append(item)
@@ -148,15 +186,14 @@ class Batcher:
             batch.append(_Slice(item, item.taken, item.taken + size))
             item.taken += size
             count += size
-            self._queued -= size
+            lane.queued -= size
             if item.left:
                 unfinished.append(item)
-        self._pending.extendleft(reversed(skipped))
-        self._pending.extend(unfinished)
-        self.metrics.queue_depth.set(self._queued)
+        lane.items.extendleft(reversed(skipped))
+        lane.items.extend(unfinished)
         return batch
 
-    async def _process(self, loop: asyncio.AbstractEventLoop, batch: list[_Slice]) -> None:
+    async def _process(self, loop: asyncio.AbstractEventLoop, batch: list[_Slice], bulk: bool) -> None:
         started = time.perf_counter()
         for part in batch:
             if part.start == 0:
@@ -182,6 +219,8 @@ class Batcher:
             self.metrics.batch_size.observe(size)
             self.metrics.batch_tokens.observe(tokens)
         self.metrics.embedded_texts.inc(len(texts))
+        if bulk:
+            self.metrics.bulk_texts.inc(len(texts))
         truncated = set(result.truncated)
         start = 0
         for part in batch:
@@ -206,3 +245,30 @@ def _joined(parts: list[Embeddings]) -> Embeddings:
         sum(p.tokens for p in parts),
         [n for p in parts for n in p.lengths],
     )
+
+
+class BulkEncoder:
+    """The batcher as a blocking encoder for job threads (ingest): every call is queued at bulk
+    priority on the event loop, so jobs and online requests share one engine and online goes first.
+
+    Texts are sent shortest first, so each batch-sized slice pads to about its own length, as
+    ``Encoder.encode`` does within one call.
+    """
+
+    def __init__(self, batcher: Batcher, loop: asyncio.AbstractEventLoop) -> None:
+        self.batcher = batcher
+        self.loop = loop
+        self.manifest = batcher.encoder.manifest
+        self.model_id = batcher.encoder.model_id
+        self.dim = batcher.encoder.dim
+
+    def embed(self, texts: Sequence[str], kind: Kind = "query") -> np.ndarray:
+        """(n, dim) float32, L2-normalised; blocks the calling thread (never the loop's)."""
+        if not texts:
+            return np.empty((0, self.dim), dtype=np.float32)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        work = self.batcher.embed([texts[i] for i in order], kind, "bulk")
+        result = asyncio.run_coroutine_threadsafe(work, self.loop).result()
+        out = np.empty_like(result.vectors)
+        out[order] = result.vectors
+        return out

@@ -30,7 +30,7 @@ from index.ingest import Format, detect_format, ingest, read_records, resume_poi
 from index.mining import Score, Strategy, mine
 from index.pairs import write_pairs
 from model.artifact import atomic_write_text, now_iso
-from model.encoder import Encoder
+from model.encoder import TextEncoder
 from model.errors import InputError
 from service.collections import Collections
 from service.metrics import Metrics
@@ -191,7 +191,7 @@ class JobManager:
     """Owns the job files, the queue and the worker thread; the admin router calls it."""
 
     def __init__(
-        self, settings: Settings, encoder: Encoder, collections: Collections, metrics: Metrics
+        self, settings: Settings, encoder: TextEncoder, collections: Collections, metrics: Metrics
     ) -> None:
         self.settings = settings
         self.encoder = encoder

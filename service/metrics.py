@@ -54,6 +54,11 @@ class Metrics:
             registry=r,
         )
         self.queue_depth = Gauge("dapsearch_queue_depth", "Texts waiting in the batcher.", registry=r)
+        self.bulk_queue_depth = Gauge(
+            "dapsearch_bulk_queue_depth",
+            "Texts of admin jobs waiting in the batcher at bulk priority.",
+            registry=r,
+        )
         self.rejected = Counter(
             "dapsearch_rejected", "Requests refused with 429 because the queue was full.", registry=r
         )
@@ -63,4 +68,9 @@ class Metrics:
             "dapsearch_cache_errors", "Cache calls that failed or timed out and were bypassed.", registry=r
         )
         self.embedded_texts = Counter("dapsearch_embedded_texts", "Texts run through the model.", registry=r)
+        self.bulk_texts = Counter(
+            "dapsearch_bulk_embedded_texts",
+            "Texts of admin jobs run through the model (a part of dapsearch_embedded_texts).",
+            registry=r,
+        )
         self.jobs = Gauge("dapsearch_jobs", "Admin jobs by state.", ["state"], registry=r)

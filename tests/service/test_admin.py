@@ -395,6 +395,9 @@ async def test_jsonl_upload_ingests_and_reports_malformed_lines(tmp_path: Path, 
         stats = (await client.get("/admin/collections/docs")).json()
         assert stats["count"] == 50 and stats["index_vectors"] == 50
         assert gauge(app, "succeeded") == 1.0 and gauge(app, "running") == 0.0
+        # The job embedded through the shared batcher, at bulk priority.
+        bulk = app.state.metrics.registry.get_sample_value("dapsearch_bulk_embedded_texts_total")
+        assert bulk == 50
 
     # Persisted as a job file; the consumed upload is gone.
     stored = Job.model_validate_json((settings.jobs_dir / f"{job['id']}.json").read_text())

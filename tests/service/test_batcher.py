@@ -1,15 +1,17 @@
-"""The micro-batcher: big requests are sliced and served round-robin, gone callers are dropped."""
+"""The micro-batcher: big requests are sliced and served round-robin, gone callers are dropped,
+bulk work runs only when no online request waits."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from model.encoder import Encoder
-from service.batcher import Batcher
+from model.encoder import Embeddings, Encoder, Kind, Timings
+from service.batcher import Batcher, BulkEncoder
 from service.metrics import Metrics
 
 pytestmark = pytest.mark.anyio
@@ -57,6 +59,79 @@ async def test_a_small_request_is_not_queued_behind_a_big_one(encoder: Encoder) 
         direct = encoder.encode(big_texts, "passage").vectors
         assert float((vectors * direct).sum(axis=1).min()) > 0.9999  # same vectors, same order
         assert float((small * encoder.encode(small_texts, "passage").vectors).sum(axis=1).min()) > 0.9999
+    finally:
+        await batcher.stop()
+
+
+class RecordingEncoder(Encoder):
+    """The real encoder, keeping the texts of each engine call in the order the calls started."""
+
+    def __init__(self, encoder: Encoder) -> None:
+        super().__init__(encoder.manifest, encoder.tokenizer, encoder.backend, encoder.batch_size)
+        self.calls: list[list[str]] = []
+
+    def encode(
+        self,
+        texts: Sequence[str],
+        kind: Kind = "query",
+        progress: Callable[[int], None] | None = None,
+        timings: Timings | None = None,
+    ) -> Embeddings:
+        self.calls.append(list(texts))
+        return super().encode(texts, kind, progress, timings)
+
+
+async def test_an_online_request_waits_behind_at_most_one_bulk_batch(encoder: Encoder) -> None:
+    recording = RecordingEncoder(encoder)
+    metrics = Metrics()
+    batcher = Batcher(recording, metrics, max_batch=8, max_wait_s=0.0, max_queue=100)
+    batcher.start()
+    try:
+        bulk_texts = _texts("bulk", 400)  # beyond max_queue: bulk work is never refused
+        bulk = asyncio.create_task(batcher.embed(bulk_texts, "passage", "bulk"))
+        await asyncio.sleep(0.05)  # bulk slices are running
+        started_before = len(recording.calls)
+        assert started_before > 0 and batcher.bulk_queued > 0
+        online_texts = _texts("online", 3)
+        online = await batcher.embed(online_texts, "passage")
+        first_online = next(i for i, call in enumerate(recording.calls) if call[0] in online_texts)
+        # Only the bulk batch under way ran in between: the one logged last, or one the batcher
+        # had taken but whose engine call had not started when the calls were counted. Batches
+        # run one at a time, so it is never both.
+        assert started_before <= first_online <= started_before + 1
+        assert recording.calls[first_online] == online_texts
+        # While online requests wait, no bulk slice runs (round-robin would interleave them).
+        crowd = [_texts(f"crowd{n}", 20) for n in range(5)]
+        await asyncio.gather(*(batcher.embed(texts, "passage") for texts in crowd))
+        is_crowd = [call[0].startswith("crowd") for call in recording.calls]
+        first, last = is_crowd.index(True), len(is_crowd) - 1 - is_crowd[::-1].index(True)
+        assert all(is_crowd[first : last + 1]) and last - first + 1 == 13  # 100 texts in batches of 8
+        vectors = (await bulk).vectors
+        assert all(len(call) <= 8 for call in recording.calls)
+        direct = encoder.encode(bulk_texts, "passage").vectors
+        assert float((vectors * direct).sum(axis=1).min()) > 0.9999
+        assert (
+            float((online.vectors * encoder.encode(online_texts, "passage").vectors).sum(axis=1).min())
+            > 0.9999
+        )
+        assert metrics.registry.get_sample_value("dapsearch_bulk_embedded_texts_total") == 400
+        assert _embedded(metrics) == 503 and batcher.bulk_queued == 0
+    finally:
+        await batcher.stop()
+
+
+async def test_bulk_encoder_embeds_from_a_job_thread_in_the_callers_order(encoder: Encoder) -> None:
+    batcher = Batcher(encoder, Metrics(), max_batch=8, max_wait_s=0.0, max_queue=10_000)
+    batcher.start()
+    try:
+        bulk = BulkEncoder(batcher, asyncio.get_running_loop())
+        assert bulk.model_id == encoder.model_id and bulk.dim == encoder.dim
+        texts = _texts("job", 50)[::-1]  # lengths vary, so the encoder reorders them internally
+        vectors = await asyncio.to_thread(bulk.embed, texts, "passage")
+        direct = encoder.embed(texts, "passage")
+        assert vectors.shape == direct.shape
+        assert float((vectors * direct).sum(axis=1).min()) > 0.9999
+        assert (await asyncio.to_thread(bulk.embed, [], "passage")).shape == (0, encoder.dim)
     finally:
         await batcher.stop()
 
