@@ -53,7 +53,7 @@ class Metrics:
             buckets=tuple(b * 16 for b in _BATCH),
             registry=r,
         )
-        self.queue_depth = Gauge("dapsearch_queue_depth", "Texts waiting in the batcher.", registry=r)
+        self.queue_depth = Gauge("dapsearch_queue_depth", "Online texts waiting in the batcher.", registry=r)
         self.bulk_queue_depth = Gauge(
             "dapsearch_bulk_queue_depth",
             "Texts of admin jobs waiting in the batcher at bulk priority.",

@@ -41,4 +41,5 @@ async def metrics(request: Request) -> Response:
     state = request.app.state
     if state.ready:
         state.metrics.queue_depth.set(state.batcher.queued)
+        state.metrics.bulk_queue_depth.set(state.batcher.bulk_queued)
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
