@@ -9,23 +9,24 @@ from fastapi import APIRouter
 
 from service.deps import EmbedderDep, SettingsDep
 from service.errors import APIError
-from service.schemas import EmbedRequest, EmbedResponse, Usage
+from service.responses import VectorJSONResponse
+from service.schemas import EmbedRequest, EmbedResponse
 from service.validation import check_texts
 
 router = APIRouter(tags=["embeddings"])
 
 
-def encode_vectors(vectors: np.ndarray, encoding_format: str) -> list[list[float]] | list[str]:
-    """Floats, or base64 of little-endian float32 bytes per vector (OpenAI's base64 format)."""
+def encode_vectors(vectors: np.ndarray, encoding_format: str) -> np.ndarray | list[str]:
+    """float32 rows (written as JSON numbers by VectorJSONResponse), or base64 of little-endian
+    float32 bytes per vector (OpenAI's base64 format)."""
     if encoding_format == "base64":
         little = np.ascontiguousarray(vectors, dtype="<f4")
         return [base64.b64encode(row.tobytes()).decode("ascii") for row in little]
-    rows: list[list[float]] = vectors.tolist()
-    return rows
+    return np.ascontiguousarray(vectors, dtype=np.float32)
 
 
-@router.post("/embed", response_model=EmbedResponse)
-async def embed(body: EmbedRequest, embedder: EmbedderDep, settings: SettingsDep) -> EmbedResponse:
+@router.post("/embed", response_model=EmbedResponse, response_class=VectorJSONResponse)
+async def embed(body: EmbedRequest, embedder: EmbedderDep, settings: SettingsDep) -> VectorJSONResponse:
     if not body.normalize:
         raise APIError(
             400, "normalize=false is not supported: the model returns L2-normalised vectors", "normalize"
@@ -40,10 +41,12 @@ async def embed(body: EmbedRequest, embedder: EmbedderDep, settings: SettingsDep
             "(send truncate=true to cut it)",
             f"texts[{first}]",
         )
-    return EmbedResponse(
-        model=embedder.model_id,
-        dim=embedder.dim,
-        embeddings=encode_vectors(result.vectors, body.encoding_format),
-        truncated=result.truncated,
-        usage=Usage(tokens=result.tokens),
+    return VectorJSONResponse(
+        {
+            "model": embedder.model_id,
+            "dim": embedder.dim,
+            "embeddings": encode_vectors(result.vectors, body.encoding_format),
+            "truncated": result.truncated,
+            "usage": {"tokens": result.tokens},
+        }
     )

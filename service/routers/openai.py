@@ -7,8 +7,9 @@ from fastapi import APIRouter
 from model.encoder import Kind
 from service.deps import EmbedderDep, SettingsDep
 from service.errors import APIError
+from service.responses import VectorJSONResponse
 from service.routers.embed import encode_vectors
-from service.schemas import OpenAIEmbedding, OpenAIEmbeddingRequest, OpenAIEmbeddingResponse, OpenAIUsage
+from service.schemas import OpenAIEmbeddingRequest, OpenAIEmbeddingResponse
 from service.validation import check_texts
 
 router = APIRouter(tags=["embeddings"])
@@ -19,10 +20,10 @@ def _model_names(model_id: str) -> set[str]:
     return {model_id, model_id.split("@", 1)[0]}
 
 
-@router.post("/v1/embeddings", response_model=OpenAIEmbeddingResponse)
+@router.post("/v1/embeddings", response_model=OpenAIEmbeddingResponse, response_class=VectorJSONResponse)
 async def embeddings(
     body: OpenAIEmbeddingRequest, embedder: EmbedderDep, settings: SettingsDep
-) -> OpenAIEmbeddingResponse:
+) -> VectorJSONResponse:
     if body.model is not None and body.model not in _model_names(embedder.model_id):
         raise APIError(
             404,
@@ -48,8 +49,11 @@ async def embeddings(
     kind: Kind = "query" if body.input_type == "query" else "passage"
     result = await embedder.embed(texts, kind, "input")
     vectors = encode_vectors(result.vectors, body.encoding_format)
-    return OpenAIEmbeddingResponse(
-        data=[OpenAIEmbedding(index=i, embedding=v) for i, v in enumerate(vectors)],
-        model=embedder.model_id,
-        usage=OpenAIUsage(prompt_tokens=result.tokens, total_tokens=result.tokens),
+    return VectorJSONResponse(
+        {
+            "object": "list",
+            "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)],
+            "model": embedder.model_id,
+            "usage": {"prompt_tokens": result.tokens, "total_tokens": result.tokens},
+        }
     )

@@ -14,6 +14,7 @@ import pytest
 
 from index.collection import Collection, Document
 from model.encoder import Encoder
+from service.schemas import EmbedResponse, OpenAIEmbeddingResponse
 from service.settings import Settings
 from tests.conftest import SHARED
 from tests.sentences import ORDINARY
@@ -100,6 +101,7 @@ async def test_embed_returns_the_encoder_vectors(
     r = await client.post("/embed", json={"texts": texts, "kind": "passage"})
     assert r.status_code == 200, r.text
     body = r.json()
+    EmbedResponse.model_validate_json(r.content)  # the fast writer keeps to the documented schema
     enc = real_encoders["onnx-int8"]
     assert body["model"] == enc.model_id and body["dim"] == 384
     vectors = np.array(body["embeddings"], dtype=np.float32)
@@ -210,6 +212,7 @@ async def test_openai_shape_and_options(client: httpx.AsyncClient, real_encoders
     )
     assert r.status_code == 200, r.text
     body = r.json()
+    OpenAIEmbeddingResponse.model_validate_json(r.content)
     assert body["object"] == "list" and body["model"] == enc.model_id
     assert [d["index"] for d in body["data"]] == [0, 1] and body["data"][0]["object"] == "embedding"
     # int8 activations are quantised per batch, so compare by cosine, not bitwise.
@@ -222,6 +225,7 @@ async def test_openai_shape_and_options(client: httpx.AsyncClient, real_encoders
     assert short.json()["data"][0]["embedding"] == body["data"][0]["embedding"]
     b64 = await client.post("/v1/embeddings", json={"input": "Hallo Welt", "encoding_format": "base64"})
     decoded = np.frombuffer(base64.b64decode(b64.json()["data"][0]["embedding"]), dtype="<f4")
+    # JSON numbers are float32's shortest representations: they parse back to the same bits.
     np.testing.assert_array_equal(decoded, np.array(body["data"][0]["embedding"], dtype=np.float32))
     same_dim = await client.post("/v1/embeddings", json={"input": "x", "dimensions": 384})
     assert same_dim.status_code == 200
