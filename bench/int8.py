@@ -6,7 +6,10 @@ dynamic (ONNX Runtime's per-batch activation scales, per-channel weights, 7-bit 
 default), and static QDQ calibrated on the shipped training text (``model/dap/calibration.jsonl``)
 on every MatMul, on weight MatMuls only, on weight MatMuls but the feed-forward outputs, that
 one with 7-bit weights (the served default: no u8*s8 saturation on CPUs without VNNI, so every
-CPU computes the same vectors), and with per-tensor weight scales.
+CPU computes the same vectors), that one with float MatMul outputs (no output Q/DQ, so ONNX Runtime
+runs MatMulIntegerToFloat), and with per-tensor weight scales. Also ONNX Runtime's transformer
+fusions (Attention, SkipLayerNormalization, BiasGelu, EmbedLayerNormalization) alone in fp32 and
+followed by dynamic int8.
 
     .venv/bin/python bench/int8.py --model-dir var/models/multilingual-e5-small --pairs 200
 """
@@ -36,7 +39,10 @@ SCHEMES = (
     "static-weights",
     "static-weights-ffn-fp32",
     "static-weights-ffn-fp32-7bit",
+    "static-weights-ffn-fp32-7bit-float-out",
     "static-per-tensor-ffn-fp32",
+    "fused-fp32",
+    "fused-dynamic",
 )
 
 
@@ -65,6 +71,19 @@ def quantize(scheme: str, fp32: Path, out: Path, model_dir: Path) -> None:
     from model.export import _Feeds, _ffn_output_matmuls, _weight_matmuls
 
     ffn = _ffn_output_matmuls(fp32)
+    if scheme.startswith("fused-"):
+        fused = out if scheme == "fused-fp32" else out.with_suffix(".fused.onnx")
+        fuse(fp32, fused, model_dir)
+        if scheme == "fused-dynamic":
+            quantize_dynamic(
+                str(fused),
+                str(out),
+                per_channel=True,
+                reduce_range=True,
+                weight_type=QuantType.QInt8,
+                extra_options={"DefaultTensorType": 1},  # FLOAT: fused ops have no type inference
+            )
+        return
     if scheme == "dynamic":
         quantize_dynamic(
             str(fp32), str(out), per_channel=True, reduce_range=True, weight_type=QuantType.QInt8
@@ -79,12 +98,31 @@ def quantize(scheme: str, fp32: Path, out: Path, model_dir: Path) -> None:
         nodes_to_quantize=None if scheme == "static-all" else _weight_matmuls(fp32),
         nodes_to_exclude=ffn if "ffn-fp32" in scheme else [],
         per_channel="per-tensor" not in scheme,
-        reduce_range=scheme.endswith("-7bit"),
+        reduce_range="-7bit" in scheme,
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
         calibrate_method=CalibrationMethod.MinMax,
-        extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
+        extra_options={
+            "WeightSymmetric": True,
+            "ActivationSymmetric": False,
+            "OpTypesToExcludeOutputQuantization": ["MatMul"] if scheme.endswith("-float-out") else [],
+        },
     )
+
+
+def fuse(fp32: Path, out: Path, model_dir: Path) -> None:
+    """ONNX Runtime's BERT fusions, with the head count and width from the model's config."""
+    from onnxruntime.transformers import optimizer
+
+    config = json.loads((model_dir / "config.json").read_text())
+    fused = optimizer.optimize_model(
+        str(fp32),
+        model_type="bert",
+        num_heads=config["num_attention_heads"],
+        hidden_size=config["hidden_size"],
+        opt_level=1,
+    )
+    fused.save_model_to_file(str(out))
 
 
 def measure(

@@ -129,15 +129,26 @@ def free_port() -> int:
         return port
 
 
-def start_server(home: Path, model_dir: Path, port: int, redis: str | None) -> subprocess.Popen[bytes]:
-    """The real CLI in its own session (Ctrl-C reaches only us; we stop it), cwd = home (no .env)."""
+def start_server(
+    home: Path,
+    model_dir: Path,
+    port: int,
+    redis: str | None,
+    src: Path = ROOT,
+    settings: dict[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
+    """The real CLI in its own session (Ctrl-C reaches only us; we stop it), cwd = home (no .env).
+
+    ``src`` is the source tree to run (another checkout compares two versions in one run);
+    ``settings`` are extra DAPSEARCH_* variables."""
     env = dict(
         os.environ, DAPSEARCH_HOME=str(home), DAPSEARCH_MODEL_DIR=str(model_dir), DAPSEARCH_DEMO="false"
     )
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(src), env.get("PYTHONPATH")) if p)
     env.pop("DAPSEARCH_REDIS_URL", None)
     if redis:
         env["DAPSEARCH_REDIS_URL"] = redis
+    env.update(settings or {})
     cmd = [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
     with (home / "server.log").open("wb") as log:
         return subprocess.Popen(

@@ -45,7 +45,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # One forward pass before serving: the first request must not pay for session warm-up.
         await anyio.to_thread.run_sync(lambda: encoder.embed(["warm-up"], "query"))
         batcher = Batcher(
-            encoder, metrics, settings.batch_size, settings.batch_wait_ms / 1000, settings.max_queue
+            encoder,
+            metrics,
+            settings.batch_size,
+            settings.batch_wait_ms / 1000,
+            settings.max_queue,
+            settings.bulk_batch_size,
         )
         batcher.start()
         stack.push_async_callback(batcher.stop)

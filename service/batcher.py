@@ -11,7 +11,9 @@ future cancelled) is dropped before its next slice reaches the engine.
 
 Admin jobs (ingest) embed through the same batcher at ``bulk`` priority (``BulkEncoder``): a bulk
 slice runs only when no online request waits, so an online request waits behind at most the one
-bulk batch already running, and bulk work still uses every idle moment of the engine.
+bulk batch already running, and bulk work still uses every idle moment of the engine. While online
+requests keep arriving (one in the last ``ONLINE_QUIET_S``), bulk batches are cut to
+``bulk_batch`` texts, so that one bulk batch is a short wait; in quiet times they are full size.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from model.encoder import Embeddings, Encoder, Kind, Timings
 from service.metrics import Metrics
 
 Priority = Literal["online", "bulk"]
+ONLINE_QUIET_S = 1.0  # no online request for this long: bulk batches go back to full size
 
 
 class Overloaded(Exception):
@@ -79,10 +82,13 @@ class Batcher:
         max_batch: int = 32,
         max_wait_s: float = 0.002,
         max_queue: int = 2048,
+        bulk_batch: int = 8,
     ) -> None:
         self.encoder = encoder
         self.metrics = metrics
         self.max_batch = max_batch
+        self.bulk_batch = max(1, min(bulk_batch, max_batch))
+        self._last_online = -math.inf  # loop time of the latest online request
         self.max_wait_s = max_wait_s
         self.max_queue = max_queue
         self._online = _Lane()
@@ -127,7 +133,10 @@ class Batcher:
             self.metrics.rejected.inc()
             wait = math.ceil((lane.queued + len(texts)) / max(self._texts_per_s, 1.0))
             raise Overloaded(lane.queued, max(1, wait))
-        future: asyncio.Future[Embeddings] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        if lane is self._online:
+            self._last_online = loop.time()
+        future: asyncio.Future[Embeddings] = loop.create_future()
         lane.items.append(_Pending(list(texts), kind, future))
         lane.queued += len(texts)
         self._report_depth()
@@ -157,23 +166,24 @@ class Batcher:
                     await asyncio.wait_for(self._wakeup.wait(), left)
                 except TimeoutError:
                     break
-            batch = self._take(self._online)
+            batch = self._take(self._online, self.max_batch)
             bulk = not batch
             if bulk:
-                batch = self._take(self._bulk)
+                busy = loop.time() - self._last_online < ONLINE_QUIET_S
+                batch = self._take(self._bulk, self.bulk_batch if busy else self.max_batch)
             self._report_depth()
             if batch:
                 await self._process(loop, batch, bulk)
 
-    def _take(self, lane: _Lane) -> list[_Slice]:
-        """Up to max_batch texts of one kind: slices of the lane's requests in arrival order; a
+    def _take(self, lane: _Lane, limit: int) -> list[_Slice]:
+        """Up to ``limit`` texts of one kind: slices of the lane's requests in arrival order; a
         request with texts left after its slice goes to the back of the lane (round-robin)."""
         batch: list[_Slice] = []
         count = 0
         kind = None
         skipped: list[_Pending] = []
         unfinished: list[_Pending] = []
-        while lane.items and count < self.max_batch:
+        while lane.items and count < limit:
             item = lane.items.popleft()
             if item.future.done():  # the caller went away: drop what it has not had yet
                 lane.queued -= item.left
@@ -182,7 +192,7 @@ class Batcher:
                 skipped.append(item)
                 continue
             kind = item.kind
-            size = min(item.left, self.max_batch - count)
+            size = min(item.left, limit - count)
             batch.append(_Slice(item, item.taken, item.taken + size))
             item.taken += size
             count += size

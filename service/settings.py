@@ -49,6 +49,13 @@ class Settings(BaseSettings):
     max_queue: int = Field(
         default=2048, ge=1, description="Texts waiting for inference before requests are refused with 429."
     )
+    bulk_batch_size: int = Field(
+        default=8,
+        ge=1,
+        le=1024,
+        description="Texts per admin-job batch while online requests arrive: the most an online "
+        "request waits behind (full batches when online traffic is quiet).",
+    )
 
     # --- HTTP
     host: str = Field(default="127.0.0.1", description="Address `dapsearch serve` binds.")

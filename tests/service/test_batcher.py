@@ -84,7 +84,7 @@ class RecordingEncoder(Encoder):
 async def test_an_online_request_waits_behind_at_most_one_bulk_batch(encoder: Encoder) -> None:
     recording = RecordingEncoder(encoder)
     metrics = Metrics()
-    batcher = Batcher(recording, metrics, max_batch=8, max_wait_s=0.0, max_queue=100)
+    batcher = Batcher(recording, metrics, max_batch=8, max_wait_s=0.0, max_queue=100, bulk_batch=4)
     batcher.start()
     try:
         bulk_texts = _texts("bulk", 400)  # beyond max_queue: bulk work is never refused
@@ -107,7 +107,12 @@ async def test_an_online_request_waits_behind_at_most_one_bulk_batch(encoder: En
         first, last = is_crowd.index(True), len(is_crowd) - 1 - is_crowd[::-1].index(True)
         assert all(is_crowd[first : last + 1]) and last - first + 1 == 13  # 100 texts in batches of 8
         vectors = (await bulk).vectors
+        # Bulk batches are full while no online request comes, and cut to bulk_batch right after one.
+        assert all(len(call) == 8 for call in recording.calls[: started_before - 1])
+        after = [call for call in recording.calls[first_online + 1 :] if call[0].startswith("bulk")]
+        assert len(after[0]) == 4
         assert all(len(call) <= 8 for call in recording.calls)
+        assert sum(1 for call in recording.calls if call[0].startswith("bulk")) > 400 / 8
         direct = encoder.encode(bulk_texts, "passage").vectors
         assert float((vectors * direct).sum(axis=1).min()) > 0.9999
         assert (
