@@ -38,7 +38,9 @@ from serve import (
     Cell,
     default_model_dir,
     free_port,
+    have_wrk,
     run_cell,
+    run_cell_wrk,
     sentence,
     start_server,
     stop_server,
@@ -62,7 +64,7 @@ async def job_docs(client: Any, job_id: str) -> int:
     return int(job["progress"]["docs"])
 
 
-async def phases(base: str, clients: int, seconds: float) -> dict[str, Any]:
+async def phases(base: str, clients: int, seconds: float, load: str) -> dict[str, Any]:
     import httpx
 
     run = secrets.token_hex(3)
@@ -71,12 +73,17 @@ async def phases(base: str, clients: int, seconds: float) -> dict[str, Any]:
     def unique() -> dict[str, Any]:
         return {"texts": [sentence(f"online {run}", next(counter))]}
 
+    async def online(phase: str) -> Cell:
+        if load == "wrk":
+            return await run_cell_wrk(base, "/embed", "cold", f"{run} {phase}", clients, seconds)
+        return await run_cell(base, "/embed", unique, clients, seconds)
+
     out: dict[str, Any] = {}
     async with httpx.AsyncClient(base_url=base, timeout=120.0) as client:
         created = await client.post("/admin/collections", json={"name": COLLECTION}, headers=AUTH)
         created.raise_for_status()
         print("  online alone ...", file=sys.stderr, flush=True)
-        out["online_alone"] = await run_cell(base, "/embed", unique, clients, seconds)
+        out["online_alone"] = await online("alone")
         job = await client.post(
             f"/admin/collections/{COLLECTION}/documents",
             json={"path": "documents.jsonl", "chunk_size": CHUNK},
@@ -92,7 +99,7 @@ async def phases(base: str, clients: int, seconds: float) -> dict[str, Any]:
         out["ingest_alone"] = (await job_docs(client, job_id) - first) / (time.perf_counter() - started)
         print("  both ...", file=sys.stderr, flush=True)
         first, started = await job_docs(client, job_id), time.perf_counter()
-        out["online_with_ingest"] = await run_cell(base, "/embed", unique, clients, seconds)
+        out["online_with_ingest"] = await online("both")
         out["ingest_with_online"] = (await job_docs(client, job_id) - first) / (time.perf_counter() - started)
         state = (await client.get(f"/admin/jobs/{job_id}", headers=AUTH)).json()["job"]["state"]
         if state != "running":
@@ -103,7 +110,9 @@ async def phases(base: str, clients: int, seconds: float) -> dict[str, Any]:
     return out
 
 
-def measure_tree(src: Path, model_dir: Path, docs: int, clients: int, seconds: float) -> dict[str, Any]:
+def measure_tree(
+    src: Path, model_dir: Path, docs: int, clients: int, seconds: float, load: str
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-bulk-") as tmp:
         home = Path(tmp)
         (home / "data").mkdir()
@@ -113,7 +122,7 @@ def measure_tree(src: Path, model_dir: Path, docs: int, clients: int, seconds: f
         server = start_server(home, model_dir, port, None, src, {"DAPSEARCH_ADMIN_KEYS": KEY})
         try:
             asyncio.run(wait_ready(base, server, home / "server.log", timeout=300))
-            return asyncio.run(phases(base, clients, seconds))
+            return asyncio.run(phases(base, clients, seconds, load))
         finally:
             stop_server(server)
 
@@ -129,7 +138,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--clients", type=int, default=8, help="concurrent online clients")
     p.add_argument("--baseline-src", type=Path, default=None, help="another source tree to compare")
     p.add_argument("--model-dir", type=Path, default=None, help="built model [default: the tests' one]")
-    return p.parse_args(argv)
+    p.add_argument("--load", choices=("wrk", "httpx"), default=None, help="[default: wrk where installed]")
+    args = p.parse_args(argv)
+    if args.load is None:
+        args.load = "wrk" if have_wrk() else "httpx"
+    return args
 
 
 def main(argv: Sequence[str]) -> int:
@@ -141,7 +154,7 @@ def main(argv: Sequence[str]) -> int:
     rows = []
     for label, src in trees:
         print(f"{label} ...", file=sys.stderr, flush=True)
-        rows.append((label, measure_tree(src, model_dir, args.docs, args.clients, args.seconds)))
+        rows.append((label, measure_tree(src, model_dir, args.docs, args.clients, args.seconds, args.load)))
     script = Path(__file__).resolve().relative_to(ROOT)
     print("command: " + shlex.join([".venv/bin/python", str(script), *argv]))
     print(
@@ -149,7 +162,7 @@ def main(argv: Sequence[str]) -> int:
         f"onnxruntime {version('onnxruntime')}"
     )
     print(
-        f"model {model_dir.name} (onnx-int8); {args.clients} online clients (httpx, this process), one "
+        f"model {model_dir.name} (onnx-int8); {args.clients} online clients ({args.load}), one "
         f"unique text per /embed; ingest: admin job over {args.docs:,} JSONL passages, chunks of {CHUNK}; "
         f"{args.seconds:g} s per phase"
     )

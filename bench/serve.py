@@ -2,14 +2,15 @@
 
 Starts the real service (``python -m service.cli serve``) in a subprocess on a temporary
 DAPSEARCH_HOME holding a synthetic collection of ``--docs`` clustered unit vectors, then drives it
-with 1, 8 and 32 concurrent keep-alive clients for ``--seconds`` per cell. In the same run, a
-separate process measures the raw ONNX int8 engine (``Encoder.encode``, batches of 32) while the
-server is idle, so "served vs raw" is a ratio measured side by side.
+with 1, 8 and 32 concurrent keep-alive clients for ``--seconds`` per cell: wrk where it is installed
+(a C load generator outside any Python process, ``bench/load.lua``), else httpx loops in this one.
+In the same run, a separate process measures the raw ONNX int8 engine (``Encoder.encode``, batches
+of 32) while the server is idle, so "served vs raw" is a ratio measured side by side.
 
     .venv/bin/python bench/serve.py --docs 100000 --seconds 10
 
-The clients run in this process, on the same cores as the server: on a small machine their CPU
-use lowers what the server can do, and the numbers include that.
+Either way the clients run on the same cores as the server: on a small machine their CPU use
+lowers what the server can do, and the numbers include that (wrk's far less than httpx's).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import platform
 import re
 import secrets
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -253,12 +255,17 @@ class Cell:
     elapsed: float = 0.0
     server: Histogram | None = None  # request-duration delta over the cell
     batch: Histogram | None = None  # forward batch sizes over the cell
+    requests: int | None = None  # from wrk, which reports counts and percentiles, not every latency
+    percentiles_ms: dict[float, float] | None = None
 
     @property
     def rps(self) -> float:
-        return len(self.latencies_ms) / self.elapsed if self.elapsed else 0.0
+        done = len(self.latencies_ms) if self.requests is None else self.requests
+        return done / self.elapsed if self.elapsed else 0.0
 
     def pct(self, q: float) -> float:
+        if self.percentiles_ms is not None:
+            return self.percentiles_ms.get(q, math.nan)
         return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else math.nan
 
     def server_p50_ms(self) -> float:
@@ -303,7 +310,56 @@ async def run_cell(
     return cell
 
 
-async def measure(base: str, clients: Sequence[int], seconds: float) -> dict[tuple[str, str], list[Cell]]:
+WRK_SCRIPT = HERE / "load.lua"
+WRK_MARK = "@@WRK@@ "
+
+
+async def run_cell_wrk(base: str, path: str, mode: str, tag: str, clients: int, seconds: float) -> Cell:
+    """The same cell driven by wrk (one thread, ``clients`` keep-alive connections; bench/load.lua
+    makes the bodies): a load generator in C, outside any Python process, so the clients cost the
+    server's CPU far less than httpx loops do."""
+    import httpx
+
+    cell = Cell(clients)
+    async with httpx.AsyncClient(base_url=base, timeout=60.0) as client:
+        before = (await client.get("/metrics")).text
+        start = time.perf_counter()
+        proc = await asyncio.create_subprocess_exec(
+            "wrk", "-t1", f"-c{clients}", f"-d{max(1, round(seconds))}s", "--timeout", "60s",
+            "-s", str(WRK_SCRIPT), base, "--", mode, tag, COLLECTION,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await proc.communicate()
+        cell.elapsed = time.perf_counter() - start
+        after = (await client.get("/metrics")).text
+    lines = [line for line in out.decode().splitlines() if line.startswith(WRK_MARK)]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"wrk failed (exit {proc.returncode}): {err.decode()[-2000:]}")
+    result = json.loads(lines[-1][len(WRK_MARK) :])
+    cell.elapsed = result["duration_us"] / 1e6
+    cell.errors = result["errors"] + result["status_errors"]
+    cell.requests = result["requests"] - result["status_errors"]
+    cell.percentiles_ms = {50: result["p50_us"] / 1e3, 99: result["p99_us"] / 1e3}
+    name, route = "dapsearch_request_duration_seconds", {"route": path, "method": "POST"}
+    cell.server = parse_histogram(after, name, **route) - parse_histogram(before, name, **route)
+    name = "dapsearch_batch_size"
+    cell.batch = parse_histogram(after, name) - parse_histogram(before, name)
+    return cell
+
+
+def have_wrk() -> bool:
+    return shutil.which("wrk") is not None
+
+
+def version_of_wrk() -> str:
+    proc = subprocess.run(["wrk", "--version"], capture_output=True, text=True, check=False)
+    first = (proc.stdout or proc.stderr).split("\n", 1)[0].split()
+    return first[1] if len(first) > 1 else "?"
+
+
+async def measure(
+    base: str, clients: Sequence[int], seconds: float, load: str = "httpx"
+) -> dict[tuple[str, str], list[Cell]]:
     import httpx
 
     run = secrets.token_hex(3)  # unique per run, so a persistent Redis cache never turns misses into hits
@@ -324,16 +380,20 @@ async def measure(base: str, clients: Sequence[int], seconds: float) -> dict[tup
     def search() -> dict[str, Any]:
         return {"collection": COLLECTION, "query": sentence(f"search {run}", next(counter)), "k": 10}
 
-    modes: list[tuple[str, str, Callable[[], dict[str, Any]]]] = [
-        ("/embed", "cold (unique text)", cold),
-        ("/embed", "cached (64 texts)", hit),
-        ("/search", "k=10, unique query", search),
+    modes: list[tuple[str, str, Callable[[], dict[str, Any]], str]] = [
+        ("/embed", "cold (unique text)", cold, "cold"),
+        ("/embed", "cached (64 texts)", hit, "cached"),
+        ("/search", "k=10, unique query", search, "search"),
     ]
     results: dict[tuple[str, str], list[Cell]] = {}
-    for path, mode, make_body in modes:
+    for path, mode, make_body, wrk_mode in modes:
         for n in clients:
-            print(f"  {path} {mode}, {n} clients ...", file=sys.stderr, flush=True)
-            results.setdefault((path, mode), []).append(await run_cell(base, path, make_body, n, seconds))
+            print(f"  {path} {mode}, {n} clients ({load}) ...", file=sys.stderr, flush=True)
+            if load == "wrk":
+                cell = await run_cell_wrk(base, path, wrk_mode, f"{run} {n}", n, seconds)
+            else:
+                cell = await run_cell(base, path, make_body, n, seconds)
+            results.setdefault((path, mode), []).append(cell)
     return results
 
 
@@ -410,9 +470,20 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--redis", default=None, metavar="URL", help="serve with DAPSEARCH_REDIS_URL=URL")
     p.add_argument("--model-dir", type=Path, default=None, help="built model [default: the tests' one]")
     p.add_argument("--seed", type=int, default=1234)
+    p.add_argument(
+        "--load",
+        choices=("wrk", "httpx"),
+        default=None,
+        help="load generator: wrk (a C program; Debian's wrk package) or httpx loops in this process "
+        "[default: wrk where installed]",
+    )
     p.add_argument("--raw-engine", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.client_list = [int(c) for c in args.clients.split(",") if c.strip()]
+    if args.load is None:
+        args.load = "wrk" if have_wrk() else "httpx"
+    elif args.load == "wrk" and not have_wrk():
+        p.error("--load wrk: no wrk on PATH (Debian: apt-get install wrk)")
     if not args.client_list or min(args.client_list) < 1:
         p.error("--clients needs positive integers")
     return args
@@ -445,7 +516,7 @@ def main(argv: Sequence[str]) -> int:
             ready = asyncio.run(wait_ready(base, server, home / "server.log", timeout=300))
             print("raw engine ...", file=sys.stderr, flush=True)
             raw_sent_s = run_raw_engine(model_dir, args.seconds)
-            results = asyncio.run(measure(base, args.client_list, args.seconds))
+            results = asyncio.run(measure(base, args.client_list, args.seconds, args.load))
         finally:
             stop_server(server)
     load_after = os.getloadavg()
@@ -470,11 +541,18 @@ def main(argv: Sequence[str]) -> int:
         f"collection: {args.docs:,} clustered random unit vectors ({CENTRES} centres), index {kind} "
         f"(auto), built on disk in {build_s:.1f} s"
     )
-    print(
-        f"load: {args.seconds:g} s per cell; one httpx.AsyncClient per client (HTTP/1.1 keep-alive), "
-        "asyncio, in this process, sharing the CPU with the server; 1 text per request; "
-        "latency = client-side end to end of 200 responses; errors = non-200 or transport errors"
-    )
+    if args.load == "wrk":
+        print(
+            f"load: {args.seconds:g} s per cell; wrk {version_of_wrk()} (one thread, one HTTP/1.1 keep-alive "
+            "connection per client, bench/load.lua), sharing the CPU with the server; 1 text per request; "
+            "latency = wrk's client-side percentiles; errors = non-2xx or socket errors"
+        )
+    else:
+        print(
+            f"load: {args.seconds:g} s per cell; one httpx.AsyncClient per client (HTTP/1.1 keep-alive), "
+            "asyncio, in this process, sharing the CPU with the server; 1 text per request; "
+            "latency = client-side end to end of 200 responses; errors = non-200 or transport errors"
+        )
     print()
     print("\n".join(table(results, args.client_list)))
     print()
