@@ -7,7 +7,9 @@ default), and static QDQ calibrated on the shipped training text (``model/dap/ca
 on every MatMul, on weight MatMuls only, on weight MatMuls but the feed-forward outputs, that
 one with 7-bit weights (the served default: no u8*s8 saturation on CPUs without VNNI, so every
 CPU computes the same vectors), that one with float MatMul outputs (no output Q/DQ, so ONNX Runtime
-runs MatMulIntegerToFloat), and with per-tensor weight scales. Also ONNX Runtime's transformer
+runs MatMulIntegerToFloat), and with per-tensor weight scales; every weight MatMul static after
+SmoothQuant on the feed-forward outputs (their inputs' per-channel ranges moved into the weights,
+α = 0.5, from the calibration text: Xiao et al. 2023). Also ONNX Runtime's transformer
 fusions (Attention, SkipLayerNormalization, BiasGelu, EmbedLayerNormalization) alone in fp32 and
 followed by dynamic int8.
 
@@ -41,6 +43,7 @@ SCHEMES = (
     "static-weights-ffn-fp32-7bit",
     "static-weights-ffn-fp32-7bit-float-out",
     "static-per-tensor-ffn-fp32",
+    "static-weights-smooth-ffn-7bit-float-out",
     "fused-fp32",
     "fused-dynamic",
 )
@@ -89,13 +92,18 @@ def quantize(scheme: str, fp32: Path, out: Path, model_dir: Path) -> None:
             str(fp32), str(out), per_channel=True, reduce_range=True, weight_type=QuantType.QInt8
         )
         return
+    source = fp32
+    if "-smooth-ffn" in scheme:
+        source = out.with_suffix(".smooth.onnx")
+        smooth(fp32, source, ffn, model_dir)
+        ffn = []
     quantize_static(
-        str(fp32),
+        str(source),
         str(out),
         _Feeds(model_dir, read_manifest(model_dir), read_calibration()),
         quant_format=QuantFormat.QDQ,
         op_types_to_quantize=["MatMul"],
-        nodes_to_quantize=None if scheme == "static-all" else _weight_matmuls(fp32),
+        nodes_to_quantize=None if scheme == "static-all" else _weight_matmuls(source),
         nodes_to_exclude=ffn if "ffn-fp32" in scheme else [],
         per_channel="per-tensor" not in scheme,
         reduce_range="-7bit" in scheme,
@@ -108,6 +116,72 @@ def quantize(scheme: str, fp32: Path, out: Path, model_dir: Path) -> None:
             "OpTypesToExcludeOutputQuantization": ["MatMul"] if scheme.endswith("-float-out") else [],
         },
     )
+
+
+def smooth(fp32: Path, out: Path, matmuls: list[str], model_dir: Path, alpha: float = 0.5) -> None:
+    """SmoothQuant on ``matmuls``: X·W = (X / s)·(s W) with s_k = max|X_k|^α / max|W_k|^(1-α) per
+    input channel k, the activation maxima read from the calibration text; the graph computes the
+    same function, with an input range int8 can hold."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    from model.artifact import read_manifest
+    from model.calibration import read_calibration
+    from model.export import _Feeds
+
+    model = onnx.load(str(fp32))
+    graph = model.graph
+    nodes = {n.name: n for n in graph.node}
+    inputs = [nodes[name].input[0] for name in matmuls]
+    probe = onnx.load(str(fp32))
+    for name in inputs:
+        probe.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "probe.onnx"
+        onnx.save(probe, str(path))
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        reader = _Feeds(model_dir, read_manifest(model_dir), read_calibration())
+        peaks: list[np.ndarray] = []
+        while (feeds := reader.get_next()) is not None:
+            got = session.run(inputs, feeds)
+            batch = [np.abs(x).reshape(-1, x.shape[-1]).max(axis=0) for x in got]
+            peaks = batch if not peaks else [np.maximum(a, b) for a, b in zip(peaks, batch, strict=True)]
+    weights = {i.name: i for i in graph.initializer}
+    for name, x_name, peak in zip(matmuls, inputs, peaks, strict=True):
+        node = nodes[name]
+        w_init = weights[node.input[1]]
+        w = numpy_helper.to_array(w_init)  # (in, out)
+        scale = np.maximum(peak, 1e-5) ** alpha / np.maximum(np.abs(w).max(axis=1), 1e-5) ** (1 - alpha)
+        scale = np.maximum(scale, 1e-5).astype(np.float32)
+        w_init.CopyFrom(numpy_helper.from_array((w * scale[:, None]).astype(np.float32), w_init.name))
+        inv = numpy_helper.from_array((1.0 / scale).astype(np.float32), f"{name}/smooth_inv")
+        graph.initializer.append(inv)
+        smoothed = f"{x_name}/smoothed"
+        graph.node.append(onnx.helper.make_node("Mul", [x_name, inv.name], [smoothed], name=f"{name}/smooth"))
+        node.input[0] = smoothed
+    onnx.save(_sorted(model), str(out))
+
+
+def _sorted(model: Any) -> Any:
+    """Nodes in topological order again (the Mul nodes were appended at the end)."""
+    graph = model.graph
+    ready = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        rest = []
+        for node in pending:
+            if all(i in ready for i in node.input):
+                ordered.append(node)
+                ready.update(node.output)
+            else:
+                rest.append(node)
+        if len(rest) == len(pending):
+            raise RuntimeError("graph has a cycle or a missing input")
+        pending = rest
+    del graph.node[:]
+    graph.node.extend(ordered)
+    return model
 
 
 def fuse(fp32: Path, out: Path, model_dir: Path) -> None:
