@@ -11,6 +11,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import anyio
 from fastapi import FastAPI
 
+from model.cpu import cpu_features
 from model.encoder import Encoder
 from service.batcher import Batcher, BulkEncoder
 from service.cache import create_cache
@@ -41,6 +42,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 threads=settings.threads,
                 batch_size=settings.batch_size,
             )
+        )
+        cpu = cpu_features()
+        metrics.engine.info(
+            {"backend": settings.backend, "cpu": cpu.model, "cpu_features": "+".join(cpu.simd) or "none"}
         )
         # One forward pass before serving: the first request must not pay for session warm-up.
         await anyio.to_thread.run_sync(lambda: encoder.embed(["warm-up"], "query"))
@@ -73,7 +78,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.jobs = jobs
         app.state.ready = True
         log.info(
-            "dapsearch ready: model %s, backend %s, cache %s", encoder.model_id, settings.backend, cache.name
+            "dapsearch ready: model %s, backend %s on %s (%s), cache %s",
+            encoder.model_id,
+            settings.backend,
+            cpu.model,
+            "+".join(cpu.simd) or "no SIMD flags found",
+            cache.name,
         )
 
     @asynccontextmanager

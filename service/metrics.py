@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 # Latency buckets from 0.5 ms (a cache hit) to 10 s (a large synchronous mining request).
 _SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -74,3 +74,8 @@ class Metrics:
             registry=r,
         )
         self.jobs = Gauge("dapsearch_jobs", "Admin jobs by state.", ["state"], registry=r)
+        self.engine = Info(
+            "dapsearch_engine",
+            "The inference backend serving and the CPU features that decide its kernels.",
+            registry=r,
+        )

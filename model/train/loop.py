@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
 from model.artifact import Manifest, Pooling, atomic_write_text, read_manifest
+from model.cpu import cpu_features
 from model.errors import InputError
 from model.torch_model import load_transformer, pool
 from model.train.budget import PROBE_STEPS, Budget, scaled_warmup
@@ -117,15 +118,7 @@ def distillation_loss(student: torch.Tensor, base: torch.Tensor) -> torch.Tensor
 
 def cpu_has_native_bf16() -> bool:
     """AMX-BF16 or AVX512-BF16, read at run time: bf16 on other CPUs is emulated and slower than fp32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return False
-    for line in flags.splitlines():
-        if line.startswith("flags"):
-            names = set(line.split(":", 1)[1].split())
-            return bool(names & {"amx_bf16", "avx512_bf16"})
-    return False
+    return cpu_features().native_bf16
 
 
 @dataclass

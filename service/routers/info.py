@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
+from model.cpu import cpu_features
 from service.deps import CacheDep, EncoderDep, SettingsDep
 
 router = APIRouter(tags=["health"])
@@ -14,10 +15,17 @@ router = APIRouter(tags=["health"])
 @router.get("/info")
 async def info(encoder: EncoderDep, settings: SettingsDep, cache: CacheDep) -> dict[str, Any]:
     m = encoder.manifest
+    cpu = cpu_features()
     return {
         "model": m.id,
         "dim": m.dim,
         "backend": settings.backend,
+        "cpu": {
+            "model": cpu.model,
+            "features": cpu.simd,
+            "int8_vnni": cpu.int8_vnni,
+            "native_bf16": cpu.native_bf16,
+        },
         "pooling": m.pooling,
         "max_length": m.max_length,
         "prefixes": {"query": m.prefix("query"), "passage": m.prefix("passage")},

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from index.collection import Collection, Document
+from model.cpu import cpu_features
 from model.encoder import Encoder
 from service.schemas import EmbedResponse, OpenAIEmbeddingResponse
 from service.settings import Settings
@@ -72,8 +73,17 @@ async def test_live_ready_info(client: httpx.AsyncClient, real_encoders: dict[st
     assert ready["collections"] == 1 and ready["cache"]["backend"] == "memory"
     info = (await client.get("/info")).json()
     assert info["dim"] == 384 and info["backend"] == "onnx-int8"
+    cpu = cpu_features()  # what the kernels depend on, as /proc/cpuinfo says
+    assert info["cpu"] == {
+        "model": cpu.model,
+        "features": cpu.simd,
+        "int8_vnni": cpu.int8_vnni,
+        "native_bf16": cpu.native_bf16,
+    }
     assert info["prefixes"] == {"query": "query: ", "passage": "passage: "}
     assert info["limits"]["max_texts"] == 8
+    labels = {"backend": "onnx-int8", "cpu": cpu.model, "cpu_features": "+".join(cpu.simd) or "none"}
+    assert metric((await client.get("/metrics")).text, "dapsearch_engine_info", **labels) == 1.0
 
 
 async def test_metrics_count_requests_batches_and_cache(client: httpx.AsyncClient) -> None:
