@@ -6,12 +6,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
-import platform
 import resource
 import sys
 from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # benchmarks run as scripts, without the package on the path
+    sys.path.insert(0, str(ROOT))
+
+from model.cpu import SIMD_FLAGS, cpu_features  # noqa: E402
 
 
 def version(dist: str) -> str:
@@ -22,28 +27,12 @@ def version(dist: str) -> str:
 
 
 def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+    return cpu_features().model
 
 
 def cpu_flags() -> str:
     """The SIMD features that decide which kernels run (int8 VNNI, bf16 AMX), as ``avx2+fma+...``."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                return "+".join(f for f in SIMD_FLAGS if f in flags) or "none of " + ",".join(SIMD_FLAGS)
-    except OSError:
-        pass
-    return "?"
+    return "+".join(cpu_features().simd) or "none of " + ",".join(SIMD_FLAGS)
 
 
 def _proc_status_mb(field: str) -> float | None:
