@@ -390,7 +390,9 @@ async def measure(
         for n in clients:
             print(f"  {path} {mode}, {n} clients ({load}) ...", file=sys.stderr, flush=True)
             if load == "wrk":
-                cell = await run_cell_wrk(base, path, wrk_mode, f"{run} {n}", n, seconds)
+                # cached: the texts warmed above; the others: unique per cell as well as per run
+                tag = run if wrk_mode == "cached" else f"{run} {n}"
+                cell = await run_cell_wrk(base, path, wrk_mode, tag, n, seconds)
             else:
                 cell = await run_cell(base, path, make_body, n, seconds)
             results.setdefault((path, mode), []).append(cell)
