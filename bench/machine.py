@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # benchmarks run as scripts, without the package on the path
     sys.path.insert(0, str(ROOT))
 
-from model.cpu import SIMD_FLAGS, cpu_features  # noqa: E402
+from model.cpu import cpu_features  # noqa: E402
 
 
 def version(dist: str) -> str:
@@ -32,7 +32,7 @@ def cpu_model() -> str:
 
 def cpu_flags() -> str:
     """The SIMD features that decide which kernels run (int8 VNNI, bf16 AMX), as ``avx2+fma+...``."""
-    return "+".join(cpu_features().simd) or "none of " + ",".join(SIMD_FLAGS)
+    return cpu_features().simd_text
 
 
 def _proc_status_mb(field: str) -> float | None:

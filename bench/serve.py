@@ -272,6 +272,14 @@ class Cell:
         return self.server.quantile(0.5) * 1e3 if self.server and self.server.count else math.nan
 
 
+def server_side(cell: Cell, path: str, before: str, after: str) -> None:
+    """The cell's handler-time and batch-size histograms: /metrics after the cell minus before."""
+    name, route = "dapsearch_request_duration_seconds", {"route": path, "method": "POST"}
+    cell.server = parse_histogram(after, name, **route) - parse_histogram(before, name, **route)
+    name = "dapsearch_batch_size"
+    cell.batch = parse_histogram(after, name) - parse_histogram(before, name)
+
+
 async def run_cell(
     base: str, path: str, make_body: Callable[[], dict[str, Any]], clients: int, seconds: float
 ) -> Cell:
@@ -303,10 +311,7 @@ async def run_cell(
         after = (await pool[0].get("/metrics")).text
     finally:
         await asyncio.gather(*(c.aclose() for c in pool))
-    name, route = "dapsearch_request_duration_seconds", {"route": path, "method": "POST"}
-    cell.server = parse_histogram(after, name, **route) - parse_histogram(before, name, **route)
-    name = "dapsearch_batch_size"
-    cell.batch = parse_histogram(after, name) - parse_histogram(before, name)
+    server_side(cell, path, before, after)
     return cell
 
 
@@ -340,10 +345,7 @@ async def run_cell_wrk(base: str, path: str, mode: str, tag: str, clients: int, 
     cell.errors = result["errors"] + result["status_errors"]
     cell.requests = result["requests"] - result["status_errors"]
     cell.percentiles_ms = {50: result["p50_us"] / 1e3, 99: result["p99_us"] / 1e3}
-    name, route = "dapsearch_request_duration_seconds", {"route": path, "method": "POST"}
-    cell.server = parse_histogram(after, name, **route) - parse_histogram(before, name, **route)
-    name = "dapsearch_batch_size"
-    cell.batch = parse_histogram(after, name) - parse_histogram(before, name)
+    server_side(cell, path, before, after)
     return cell
 
 

@@ -26,6 +26,11 @@ class CpuFeatures:
         return [f for f in SIMD_FLAGS if f in self.flags]
 
     @property
+    def simd_text(self) -> str:
+        """``avx2+fma+...``, or ``none`` where no such flag is listed."""
+        return "+".join(self.simd) or "none"
+
+    @property
     def int8_vnni(self) -> bool:
         return bool(self.flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
 

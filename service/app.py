@@ -44,9 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
         )
         cpu = cpu_features()
-        metrics.engine.info(
-            {"backend": settings.backend, "cpu": cpu.model, "cpu_features": "+".join(cpu.simd) or "none"}
-        )
+        metrics.engine.info({"backend": settings.backend, "cpu": cpu.model, "cpu_features": cpu.simd_text})
         # One forward pass before serving: the first request must not pay for session warm-up.
         await anyio.to_thread.run_sync(lambda: encoder.embed(["warm-up"], "query"))
         batcher = Batcher(
@@ -82,7 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             encoder.model_id,
             settings.backend,
             cpu.model,
-            "+".join(cpu.simd) or "no SIMD flags found",
+            cpu.simd_text,
             cache.name,
         )
 

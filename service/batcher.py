@@ -268,7 +268,6 @@ class BulkEncoder:
     def __init__(self, batcher: Batcher, loop: asyncio.AbstractEventLoop) -> None:
         self.batcher = batcher
         self.loop = loop
-        self.manifest = batcher.encoder.manifest
         self.model_id = batcher.encoder.model_id
         self.dim = batcher.encoder.dim
 

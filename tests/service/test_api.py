@@ -82,7 +82,7 @@ async def test_live_ready_info(client: httpx.AsyncClient, real_encoders: dict[st
     }
     assert info["prefixes"] == {"query": "query: ", "passage": "passage: "}
     assert info["limits"]["max_texts"] == 8
-    labels = {"backend": "onnx-int8", "cpu": cpu.model, "cpu_features": "+".join(cpu.simd) or "none"}
+    labels = {"backend": "onnx-int8", "cpu": cpu.model, "cpu_features": cpu.simd_text}
     assert metric((await client.get("/metrics")).text, "dapsearch_engine_info", **labels) == 1.0
 
 
