@@ -133,9 +133,16 @@ MAX_TRAIN_POINTS = 256_000
 # strings it then cannot run (HNSW0 aborts the process on the first add), so its parser is not
 # the check. HNSW<M>[,Flat|,SQfp16] with 4 <= M <= 128; IVF<n>,<codec> with 1 <= n <= 65536 and codec Flat,
 # SQ8, SQfp16 or PQ<m>[x<bits>] (m divides the dimension, 4 <= bits <= 8).
-_HNSW_GRAMMAR = re.compile(r"HNSW(?P<m>[1-9][0-9]{0,3})(?:,(?:Flat|SQfp16))?")  # SQ8 would need training
-_IVF_GRAMMAR = re.compile(
+_HNSW_SYNTAX = r"HNSW(?P<m>[1-9][0-9]{0,3})(?:,(?:Flat|SQfp16))?"  # SQ8 would need training
+_IVF_SYNTAX = (
     r"IVF(?P<lists>[1-9][0-9]{0,5}),(?:Flat|SQ8|SQfp16|PQ(?P<pq>[1-9][0-9]{0,3})(?:x(?P<bits>[0-9]{1,2}))?)"
+)
+_HNSW_GRAMMAR = re.compile(_HNSW_SYNTAX)
+_IVF_GRAMMAR = re.compile(_IVF_SYNTAX)
+# The same syntax as a JSON-schema pattern (anchored, no Python-only named groups), published in the
+# OpenAPI document so that clients and schema-driven tools see it; the ranges are checked on use.
+INDEX_PATTERN = "^(?:{}|{}|{}|{})$".format(
+    AUTO, "Flat", *(re.sub(r"\(\?P<\w+>", "(", syntax) for syntax in (_HNSW_SYNTAX, _IVF_SYNTAX))
 )
 HNSW_M = (4, 128)
 IVF_LISTS = (1, 65_536)

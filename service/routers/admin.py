@@ -17,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from index.collection import NAME_RE, CollectionExists, ModelMismatch, UnknownCollection
+from index.collection import INDEX_PATTERN, NAME_RE, CollectionExists, ModelMismatch, UnknownCollection
 from index.ingest import Format, detect_format
 from index.mining import Score, Strategy
 from model.errors import InputError
@@ -44,8 +44,17 @@ MAX_CHUNK = 100_000
 class CreateCollection(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(description="1-64 letters, digits, '_', '-' or '.', starting with a letter or digit.")
-    index: str = Field(default="auto", description="auto, Flat, HNSW<M> or IVF<n>,<codec>.")
+    name: str = Field(
+        description="1-64 letters, digits, '_', '-' or '.', starting with a letter or digit.",
+        # Published for clients and schema-driven tools; the handler still checks it (fullmatch: a
+        # final newline fails) and answers 400 naming the rule, as the CLI and the index do.
+        json_schema_extra={"pattern": f"^{NAME_RE.pattern}$"},
+    )
+    index: str = Field(
+        default="auto",
+        description="auto, Flat, HNSW<M> or IVF<n>,<codec>.",
+        json_schema_extra={"pattern": INDEX_PATTERN},
+    )
 
 
 class CollectionList(BaseModel):

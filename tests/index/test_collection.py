@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from index.collection import Collection, Document, Filter, list_collections
+from index.collection import (
+    INDEX_PATTERN,
+    Collection,
+    Document,
+    Filter,
+    check_index_factory,
+    list_collections,
+)
 from model.errors import InputError
 
 DIM = 16
@@ -228,3 +236,13 @@ def test_every_index_string_a_collection_accepts_fills_and_searches(tmp_path: Pa
     with Collection.open(tmp_path, "c") as again:
         assert len(again) == 1000 and again.stats()["index_type"] == kinds
         assert "d0" in [h.id for h in again.search(vectors[:1], k=5)[0]]
+
+
+def test_the_published_index_pattern_admits_what_create_accepts() -> None:
+    """The OpenAPI pattern must never refuse a valid index string, and refuses what the syntax does."""
+    for factory in ACCEPTED:
+        assert re.search(INDEX_PATTERN, factory), factory
+    for factory in ["", "flat", "HNSW", "HNSW32,SQ8", "IVF,Flat", "IVF4", "IVF4,PQ", " auto", "Flat,IVF4"]:
+        assert not re.search(INDEX_PATTERN, factory), factory
+        with pytest.raises(InputError, match="is not one a collection can use"):
+            check_index_factory(factory, DIM)

@@ -17,6 +17,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +39,10 @@ MAX_EXAMPLES = int(os.environ.get("DAPSEARCH_FUZZ_EXAMPLES", "25"))
 SEEN: Counter[tuple[str, int]] = Counter()
 
 
-@pytest.fixture(scope="module")
-def base_url(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+@contextmanager
+def running_server(model_dir: Path, home: Path) -> Iterator[str]:
     """A ready server: tiny model, admin without keys, and the 'demo' collection."""
-    home = tmp_path_factory.mktemp("fuzz-home")
-    app = create_app(Settings(home=home, model_dir=tiny_model_dir, admin_open=True, demo=True))
+    app = create_app(Settings(home=home, model_dir=model_dir, admin_open=True, demo=True))
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, name="fuzz-uvicorn", daemon=True)
@@ -60,15 +60,21 @@ def base_url(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
             except httpx.TransportError:
                 pass
             assert time.monotonic() < deadline, "service not ready after 180 s"
-            time.sleep(0.1)
+            time.sleep(0.05)
         yield base
     finally:
         server.should_exit = True
         thread.join(timeout=60)
-        if SEEN:
-            print("\nstatus codes per operation:")
-            for (label, status), count in sorted(SEEN.items()):
-                print(f"  {label:<50} {status}: {count}")
+
+
+@pytest.fixture(scope="module")
+def base_url(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with running_server(tiny_model_dir, tmp_path_factory.mktemp("fuzz-home")) as base:
+        yield base
+    if SEEN:
+        print("\nstatus codes per operation:")
+        for (label, status), count in sorted(SEEN.items()):
+            print(f"  {label:<50} {status}: {count}")
 
 
 def error_envelope(
@@ -163,16 +169,32 @@ def test_no_server_errors_and_4xx_use_the_error_envelope(base_url: str, case: sc
 SEQUENCES = int(os.environ.get("DAPSEARCH_FUZZ_SEQUENCES", "20"))
 
 
-def test_sequences_of_calls_never_give_server_errors(base_url: str) -> None:
+@pytest.mark.usefixtures("base_url")  # its teardown prints the status codes of this test too
+def test_sequences_of_calls_never_give_server_errors(
+    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     """The stateful phase: schemathesis chains operations through the schema's links (create a
     collection → ingest into it → watch or cancel the job → search or mine it → delete it), with
     generated data at every step, and each answer must pass the same checks as above.
-    DAPSEARCH_FUZZ_SEQUENCES sequences (default 20) of up to 8 calls each."""
+    DAPSEARCH_FUZZ_SEQUENCES sequences (default 20) of up to 8 calls each.
+
+    Each sequence runs against a server of its own: Hypothesis replays the prefixes of earlier
+    sequences and requires the same answers to them, which collections and jobs left behind by
+    other sequences would change."""
     before = sum(SEEN.values())
 
     class Workflow(schema.as_state_machine()):  # type: ignore[misc]
+        def setup(self) -> None:
+            self.server = ExitStack()
+            self.base_url = self.server.enter_context(
+                running_server(tiny_model_dir, tmp_path_factory.mktemp("fuzz-sequence"))
+            )
+
+        def teardown(self) -> None:
+            self.server.close()
+
         def get_call_kwargs(self, case: schemathesis.Case[Any]) -> dict[str, Any]:
-            return {"base_url": base_url, "timeout": 60}
+            return {"base_url": self.base_url, "timeout": 60}
 
         def validate_response(
             self,
