@@ -11,6 +11,8 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import anyio
 from fastapi import FastAPI
 
+from model.artifact import read_manifest
+from model.backend_choice import choose_backend
 from model.cpu import cpu_features
 from model.encoder import Encoder
 from service.batcher import Batcher, BulkEncoder
@@ -35,16 +37,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     async def load(app: FastAPI, stack: AsyncExitStack) -> None:
         """Everything heavy, in order; /health/live answers meanwhile and /health/ready says 503."""
+        cpu = cpu_features()
+        model_dir = settings.resolved_model_dir
+        choice = choose_backend(settings.backend, model_dir, read_manifest(model_dir), cpu)
+        choice.log_fallback()
         encoder = await anyio.to_thread.run_sync(
             lambda: Encoder.load(
-                settings.resolved_model_dir,
-                backend=settings.backend,
-                threads=settings.threads,
-                batch_size=settings.batch_size,
+                model_dir, backend=choice.backend, threads=settings.threads, batch_size=settings.batch_size
             )
         )
-        cpu = cpu_features()
-        metrics.engine.info({"backend": settings.backend, "cpu": cpu.model, "cpu_features": cpu.simd_text})
+        metrics.engine.info(
+            {
+                "backend": choice.backend,
+                "requested": choice.requested,
+                "cpu": cpu.model,
+                "cpu_features": cpu.simd_text,
+            }
+        )
         # One forward pass before serving: the first request must not pay for session warm-up.
         await anyio.to_thread.run_sync(lambda: encoder.embed(["warm-up"], "query"))
         batcher = Batcher(
@@ -69,6 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await jobs.start()
         stack.push_async_callback(jobs.stop)
         app.state.encoder = encoder
+        app.state.backend_choice = choice
         app.state.batcher = batcher
         app.state.cache = cache
         app.state.embedder = Embedder(batcher, cache, metrics)
@@ -76,9 +86,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.jobs = jobs
         app.state.ready = True
         log.info(
-            "dapsearch ready: model %s, backend %s on %s (%s), cache %s",
+            "dapsearch ready: model %s, backend %s (%s) on %s (%s), cache %s",
             encoder.model_id,
-            settings.backend,
+            choice.backend,
+            choice.reason,
             cpu.model,
             cpu.simd_text,
             cache.name,

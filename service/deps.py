@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
 
+from model.backend_choice import BackendChoice
 from model.encoder import Encoder
 from service.collections import Collections
 from service.embedding import CallerEmbedder, Embedder
@@ -47,6 +48,12 @@ def get_embedder(request: Request) -> CallerEmbedder:
     return CallerEmbedder(embedder, request.receive, settings.max_request_tokens)
 
 
+def get_backend_choice(request: Request) -> BackendChoice:
+    require_ready(request)
+    choice: BackendChoice = request.app.state.backend_choice
+    return choice
+
+
 def get_collections(request: Request) -> Collections:
     require_ready(request)
     collections: Collections = request.app.state.collections
@@ -72,6 +79,7 @@ def get_jobs(request: Request) -> JobManager:
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 EncoderDep = Annotated[Encoder, Depends(get_encoder)]
+BackendChoiceDep = Annotated[BackendChoice, Depends(get_backend_choice)]
 EmbedderDep = Annotated[CallerEmbedder, Depends(get_embedder)]
 CollectionsDep = Annotated[Collections, Depends(get_collections)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]

@@ -8,7 +8,8 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from model.artifact import Backend, Bundled, default_model_dir
+from model.artifact import Bundled, default_model_dir
+from model.backend_choice import BackendRequest
 
 
 class Settings(BaseSettings):
@@ -33,7 +34,11 @@ class Settings(BaseSettings):
     )
 
     # --- inference
-    backend: Backend = Field(default="onnx-int8", description="Inference backend: onnx-int8, onnx or torch.")
+    backend: BackendRequest = Field(
+        default="auto",
+        description="Inference backend: auto (the fastest this CPU and install offer), onnx-int8, onnx "
+        "or torch. One that cannot run here falls back, with one log line.",
+    )
     threads: int | None = Field(
         default=None, ge=1, description="Inference threads; default all usable cores."
     )

@@ -10,7 +10,8 @@ from typing import Annotated
 import typer
 
 from model.artifact import read_manifest
-from model.encoder import check_backend
+from model.backend_choice import choose_backend, default_export
+from model.cpu import cpu_features
 from model.errors import InputError
 from service.cli import index as _index  # noqa: F401  (registers `dapsearch index`)
 from service.cli import mine as _mine  # noqa: F401  (registers `dapsearch mine`)
@@ -34,16 +35,17 @@ def serve(
     from service.protocol import head_deadline_protocol
 
     cfg = load_settings()
+    cpu = cpu_features()
     if cfg.model_dir is None:  # the default model is built on first run; a chosen one must exist
         ensure_model(
             cfg.resolved_model_dir,
-            cfg.backend,
+            default_export(cpu) if cfg.backend == "auto" else cfg.backend,
             dequant_progress,
             announce=lambda msg: typer.echo(msg, err=True),
             bundled=cfg.model,
         )
     directory = cfg.resolved_model_dir
-    check_backend(directory, read_manifest(directory), cfg.backend)
+    choose_backend(cfg.backend, directory, read_manifest(directory), cpu)  # fails here, not in a log
     uvicorn.run(
         create_app(cfg),
         host=host or cfg.host,

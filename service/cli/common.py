@@ -10,7 +10,9 @@ from typing import Annotated, Any
 import typer
 from tqdm import tqdm
 
-from model.artifact import BACKENDS, Backend, default_model_dir
+from model.artifact import BACKENDS, Backend, default_model_dir, read_manifest
+from model.backend_choice import choose_backend
+from model.cpu import cpu_features
 from model.encoder import Encoder
 from model.errors import InputError
 from service.settings import Settings
@@ -56,10 +58,16 @@ def bar(desc: str, total: int | None = None, unit: str = "it", **kwargs: Any) ->
 def load_encoder(
     model_dir: Path | None, backend: str | None = None, batch_size: int | None = None
 ) -> Encoder:
-    """The Encoder a command uses: options first, then DAPSEARCH_* settings."""
+    """The Encoder a command uses: options first, then DAPSEARCH_* settings (where ``auto`` picks)."""
     cfg = load_settings()
-    chosen = parse_backend(backend or cfg.backend)
-    return Encoder.load(model_dir_or_default(model_dir), chosen, cfg.threads, batch_size or cfg.batch_size)
+    directory = model_dir_or_default(model_dir)
+    if backend is not None:  # an explicit option runs that backend or fails
+        chosen = parse_backend(backend)
+    else:
+        choice = choose_backend(cfg.backend, directory, read_manifest(directory), cpu_features())
+        choice.log_fallback()
+        chosen = choice.backend
+    return Encoder.load(directory, chosen, cfg.threads, batch_size or cfg.batch_size)
 
 
 def dequant_progress(names: Iterable[str]) -> Iterable[str]:

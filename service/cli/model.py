@@ -237,7 +237,8 @@ def embed_cmd(
         raise InputError(f"--kind must be query or passage, not {kind!r}")
     if out != "-" and not out.endswith((".npy", ".jsonl")):
         raise InputError("--out must end in .npy or .jsonl (or be - for JSONL on stdout)")
-    parse_backend(backend or load_settings().backend)  # a bad option fails before reading input
+    if backend is not None:
+        parse_backend(backend)  # a bad option fails before reading input
     lines = read_lines(source)
     encoder = load_encoder(model_dir, backend, batch_size)
     kind_value: Kind = "query" if kind == "query" else "passage"

@@ -7,19 +7,23 @@ from typing import Any
 from fastapi import APIRouter
 
 from model.cpu import cpu_features
-from service.deps import CacheDep, EncoderDep, SettingsDep
+from service.deps import BackendChoiceDep, CacheDep, EncoderDep, SettingsDep
 
 router = APIRouter(tags=["health"])
 
 
 @router.get("/info")
-async def info(encoder: EncoderDep, settings: SettingsDep, cache: CacheDep) -> dict[str, Any]:
+async def info(
+    encoder: EncoderDep, backend: BackendChoiceDep, settings: SettingsDep, cache: CacheDep
+) -> dict[str, Any]:
     m = encoder.manifest
     cpu = cpu_features()
     return {
         "model": m.id,
         "dim": m.dim,
-        "backend": settings.backend,
+        "backend": backend.backend,
+        "backend_requested": backend.requested,
+        "backend_reason": backend.reason,
         "cpu": {
             "model": cpu.model,
             "features": cpu.simd,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
+import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,7 @@ import numpy as np
 import pytest
 
 from index.collection import Collection, Document
+from model.artifact import ONNX_INT8
 from model.cpu import cpu_features
 from model.encoder import Encoder
 from service.schemas import EmbedResponse, OpenAIEmbeddingResponse
@@ -74,6 +77,8 @@ async def test_live_ready_info(client: httpx.AsyncClient, real_encoders: dict[st
     info = (await client.get("/info")).json()
     assert info["dim"] == 384 and info["backend"] == "onnx-int8"
     cpu = cpu_features()  # what the kernels depend on, as /proc/cpuinfo says
+    assert info["backend_requested"] == "auto"
+    assert info["backend_reason"] == f"fastest usable on this CPU ({cpu.simd_text})"
     assert info["cpu"] == {
         "model": cpu.model,
         "features": cpu.simd,
@@ -82,8 +87,35 @@ async def test_live_ready_info(client: httpx.AsyncClient, real_encoders: dict[st
     }
     assert info["prefixes"] == {"query": "query: ", "passage": "passage: "}
     assert info["limits"]["max_texts"] == 8
-    labels = {"backend": "onnx-int8", "cpu": cpu.model, "cpu_features": cpu.simd_text}
+    labels = {"backend": "onnx-int8", "requested": "auto", "cpu": cpu.model, "cpu_features": cpu.simd_text}
     assert metric((await client.get("/metrics")).text, "dapsearch_engine_info", **labels) == 1.0
+
+
+async def test_a_backend_that_cannot_run_falls_back_and_says_so(
+    tiny_model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A model directory without the int8 graph, served with DAPSEARCH_BACKEND=onnx-int8: the
+    service starts on fp32 ONNX, and /info, /metrics and one log line say so."""
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model_dir)
+    (model_dir / ONNX_INT8).unlink()
+    settings = Settings(home=tmp_path, model_dir=model_dir, backend="onnx-int8", demo=False)
+    with caplog.at_level(logging.WARNING, logger="dapsearch"):
+        async with started(settings) as (_, c):
+            info = (await c.get("/info")).json()
+            assert (info["backend"], info["backend_requested"]) == ("onnx", "onnx-int8")
+            assert info["backend_reason"] == "onnx-int8 cannot run here"
+            cpu = cpu_features()
+            labels = {
+                "backend": "onnx",
+                "requested": "onnx-int8",
+                "cpu": cpu.model,
+                "cpu_features": cpu.simd_text,
+            }
+            assert metric((await c.get("/metrics")).text, "dapsearch_engine_info", **labels) == 1.0
+            assert (await c.post("/embed", json={"texts": ["still served"]})).status_code == 200
+    fallbacks = [r.getMessage() for r in caplog.records if "cannot run here" in r.getMessage()]
+    assert len(fallbacks) == 1 and fallbacks[0].endswith("; serving with onnx"), fallbacks
 
 
 async def test_metrics_count_requests_batches_and_cache(client: httpx.AsyncClient) -> None:

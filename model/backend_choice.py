@@ -1,0 +1,104 @@
+"""Which inference backend runs here: the fastest accurate one that this CPU and install offer.
+
+The order is measured, not guessed: bench/embed.py runs every engine side by side on each CPU
+class and bench/RESULTS.md keeps the tables. A backend that was asked for but cannot run here (its
+runtime not installed, its graph not exported or exported from other weights) falls back to the
+next one in that order, with one log line, so a server never fails to start over a backend it
+could do without.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, get_args
+
+from model.artifact import Backend, Manifest
+from model.cpu import CpuFeatures
+from model.encoder import check_backend
+from model.errors import InputError
+
+log = logging.getLogger("dapsearch")
+
+BackendRequest = Literal["auto", "torch", "onnx", "onnx-int8"]
+REQUESTS: tuple[BackendRequest, ...] = get_args(BackendRequest)
+
+# The Python module each backend runs on.
+RUNTIMES: dict[Backend, str] = {"torch": "torch", "onnx": "onnxruntime", "onnx-int8": "onnxruntime"}
+
+
+@dataclass(frozen=True)
+class BackendChoice:
+    """What was asked for, what runs, and why: /info and /metrics report all three."""
+
+    requested: BackendRequest
+    backend: Backend
+    reason: str  # public (/info): no paths
+    fallback_cause: str | None = None  # why the requested backend could not run, for the log
+
+    def log_fallback(self) -> None:
+        """The one log line a fallback gets."""
+        if self.fallback_cause is not None:
+            log.warning(
+                "backend %s cannot run here (%s); serving with %s",
+                self.requested,
+                self.fallback_cause,
+                self.backend,
+            )
+
+
+def preference(cpu: CpuFeatures) -> tuple[Backend, ...]:
+    """Fastest first, for this CPU, among graphs within the int8 accuracy floor.
+
+    Static int8 leads on AVX2 (1.15x ONNX fp32, 1.5x torch) and on AVX-512 VNNI, where the int8
+    dot products are native; fp32 ONNX and then torch follow everywhere (bench/RESULTS.md).
+    """
+    del cpu  # every CPU class measured so far ranks the backends the same way
+    return ("onnx-int8", "onnx", "torch")
+
+
+def why_unusable(model_dir: Path, manifest: Manifest, backend: Backend) -> str | None:
+    """Why ``backend`` cannot serve this model here, or None when it can."""
+    runtime = RUNTIMES[backend]
+    if importlib.util.find_spec(runtime) is None:
+        return f"{runtime} is not installed"
+    try:
+        check_backend(model_dir, manifest, backend)
+    except InputError as exc:
+        return str(exc)
+    return None
+
+
+def parse_request(value: str) -> BackendRequest:
+    for request in REQUESTS:
+        if value == request:
+            return request
+    raise InputError(f"unknown backend {value!r}; choose one of {', '.join(REQUESTS)}")
+
+
+def choose_backend(requested: str, model_dir: Path, manifest: Manifest, cpu: CpuFeatures) -> BackendChoice:
+    """The backend to load: the one requested if it can run, else the fastest one that can."""
+    request = parse_request(requested)
+    ranked = preference(cpu)
+    cause: str | None = None
+    if request != "auto":
+        cause = why_unusable(model_dir, manifest, request)
+        if cause is None:
+            return BackendChoice(request, request, "requested")
+        ranked = tuple(b for b in ranked if b != request)
+    reasons = [] if cause is None else [f"{request}: {cause}"]
+    for backend in ranked:
+        why = why_unusable(model_dir, manifest, backend)
+        if why is None:
+            if cause is None:
+                return BackendChoice(request, backend, f"fastest usable on this CPU ({cpu.simd_text})")
+            return BackendChoice(request, backend, f"{request} cannot run here", cause)
+        reasons.append(f"{backend}: {why}")
+    raise InputError("no inference backend can run this model here: " + "; ".join(reasons))
+
+
+def default_export(cpu: CpuFeatures) -> Backend:
+    """The backend a first run prepares when the choice is left to ``auto``."""
+    return preference(cpu)[0]
