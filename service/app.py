@@ -12,7 +12,7 @@ import anyio
 from fastapi import FastAPI
 
 from model.artifact import read_manifest
-from model.backend_choice import choose_backend
+from model.backend_choice import BackendChoice, choose_backend
 from model.cpu import cpu_features
 from model.encoder import Encoder
 from service.batcher import Batcher, BulkEncoder
@@ -39,13 +39,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Everything heavy, in order; /health/live answers meanwhile and /health/ready says 503."""
         cpu = cpu_features()
         model_dir = settings.resolved_model_dir
-        choice = choose_backend(settings.backend, model_dir, read_manifest(model_dir), cpu)
-        choice.log_fallback()
-        encoder = await anyio.to_thread.run_sync(
-            lambda: Encoder.load(
+
+        def open_encoder() -> tuple[BackendChoice, Encoder]:
+            """Off the event loop: the choice reads the manifest and looks for the graphs on disk."""
+            choice = choose_backend(settings.backend, model_dir, read_manifest(model_dir), cpu)
+            choice.log_fallback()
+            encoder = Encoder.load(
                 model_dir, backend=choice.backend, threads=settings.threads, batch_size=settings.batch_size
             )
-        )
+            return choice, encoder
+
+        choice, encoder = await anyio.to_thread.run_sync(open_encoder)
         metrics.engine.info(
             {
                 "backend": choice.backend,
