@@ -164,7 +164,7 @@ def _state(home: Path, name: str) -> tuple[int, int, set[str]]:
 
 def test_sigkill_mid_ingest_never_loses_or_corrupts(tmp_path: Path, tiny_model_dir: Path) -> None:
     """Kill a real `dapsearch index ingest` at random moments; reopen; resume; nothing lost."""
-    n = 30_000
+    n = 50_000
     src = tmp_path / "docs.jsonl"
     src.write_text(
         "".join(json.dumps({"id": f"d{i}", "text": f"document number {i}"}) + "\n" for i in range(n))
@@ -177,13 +177,13 @@ def test_sigkill_mid_ingest_never_loses_or_corrupts(tmp_path: Path, tiny_model_d
     rng = random.Random(1234)
     committed = 0
     kills = 0
-    for _ in range(4):
+    for _ in range(3):
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         start = _version(home, "k")
         deadline = time.monotonic() + 120
         while _version(home, "k") == start and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)  # wait until this run commits, so the kill lands mid-ingest
-        time.sleep(rng.uniform(0.0, 1.5))
+        time.sleep(rng.uniform(0.0, 0.3))  # a fast machine ingests the rest in about a second
         if proc.poll() is not None:
             break
         proc.send_signal(signal.SIGKILL)

@@ -49,9 +49,11 @@ async def test_a_small_request_is_not_queued_behind_a_big_one(encoder: Encoder) 
             assert result.tokens == sum(result.lengths)
             return result.vectors
 
-        big_texts, small_texts = _texts("big", 400), _texts("small", 3)
+        big_texts, small_texts = _texts("big", 4000), _texts("small", 3)
         big = asyncio.create_task(run("big", big_texts))
-        await asyncio.sleep(0.05)  # the big request is being served, slice by slice
+        while _embedded(batcher.metrics) < 8:  # wait until the big one is served, slice by slice
+            await asyncio.sleep(0.001)
+        assert not big.done()
         small = await run("small", small_texts)
         assert finished == ["small"]
         vectors = await big
