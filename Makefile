@@ -11,11 +11,11 @@ $(BIN)/python:
 
 # Stamps depend on pyproject.toml, so a dependency change reinstalls on the next run.
 $(VENV)/.serve-installed: pyproject.toml | $(BIN)/python
-	$(PIP) install -e '.[build]'
+	$(PIP) install -e '.[build,openvino]'
 	@touch $@
 
 $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
-	$(PIP) install -e '.[build,dev]'
+	$(PIP) install -e '.[build,dev,openvino]'
 	@touch $@ $(VENV)/.serve-installed
 
 serve: $(VENV)/.serve-installed
@@ -34,7 +34,7 @@ format: $(VENV)/.dev-installed
 	$(BIN)/ruff format .
 
 bench: $(VENV)/.dev-installed
-	$(PIP) install -e '.[build,dev,bench]'
+	$(PIP) install -e '.[build,dev,openvino,bench]'
 	$(BIN)/python bench/embed.py
 
 clean:

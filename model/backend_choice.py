@@ -22,11 +22,17 @@ from model.errors import InputError
 
 log = logging.getLogger("dapsearch")
 
-BackendRequest = Literal["auto", "torch", "onnx", "onnx-int8"]
+BackendRequest = Literal["auto", "torch", "onnx", "onnx-int8", "openvino", "openvino-int8"]
 REQUESTS: tuple[BackendRequest, ...] = get_args(BackendRequest)
 
 # The Python module each backend runs on.
-RUNTIMES: dict[Backend, str] = {"torch": "torch", "onnx": "onnxruntime", "onnx-int8": "onnxruntime"}
+RUNTIMES: dict[Backend, str] = {
+    "torch": "torch",
+    "onnx": "onnxruntime",
+    "onnx-int8": "onnxruntime",
+    "openvino": "openvino",
+    "openvino-int8": "openvino",
+}
 
 
 @dataclass(frozen=True)
@@ -50,13 +56,16 @@ class BackendChoice:
 
 
 def preference(cpu: CpuFeatures) -> tuple[Backend, ...]:
-    """Fastest first, for this CPU, among graphs within the int8 accuracy floor.
+    """Fastest first, for this CPU, among graphs within the int8 accuracy floor (bench/RESULTS.md).
 
-    Static int8 leads on AVX2 (1.15x ONNX fp32, 1.5x torch) and on AVX-512 VNNI, where the int8
-    dot products are native; fp32 ONNX and then torch follow everywhere (bench/RESULTS.md).
+    With VNNI int8 dot products and native bf16 (AVX-512 VNNI + AVX512-BF16 measured; AMX CPUs
+    have both and rank the same way, unmeasured), OpenVINO's int8 IR ran 2.28x ONNX Runtime's
+    static int8 graph and OpenVINO in bf16 1.76x ONNX fp32. Elsewhere (AVX2 measured) ONNX
+    Runtime leads: its int8 graph 1.15x its fp32 one, OpenVINO f32 0.87x and its int8 0.53x.
     """
-    del cpu  # every CPU class measured so far ranks the backends the same way
-    return ("onnx-int8", "onnx", "torch")
+    if cpu.int8_vnni and cpu.native_bf16:
+        return ("openvino-int8", "onnx-int8", "openvino", "onnx", "torch")
+    return ("onnx-int8", "onnx", "openvino", "torch", "openvino-int8")
 
 
 def why_unusable(model_dir: Path, manifest: Manifest, backend: Backend) -> str | None:
@@ -99,6 +108,18 @@ def choose_backend(requested: str, model_dir: Path, manifest: Manifest, cpu: Cpu
     raise InputError("no inference backend can run this model here: " + "; ".join(reasons))
 
 
+# What exporting each backend's graph needs installed, beyond torch and ONNX Runtime.
+EXPORT_NEEDS: dict[Backend, tuple[str, ...]] = {
+    "openvino": ("openvino",),
+    "openvino-int8": ("openvino", "nncf"),
+}
+
+
 def default_export(cpu: CpuFeatures) -> Backend:
-    """The backend a first run prepares when the choice is left to ``auto``."""
-    return preference(cpu)[0]
+    """The backend a first run prepares when the choice is left to ``auto``: the fastest one this
+    install can both make and run."""
+    for backend in preference(cpu):
+        needs = (RUNTIMES[backend], *EXPORT_NEEDS.get(backend, ()))
+        if all(importlib.util.find_spec(name) is not None for name in needs):
+            return backend
+    return "onnx-int8"

@@ -317,29 +317,37 @@ def ensure_model(
     if backend == "torch":
         return steps
     manifest = read_manifest(model_dir)
-    keys = ["onnx"] if backend == "onnx" else ["onnx", "onnx-int8"]
+    int8 = backend if backend in ("onnx-int8", "openvino-int8") else None
+    keys = ["onnx"] if int8 is None else ["onnx", int8]
     if all(_exported(model_dir, manifest, key) for key in keys):
         return steps
-    from model.export import export_onnx, quantize_int8
+    from model.export import export_onnx, quantize_int8, quantize_openvino_int8
 
     if not _exported(model_dir, manifest, "onnx"):
         say("exporting ONNX fp32 (about a minute, first run only)")
         export_onnx(model_dir)
         steps.append("export")
-    if backend == "onnx-int8":
+    if int8 == "onnx-int8":
         say("quantising to int8")
         quantize_int8(model_dir)
         steps.append("quantize")
+    elif int8 == "openvino-int8":
+        say("quantising to int8 for OpenVINO with NNCF (about a minute, first run only)")
+        quantize_openvino_int8(model_dir)
+        steps.append("quantize-openvino")
     return steps
 
 
 def _exported(model_dir: Path, manifest: Manifest, key: str) -> bool:
     """An export is current when it came from these weights, with today's quantisation recipe."""
-    from model.artifact import INT8_CURRENT, INT8_SCHEMES
+    from model.artifact import INT8_CURRENT, INT8_SCHEMES, OPENVINO_INT8_SCHEME
 
     entry = manifest.onnx.get(key)
     if entry is None or entry.source_model_id != manifest.id or not (model_dir / entry.file).is_file():
         return False
+    if key == "openvino-int8":
+        weights = (model_dir / entry.file).with_suffix(".bin")
+        return entry.quantization == OPENVINO_INT8_SCHEME and weights.is_file()
     if key != "onnx-int8":
         return True
     # A fallback scheme is current only when today's first choice was tried and rejected for it;

@@ -1,12 +1,15 @@
 """Text in, L2-normalised float32 vectors out: tokenize -> forward -> pool, in three steps.
 
-Backends: ``torch`` (fp32, for reference and training), ``onnx`` (fp32) and ``onnx-int8``
-(the serving default). The ONNX backends import neither torch nor transformers.
+Backends: ``torch`` (fp32, for reference and training), ``onnx`` (fp32) and ``onnx-int8`` on
+ONNX Runtime, ``openvino`` (the fp32 graph, in bf16 where the CPU has it natively) and
+``openvino-int8`` (NNCF's int8 IR) on OpenVINO. Which one serves is chosen per CPU
+(model/backend_choice.py). Only torch imports torch or transformers.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -22,8 +25,10 @@ from model.artifact import (
     Manifest,
     Pooling,
     backend_file,
+    export_key,
     read_manifest,
 )
+from model.cpu import cpu_features
 from model.errors import InputError
 
 MAX_BATCH_TOKENS = 2048  # padded tokens per forward pass (see TextTokenizer.batches)
@@ -152,6 +157,35 @@ class OnnxBackend:
         return np.asarray(out, dtype=np.float32)
 
 
+class OpenVinoBackend:
+    """OpenVINO's CPU plugin over the fp32 ONNX graph or NNCF's int8 IR.
+
+    Floating point runs in bf16 where the CPU has it natively (AMX, AVX512-BF16), else in f32;
+    the int8 IR keeps int8 for its quantised MatMuls either way. One infer request, behind a
+    lock: its output buffer is reused by the next call, so each result is copied out first.
+    """
+
+    def __init__(self, path: Path, name: Backend, threads: int | None = None) -> None:
+        import openvino as ov
+
+        core = ov.Core()
+        config = {
+            "INFERENCE_NUM_THREADS": threads or default_threads(),
+            "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_PRECISION_HINT": "bf16" if cpu_features().native_bf16 else "f32",
+        }
+        self.compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+        self._request = self.compiled.create_infer_request()
+        self._lock = threading.Lock()
+        self.name = name
+
+    def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        with self._lock:
+            self._request.infer({"input_ids": input_ids, "attention_mask": attention_mask})
+            out = self._request.get_output_tensor(0).data
+            return np.array(out, dtype=np.float32, copy=True)
+
+
 class TorchBackend:
     """Plain PyTorch fp32, the reference the ONNX graphs are checked against."""
 
@@ -190,8 +224,9 @@ def check_backend(model_dir: Path, manifest: Manifest, backend: Backend) -> Path
     if not path.is_file():
         hint = "dapsearch model export" if backend != "torch" else "dapsearch model build"
         raise InputError(f"backend {backend!r} needs {path}, which does not exist; run '{hint}'")
-    entry = manifest.onnx.get(backend)
-    if backend != "torch" and (entry is None or entry.source_model_id != manifest.id):
+    key = export_key(backend)
+    entry = None if key is None else manifest.onnx.get(key)
+    if key is not None and (entry is None or entry.source_model_id != manifest.id):
         raise InputError(
             f"{path} was not exported from model {manifest.id}; run 'dapsearch model export' again"
         )
@@ -204,6 +239,8 @@ def load_backend(
     path = check_backend(model_dir, manifest, backend)
     if backend == "torch":
         return TorchBackend(model_dir, manifest.pooling, threads)
+    if backend in ("openvino", "openvino-int8"):
+        return OpenVinoBackend(path, backend, threads)
     return OnnxBackend(path, backend, threads)
 
 

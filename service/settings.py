@@ -36,8 +36,9 @@ class Settings(BaseSettings):
     # --- inference
     backend: BackendRequest = Field(
         default="auto",
-        description="Inference backend: auto (the fastest this CPU and install offer), onnx-int8, onnx "
-        "or torch. One that cannot run here falls back, with one log line.",
+        description="Inference backend: auto (the fastest this CPU and install offer: openvino-int8 "
+        "where VNNI and native bf16 are, else onnx-int8), openvino-int8, onnx-int8, openvino, onnx or "
+        "torch. One that cannot run here falls back, with one log line.",
     )
     threads: int | None = Field(
         default=None, ge=1, description="Inference threads; default all usable cores."

@@ -31,16 +31,28 @@ def data_home() -> Path:
 
 @pytest.fixture(scope="session")
 def real_model_dir() -> Path:
+    """The base model with both int8 graphs, so ``auto`` serves what it serves on this CPU."""
+    from model.backend_choice import default_export
     from model.build import ensure_model
+    from model.cpu import cpu_features
 
     directory = default_model_dir(data_home())
-    ensure_model(directory, "onnx-int8")
+    for backend in {"onnx-int8", default_export(cpu_features())}:
+        ensure_model(directory, backend)
     return directory
 
 
 @pytest.fixture(scope="session")
 def real_encoders(real_model_dir: Path) -> dict[str, Encoder]:
-    return {b: Encoder.load(real_model_dir, backend=b) for b in ("torch", "onnx", "onnx-int8")}
+    """One encoder per backend, plus ``served``: the one ``auto`` picks here (what the API runs)."""
+    from model.artifact import read_manifest
+    from model.backend_choice import choose_backend
+    from model.cpu import cpu_features
+
+    encoders = {b: Encoder.load(real_model_dir, backend=b) for b in ("torch", "onnx", "onnx-int8")}
+    served = choose_backend("auto", real_model_dir, read_manifest(real_model_dir), cpu_features()).backend
+    encoders["served"] = encoders.get(served) or Encoder.load(real_model_dir, backend=served)
+    return encoders
 
 
 @pytest.fixture(scope="session")

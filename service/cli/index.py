@@ -11,13 +11,14 @@ import typer
 
 from index.collection import Collection, Filter, list_collections
 from index.ingest import ingest, resume_point
+from model.artifact import BACKENDS
 from model.errors import InputError
 from service.cli.common import ModelDirOpt, app, bar, load_encoder, load_settings, model_dir_or_default
 
 index_app = typer.Typer(help="Create, fill and query collections of documents.", no_args_is_help=True)
 app.add_typer(index_app, name="index")
 
-BackendOpt = Annotated[str | None, typer.Option("--backend", help="onnx-int8, onnx or torch.")]
+BackendOpt = Annotated[str | None, typer.Option("--backend", help=", ".join(BACKENDS))]
 ChunkOpt = Annotated[int, typer.Option(min=1, help="Documents embedded and committed together.")]
 
 

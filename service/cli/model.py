@@ -11,7 +11,15 @@ from typing import Annotated, TextIO
 import numpy as np
 import typer
 
-from model.artifact import BASE_MODEL_NAME, Pooling, default_model_dir, models_root, read_manifest
+from model.artifact import (
+    BACKENDS,
+    BASE_MODEL_NAME,
+    Pooling,
+    default_model_dir,
+    export_key,
+    models_root,
+    read_manifest,
+)
 from model.encoder import KINDS, Kind
 from model.errors import InputError
 from service.cli.common import (
@@ -151,14 +159,26 @@ def model_interpolate(
 @model_app.command("export")
 def model_export(
     model_dir: ModelDirOpt = None,
-    int8: Annotated[bool, typer.Option("--int8/--no-int8", help="Also write the int8 graph.")] = True,
+    int8: Annotated[bool, typer.Option("--int8/--no-int8", help="Also write the int8 graphs.")] = True,
+    openvino: Annotated[
+        bool | None,
+        typer.Option(
+            "--openvino/--no-openvino",
+            help="Also write the int8 OpenVINO IR (NNCF) [default: where openvino and nncf are installed].",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
-    """Export to ONNX fp32 (pooling + normalisation in the graph) and dynamic int8, checking parity."""
-    from model.export import export_onnx, quantize_int8
+    """Export to ONNX fp32 (pooling + normalisation in the graph), static int8 and NNCF's int8
+    OpenVINO IR, checking each against its reference."""
+    from model.export import export_onnx, openvino_int8_available, quantize_int8, quantize_openvino_int8
 
     directory = model_dir_or_default(model_dir)
     read_manifest(directory)
-    with bar("exporting", total=2 if int8 else 1, unit="step") as steps:
+    with_openvino = int8 and (openvino if openvino is not None else openvino_int8_available())
+    if with_openvino and not openvino_int8_available():
+        raise InputError("--openvino needs the openvino extra: pip install 'dapsearch[openvino]'")
+    with bar("exporting", total=1 + int8 + with_openvino, unit="step") as steps:
         steps.set_postfix_str("onnx fp32")
         path, min_cos = export_onnx(directory)
         steps.update()
@@ -168,6 +188,11 @@ def model_export(
             qpath, mean_cos, qmin = quantize_int8(directory)
             steps.update()
             typer.echo(f"wrote {qpath} (cosine to fp32: mean {mean_cos:.4f}, min {qmin:.4f})")
+        if with_openvino:
+            steps.set_postfix_str("openvino int8")
+            vpath, mean_cos, qmin = quantize_openvino_int8(directory)
+            steps.update()
+            typer.echo(f"wrote {vpath} (cosine to fp32: mean {mean_cos:.4f}, min {qmin:.4f})")
 
 
 @model_app.command("info")
@@ -193,7 +218,8 @@ def model_info(
     for key, entry in manifest.onnx.items():
         if entry.source_model_id == manifest.id and entry.quantization:
             typer.echo(f"{key:<14}{entry.quantization}")
-    backends = ["torch"] + [key for key in manifest.onnx if manifest.onnx[key].source_model_id == manifest.id]
+    exported = {key for key, entry in manifest.onnx.items() if entry.source_model_id == manifest.id}
+    backends = [b for b in BACKENDS if export_key(b) is None or export_key(b) in exported]
     typer.echo(f"backends      {', '.join(backends)}")
 
 
@@ -228,7 +254,7 @@ def embed_cmd(
     source: Annotated[str, typer.Argument(help="Text file, one text per line, or - for stdin.")] = "-",
     out: Annotated[str, typer.Option("--out", "-o", help="Output: FILE.npy, FILE.jsonl or - (JSONL).")] = "-",
     kind: Annotated[str, typer.Option(help="query or passage (selects the e5 prefix).")] = "passage",
-    backend: Annotated[str | None, typer.Option(help="onnx-int8, onnx or torch.")] = None,
+    backend: Annotated[str | None, typer.Option(help=", ".join(BACKENDS))] = None,
     model_dir: ModelDirOpt = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Texts per forward pass.")] = 32,
 ) -> None:

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
+from model.artifact import BACKENDS
 from model.errors import InputError
 from service.cli.common import app, bar, base_model_dir, dequant_progress, parse_backend
 
@@ -301,7 +302,7 @@ def eval_cmd(
     distractors: Annotated[
         int, typer.Option(min=0, help="Unrelated sentences per gold pair and side (mining).")
     ] = 1,
-    backend: Annotated[str, typer.Option(help="torch | onnx | onnx-int8.")] = "torch",
+    backend: Annotated[str, typer.Option(help=f"{' | '.join(BACKENDS)}.")] = "torch",
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the results as JSON.")] = None,
 ) -> None:
     """Retrieval P@1 (xx→en, en→xx), mining F1 and search-dev R@1, models side by side (markdown)."""

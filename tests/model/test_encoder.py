@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model.artifact import MANIFEST, read_manifest
+from model.artifact import BACKENDS, MANIFEST, Backend, read_manifest
 from model.encoder import Encoder
 from model.errors import InputError
 from tests.sentences import ORDINARY
@@ -17,7 +17,7 @@ from tests.sentences import ORDINARY
 LONG = "word " * 200
 
 
-@pytest.mark.parametrize("backend", ["torch", "onnx", "onnx-int8"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_shape_norm_and_dtype(tiny_model_dir: Path, backend: str) -> None:
     enc = Encoder.load(tiny_model_dir, backend=backend)  # type: ignore[arg-type]
     vectors = enc.embed(ORDINARY[:7])
@@ -33,6 +33,20 @@ def test_length_sorted_padded_batches_equal_one_at_a_time(tiny_model_dir: Path, 
     batched = enc.embed(texts)
     single = np.stack([enc.embed([t])[0] for t in texts])
     np.testing.assert_allclose(batched, single, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["openvino", "openvino-int8"])
+def test_openvino_gives_the_onnx_vectors(tiny_model_dir: Path, backend: Backend) -> None:
+    """The same vectors as ONNX Runtime's fp32 graph, alone or in a padded batch, and the result
+    survives the next call (OpenVINO reuses its output buffer)."""
+    reference = Encoder.load(tiny_model_dir, backend="onnx").embed(ORDINARY)
+    enc = Encoder.load(tiny_model_dir, backend=backend, batch_size=4)
+    first = enc.embed(ORDINARY)
+    enc.embed([LONG, "something else"])
+    floor = 0.9999 if backend == "openvino" else 0.98
+    assert np.sum(reference * first, axis=1).min() >= floor
+    single = np.stack([enc.embed([t])[0] for t in ORDINARY])
+    assert np.sum(single * first, axis=1).min() >= 0.999
 
 
 def test_batches_are_sorted_by_length_and_restore_order(tiny_model_dir: Path) -> None:
@@ -90,8 +104,9 @@ def test_stale_onnx_export_is_refused(tiny_model_dir: Path, tmp_path: Path) -> N
     manifest = json.loads((copy / MANIFEST).read_text())
     manifest["id"] = "tiny@0000000000000000"  # the weights changed after export
     (copy / MANIFEST).write_text(json.dumps(manifest))
-    with pytest.raises(InputError, match="not exported from model"):
-        Encoder.load(copy, backend="onnx-int8")
+    for backend in ("onnx-int8", "openvino-int8", "openvino"):
+        with pytest.raises(InputError, match="not exported from model"):
+            Encoder.load(copy, backend=backend)
     (copy / "model.onnx").unlink()
     with pytest.raises(InputError, match="does not exist"):
         Encoder.load(copy, backend="onnx")
@@ -104,6 +119,8 @@ def test_manifest_records_export_provenance(tiny_model_dir: Path) -> None:
     assert manifest.onnx["onnx-int8"].quantization == "static-int8-qdq-per-channel-7bit-ffn-out-fp32"
     assert manifest.onnx["onnx-int8"].rejected == []
     assert manifest.onnx["onnx-int8"].source_model_id == manifest.id
+    assert manifest.onnx["openvino-int8"].quantization == "nncf-static-int8-transformer"
+    assert (tiny_model_dir / manifest.onnx["openvino-int8"].file).with_suffix(".bin").is_file()
     assert manifest.id.startswith("tiny@")
 
 

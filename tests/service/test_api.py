@@ -16,6 +16,7 @@ import pytest
 
 from index.collection import Collection, Document
 from model.artifact import ONNX_INT8
+from model.backend_choice import preference
 from model.cpu import cpu_features
 from model.encoder import Encoder
 from service.schemas import EmbedResponse, OpenAIEmbeddingResponse
@@ -72,11 +73,11 @@ def metric(text: str, name: str, **labels: str) -> float:
 async def test_live_ready_info(client: httpx.AsyncClient, real_encoders: dict[str, Encoder]) -> None:
     assert (await client.get("/health/live")).json() == {"status": "ok"}
     ready = (await client.get("/health/ready")).json()
-    assert ready["status"] == "ready" and ready["model"] == real_encoders["onnx-int8"].model_id
+    assert ready["status"] == "ready" and ready["model"] == real_encoders["served"].model_id
     assert ready["collections"] == 1 and ready["cache"]["backend"] == "memory"
     info = (await client.get("/info")).json()
-    assert info["dim"] == 384 and info["backend"] == "onnx-int8"
     cpu = cpu_features()  # what the kernels depend on, as /proc/cpuinfo says
+    assert info["dim"] == 384 and info["backend"] == preference(cpu)[0]  # every graph is there
     assert info["backend_requested"] == "auto"
     assert info["backend_reason"] == f"fastest usable on this CPU ({cpu.simd_text})"
     assert info["cpu"] == {
@@ -87,15 +88,23 @@ async def test_live_ready_info(client: httpx.AsyncClient, real_encoders: dict[st
     }
     assert info["prefixes"] == {"query": "query: ", "passage": "passage: "}
     assert info["limits"]["max_texts"] == 8
-    labels = {"backend": "onnx-int8", "requested": "auto", "cpu": cpu.model, "cpu_features": cpu.simd_text}
+    labels = {
+        "backend": info["backend"],
+        "requested": "auto",
+        "cpu": cpu.model,
+        "cpu_features": cpu.simd_text,
+    }
     assert metric((await client.get("/metrics")).text, "dapsearch_engine_info", **labels) == 1.0
 
 
 async def test_a_backend_that_cannot_run_falls_back_and_says_so(
     tiny_model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A model directory without the int8 graph, served with DAPSEARCH_BACKEND=onnx-int8: the
-    service starts on fp32 ONNX, and /info, /metrics and one log line say so."""
+    """A model directory without ONNX Runtime's int8 graph, served with DAPSEARCH_BACKEND=onnx-int8:
+    the service starts on the next backend of this CPU's order, and /info, /metrics and one log
+    line say so."""
+    cpu = cpu_features()
+    expected = next(b for b in preference(cpu) if b != "onnx-int8")
     model_dir = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model_dir)
     (model_dir / ONNX_INT8).unlink()
@@ -103,11 +112,10 @@ async def test_a_backend_that_cannot_run_falls_back_and_says_so(
     with caplog.at_level(logging.WARNING, logger="dapsearch"):
         async with started(settings) as (_, c):
             info = (await c.get("/info")).json()
-            assert (info["backend"], info["backend_requested"]) == ("onnx", "onnx-int8")
+            assert (info["backend"], info["backend_requested"]) == (expected, "onnx-int8")
             assert info["backend_reason"] == "onnx-int8 cannot run here"
-            cpu = cpu_features()
             labels = {
-                "backend": "onnx",
+                "backend": expected,
                 "requested": "onnx-int8",
                 "cpu": cpu.model,
                 "cpu_features": cpu.simd_text,
@@ -115,7 +123,7 @@ async def test_a_backend_that_cannot_run_falls_back_and_says_so(
             assert metric((await c.get("/metrics")).text, "dapsearch_engine_info", **labels) == 1.0
             assert (await c.post("/embed", json={"texts": ["still served"]})).status_code == 200
     fallbacks = [r.getMessage() for r in caplog.records if "cannot run here" in r.getMessage()]
-    assert len(fallbacks) == 1 and fallbacks[0].endswith("; serving with onnx"), fallbacks
+    assert len(fallbacks) == 1 and fallbacks[0].endswith(f"; serving with {expected}"), fallbacks
 
 
 async def test_metrics_count_requests_batches_and_cache(client: httpx.AsyncClient) -> None:
@@ -144,7 +152,7 @@ async def test_embed_returns_the_encoder_vectors(
     assert r.status_code == 200, r.text
     body = r.json()
     EmbedResponse.model_validate_json(r.content)  # the fast writer keeps to the documented schema
-    enc = real_encoders["onnx-int8"]
+    enc = real_encoders["served"]
     assert body["model"] == enc.model_id and body["dim"] == 384
     vectors = np.array(body["embeddings"], dtype=np.float32)
     np.testing.assert_allclose(vectors, enc.embed(texts, "passage"), atol=1e-6)
@@ -157,7 +165,7 @@ async def test_default_kind_is_query_and_duplicates_agree(
 ) -> None:
     r = await client.post("/embed", json={"texts": ["hello world", "hello world"]})
     assert r.status_code == 200
-    expected = real_encoders["onnx-int8"].embed(["hello world"], "query")[0]
+    expected = real_encoders["served"].embed(["hello world"], "query")[0]
     vectors = r.json()["embeddings"]
     np.testing.assert_allclose(vectors[0], expected, atol=1e-6)
     assert vectors[0] == vectors[1]
@@ -248,7 +256,7 @@ async def test_unknown_route_uses_the_envelope(client: httpx.AsyncClient) -> Non
 
 
 async def test_openai_shape_and_options(client: httpx.AsyncClient, real_encoders: dict[str, Encoder]) -> None:
-    enc = real_encoders["onnx-int8"]
+    enc = real_encoders["served"]
     r = await client.post(
         "/v1/embeddings", json={"input": ["Hallo Welt", "hello world"], "model": enc.model_id}
     )
@@ -346,7 +354,7 @@ async def test_search_cache_never_serves_a_stale_version(
     first = (await client.post("/search", json=body)).json()
     again = (await client.post("/search", json=body)).json()
     assert again == first
-    enc = real_encoders["onnx-int8"]
+    enc = real_encoders["served"]
     doc = Document("penguins", "Penguins have landed on Mars, a brand new document says.", "en", {})
     with Collection.open(home / "collections", "demo", enc.model_id) as writer:  # another writer
         writer.upsert([doc], enc.embed([doc.text], "passage"))

