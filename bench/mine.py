@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from machine import cpu_model, main_for, peak_rss_mb, reset_peak_rss, rss_mb, version
+from machine import cpu_flags, cpu_model, main_for, peak_rss_mb, reset_peak_rss, rss_mb, version
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # workers must import `index` even without the editable install
@@ -270,7 +270,10 @@ def parent(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if not sizes or min(sizes) < 2:
         raise SystemExit("--sizes needs sizes >= 2, e.g. 20000,100000")
     print("command: " + shlex.join([Path(sys.executable).name, *argv]))
-    print(f"cpu: {cpu_model()} ({os.cpu_count()} logical cores, {total_ram_mb() / 1024:.0f} GiB RAM)")
+    print(
+        f"cpu: {cpu_model()} ({os.cpu_count()} logical cores, {cpu_flags()}, "
+        f"{total_ram_mb() / 1024:.0f} GiB RAM)"
+    )
     print(f"threads: {args.threads} (OMP/OpenBLAS/MKL and faiss.omp_set_num_threads)")
     versions = ", ".join(f"{d} {version(d)}" for d in ("numpy", "faiss-cpu"))
     print(f"python {platform.python_version()}, {versions}")

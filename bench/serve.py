@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from machine import cpu_model, version
+from machine import cpu_flags, cpu_model, version
 
 if TYPE_CHECKING:
     import httpx
@@ -541,8 +541,8 @@ def main(argv: Sequence[str]) -> int:
     script = Path(__file__).resolve().relative_to(ROOT)
     print("command: " + shlex.join([".venv/bin/python", str(script), *argv]))
     print(
-        f"cpu: {cpu_model()} ({os.cpu_count()} logical cores); 1-min load average before/after: "
-        f"{load_before[0]:.2f} / {load_after[0]:.2f}"
+        f"cpu: {cpu_model()} ({os.cpu_count()} logical cores, {cpu_flags()}); "
+        f"1-min load average before/after: {load_before[0]:.2f} / {load_after[0]:.2f}"
     )
     dists = ("fastapi", "uvicorn", "httpx", "onnxruntime", "faiss-cpu", "numpy", "redis")
     print(f"python {platform.python_version()}, " + ", ".join(f"{d} {version(d)}" for d in dists))
