@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: serve test lint format bench clean
+.PHONY: serve test docker-test lint format bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ serve: $(VENV)/.serve-installed
 
 test: $(VENV)/.dev-installed
 	$(BIN)/python -m pytest
+
+# The compose stack on a real Docker engine, built offline (tests/docker/test_stack.py).
+docker-test: $(VENV)/.dev-installed
+	$(BIN)/python -m pytest -m docker_e2e tests/docker/test_stack.py
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
