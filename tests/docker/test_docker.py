@@ -193,24 +193,6 @@ def test_compose_file_matches_the_compose_specification() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose (Debian package) absent")
-def test_docker_compose_config_accepts_the_file(tmp_path: Path) -> None:
-    """`docker-compose config -q` as ops run it: with .env from .env.example and the secret file."""
-    shutil.copy(COMPOSE, tmp_path / "docker-compose.yml")
-    (tmp_path / "docker").symlink_to(REPO / "docker")
-    shutil.copy(ENV_EXAMPLE, tmp_path / ".env")
-    (tmp_path / "secrets").mkdir()
-    (tmp_path / "secrets" / "admin_keys").write_text("k1\n", encoding="utf-8")
-    result = subprocess.run(
-        ["docker-compose", "-f", "docker-compose.yml", "config", "-q"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-
-
 def test_compose_topology() -> None:
     """One writer with the admin secret; scalable read replicas; Redis as a bounded cache."""
     spec = _compose()

@@ -193,6 +193,24 @@ def _documents(n: int, tag: str) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
+@pytest.mark.usefixtures("stack")  # which installed docker-compose where it was missing
+def test_docker_compose_config_accepts_the_file_with_the_example_env(tmp_path: Path) -> None:
+    """`docker-compose config -q` as ops run it: .env copied from .env.example, the secret file."""
+    shutil.copy(REPO / "docker-compose.yml", tmp_path / "docker-compose.yml")
+    (tmp_path / "docker").symlink_to(REPO / "docker")
+    shutil.copy(REPO / ".env.example", tmp_path / ".env")
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "admin_keys").write_text("k1\n", encoding="utf-8")
+    result = subprocess.run(
+        ["docker-compose", "-f", "docker-compose.yml", "config", "-q"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_every_service_is_healthy_with_two_replicas(stack: Stack) -> None:
     assert len(stack.containers("api")) == 2 and len(stack.containers("writer")) == 1
     ready = httpx.get(f"{stack.url('writer')}/health/ready", timeout=10).json()
@@ -299,6 +317,9 @@ def test_a_writer_killed_mid_ingest_resumes_or_fails_with_a_reason(stack: Stack)
 def test_the_image_runs_as_uid_10001_without_torch(stack: Stack) -> None:
     (writer,) = stack.containers("writer")
     assert stack.docker("exec", writer, "id", "-u").strip() == "10001"
+    volumes = ["/data", "/data/collections", "/data/models", "/data/jobs"]
+    owners = stack.docker("exec", writer, "stat", "-c", "%u:%g", *volumes).split()
+    assert owners == ["10001:10001"] * len(volumes), dict(zip(volumes, owners, strict=False))
     probe = "import importlib.util as u; print(u.find_spec('torch') is None)"
     assert stack.docker("exec", writer, "python", "-c", probe).strip() == "True"
 
