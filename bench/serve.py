@@ -519,6 +519,7 @@ def main(argv: Sequence[str]) -> int:
 
     signal.signal(signal.SIGTERM, _terminate)
     manifest = read_manifest(model_dir)
+    backend = served_backend(model_dir)
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-http-") as tmp:
         home = Path(tmp)
@@ -551,7 +552,7 @@ def main(argv: Sequence[str]) -> int:
     cache = ready.get("cache") or {}
     extra = f" (inherited: {', '.join(inherited)})" if inherited else ""
     print(
-        f"server: `python -m service.cli serve`, model {manifest.id} ({served_backend(model_dir)}, auto), "
+        f"server: `python -m service.cli serve`, model {manifest.id} ({backend}, auto), "
         f"cache {cache.get('backend')} (ok: {cache.get('ok')}), other settings default{extra}"
     )
     print(
@@ -573,7 +574,7 @@ def main(argv: Sequence[str]) -> int:
     print()
     print("\n".join(table(results, args.client_list)))
     print()
-    for line in report_targets(results, raw_sent_s, args.docs, served_backend(model_dir)):
+    for line in report_targets(results, raw_sent_s, args.docs, backend):
         print(line)
     return 0
 

@@ -108,18 +108,17 @@ def choose_backend(requested: str, model_dir: Path, manifest: Manifest, cpu: Cpu
     raise InputError("no inference backend can run this model here: " + "; ".join(reasons))
 
 
-# What exporting each backend's graph needs installed, beyond torch and ONNX Runtime.
-EXPORT_NEEDS: dict[Backend, tuple[str, ...]] = {
-    "openvino": ("openvino",),
-    "openvino-int8": ("openvino", "nncf"),
-}
+# What exporting a backend's graph needs installed beyond its runtime, torch and ONNX Runtime.
+EXPORT_NEEDS: dict[Backend, tuple[str, ...]] = {"openvino-int8": ("nncf",)}
+
+
+def can_make(backend: Backend) -> bool:
+    """Whether this install can both make ``backend``'s graph and run it."""
+    needs = (RUNTIMES[backend], *EXPORT_NEEDS.get(backend, ()))
+    return all(importlib.util.find_spec(name) is not None for name in needs)
 
 
 def default_export(cpu: CpuFeatures) -> Backend:
     """The backend a first run prepares when the choice is left to ``auto``: the fastest one this
     install can both make and run."""
-    for backend in preference(cpu):
-        needs = (RUNTIMES[backend], *EXPORT_NEEDS.get(backend, ()))
-        if all(importlib.util.find_spec(name) is not None for name in needs):
-            return backend
-    return "onnx-int8"
+    return next((backend for backend in preference(cpu) if can_make(backend)), "onnx-int8")

@@ -37,6 +37,7 @@ from model.artifact import (
     read_manifest,
     write_manifest,
 )
+from model.backend_choice import can_make
 from model.encoder import OnnxBackend, OpenVinoBackend, TextTokenizer
 from model.errors import InputError
 from model.weights import file_sha256
@@ -221,13 +222,6 @@ def quantize_int8(model_dir: Path) -> tuple[Path, float, float]:
     return target, float(cosine.mean()), float(cosine.min())
 
 
-def openvino_int8_available() -> bool:
-    """Whether this install can make (NNCF) and run (OpenVINO) the int8 IR."""
-    import importlib.util
-
-    return all(importlib.util.find_spec(name) is not None for name in ("openvino", "nncf"))
-
-
 def quantize_openvino_int8(model_dir: Path) -> tuple[Path, float, float]:
     """NNCF's int8 IR of the fp32 graph, calibrated on the same shipped text as the ONNX int8
     graph; returns (path, mean cosine, min cosine) against fp32. On CPUs with VNNI and native
@@ -329,6 +323,6 @@ def export_all(model_dir: Path, int8: bool = True, openvino: bool | None = None)
         return ExportReport(fp32, None, fp32_min, None, None)
     path, mean_cos, min_cos = quantize_int8(model_dir)
     report = ExportReport(fp32, path, fp32_min, mean_cos, min_cos)
-    if openvino if openvino is not None else openvino_int8_available():
+    if openvino if openvino is not None else can_make("openvino-int8"):
         report.openvino_int8 = quantize_openvino_int8(model_dir)[0]
     return report

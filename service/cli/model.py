@@ -171,12 +171,14 @@ def model_export(
 ) -> None:
     """Export to ONNX fp32 (pooling + normalisation in the graph), static int8 and NNCF's int8
     OpenVINO IR, checking each against its reference."""
-    from model.export import export_onnx, openvino_int8_available, quantize_int8, quantize_openvino_int8
+    from model.backend_choice import can_make
+    from model.export import export_onnx, quantize_int8, quantize_openvino_int8
 
     directory = model_dir_or_default(model_dir)
     read_manifest(directory)
-    with_openvino = int8 and (openvino if openvino is not None else openvino_int8_available())
-    if with_openvino and not openvino_int8_available():
+    available = can_make("openvino-int8")
+    with_openvino = int8 and (openvino if openvino is not None else available)
+    if with_openvino and not available:
         raise InputError("--openvino needs the openvino extra: pip install 'dapsearch[openvino]'")
     with bar("exporting", total=1 + int8 + with_openvino, unit="step") as steps:
         steps.set_postfix_str("onnx fp32")
