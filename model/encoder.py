@@ -157,11 +157,21 @@ class OnnxBackend:
         return np.asarray(out, dtype=np.float32)
 
 
+# OpenVINO's dynamic-shape graph re-plans every node, about 1 ms, whenever the input shape differs
+# from the previous call's, which for single queries of varying length is every call. Small
+# batches are therefore padded to a multiple of PAD_WIDTH tokens, so that most calls repeat a
+# shape (masked positions change nothing else); beyond SMALL_BATCH rows the padding costs more
+# than the re-plan (bench/RESULTS.md). Graphs compiled per shape would avoid both, but each holds
+# its own copy of the 384 MB embedding table.
+PAD_WIDTH = 32
+SMALL_BATCH = 4
+
+
 class OpenVinoBackend:
     """OpenVINO's CPU plugin over the fp32 ONNX graph or NNCF's int8 IR.
 
-    Floating point runs in bf16 where the CPU has it natively (AMX, AVX512-BF16), else in f32;
-    the int8 IR keeps int8 for its quantised MatMuls either way. One infer request, behind a
+    The fp32 graph runs in bf16 where the CPU has it natively (AMX, AVX512-BF16), else in f32;
+    the int8 IR runs int8 MatMuls and keeps the rest in f32. One infer request, behind a
     lock: its output buffer is reused by the next call, so each result is copied out first.
     """
 
@@ -172,7 +182,11 @@ class OpenVinoBackend:
         config = {
             "INFERENCE_NUM_THREADS": threads or default_threads(),
             "PERFORMANCE_HINT": "LATENCY",
-            "INFERENCE_PRECISION_HINT": "bf16" if cpu_features().native_bf16 else "f32",
+            # bf16 only for the fp32 graph: the int8 IR's bf16 parts gave wrong vectors (cosine
+            # 0.93 to fp32) for inputs exactly 32 tokens wide on an AMX Xeon, and ran slower there.
+            "INFERENCE_PRECISION_HINT": "bf16"
+            if cpu_features().native_bf16 and name == "openvino"
+            else "f32",
         }
         self.compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
         self._request = self.compiled.create_infer_request()
@@ -180,6 +194,11 @@ class OpenVinoBackend:
         self.name = name
 
     def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        rows, width = input_ids.shape
+        extra = -width % PAD_WIDTH if rows <= SMALL_BATCH else 0
+        if extra:
+            input_ids = np.pad(input_ids, ((0, 0), (0, extra)), constant_values=1)
+            attention_mask = np.pad(attention_mask, ((0, 0), (0, extra)))
         with self._lock:
             self._request.infer({"input_ids": input_ids, "attention_mask": attention_mask})
             out = self._request.get_output_tensor(0).data
