@@ -2,12 +2,13 @@
 
 Why: on CPU a batch of 32 short texts costs far less than 32 single forwards, and the runtime
 already uses every core for one batch, so requests are queued, coalesced (up to ``max_batch``
-texts or ``max_wait`` seconds after the first arrives) and run one batch at a time on a dedicated
-thread. A request larger than one batch is cut into batch-sized slices served round-robin with
-the other waiting requests, so no request delays another by more than one batch. The queue is
-bounded in texts: when it is full, new requests fail at once with ``Overloaded`` (HTTP 429 +
-Retry-After) instead of piling up latency for everyone. A request whose caller went away (its
-future cancelled) is dropped before its next slice reaches the engine.
+texts or ``max_wait`` seconds after the first arrives, a wait paid only while requests arrive
+concurrently) and run one batch at a time on a dedicated thread. A request larger than one batch
+is cut into batch-sized slices served round-robin with the other waiting requests, so no request
+delays another by more than one batch. The queue is bounded in texts: when it is full, new
+requests fail at once with ``Overloaded`` (HTTP 429 + Retry-After) instead of piling up latency
+for everyone. A request whose caller went away (its future cancelled) is dropped before its next
+slice reaches the engine.
 
 Admin jobs (ingest) embed through the same batcher at ``bulk`` priority (``BulkEncoder``): a bulk
 slice runs only when no online request waits, so an online request waits behind at most the one
@@ -97,6 +98,9 @@ class Batcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self._task: asyncio.Task[None] | None = None
         self._texts_per_s = 100.0  # refined from measured batches, for Retry-After
+        # Whether online requests are arriving together: the last online batch held more than one
+        # request, or others were waiting when it finished. Only then is waiting worth it.
+        self._concurrent = False
 
     @property
     def queued(self) -> int:
@@ -154,10 +158,12 @@ class Batcher:
                 self._wakeup.clear()
                 await self._wakeup.wait()
             # Give concurrent online requests a moment to join, unless a full batch is already
-            # waiting (bulk work never waits: its requests are whole chunks).
+            # waiting or requests come one at a time (a lone query should not pay the wait);
+            # bulk work never waits: its requests are whole chunks.
             deadline = loop.time() + self.max_wait_s
             while (
-                self._online.items
+                self._concurrent
+                and self._online.items
                 and self._online.queued < self.max_batch
                 and (left := deadline - loop.time()) > 0
             ):
@@ -174,6 +180,8 @@ class Batcher:
             self._report_depth()
             if batch:
                 await self._process(loop, batch, bulk)
+                if not bulk:
+                    self._concurrent = len(batch) > 1 or bool(self._online.items)
 
     def _take(self, lane: _Lane, limit: int) -> list[_Slice]:
         """Up to ``limit`` texts of one kind: slices of the lane's requests in arrival order; a

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -50,7 +50,10 @@ class Settings(BaseSettings):
         default=2.0,
         ge=0,
         le=1000,
-        description="How long the batcher waits for more requests to fill a batch.",
+        description=(
+            "How long the batcher waits for more requests to fill a batch, while requests arrive"
+            " concurrently (a lone request runs at once)."
+        ),
     )
     max_queue: int = Field(
         default=2048, ge=1, description="Texts waiting for inference before requests are refused with 429."
@@ -75,6 +78,10 @@ class Settings(BaseSettings):
         le=3600,
         description="Time a client has to send a complete request head (from connecting, or from the "
         "previous response) before the connection is closed.",
+    )
+    http_parser: Literal["auto", "httptools", "h11"] = Field(
+        default="auto",
+        description="HTTP/1.1 parser: httptools (C, the faster) where installed, else h11 (pure Python).",
     )
     max_texts: int = Field(
         default=256, ge=1, description="Most texts in one /embed or /v1/embeddings request."

@@ -132,6 +132,34 @@ async def test_an_online_request_waits_behind_at_most_one_bulk_batch(encoder: En
         await batcher.stop()
 
 
+async def test_the_batch_wait_is_paid_only_while_requests_arrive_together(encoder: Encoder) -> None:
+    """Requests one at a time run at once; once requests come together, a batch waits for more."""
+    recording = RecordingEncoder(encoder)
+    wait_s = 0.5
+    batcher = Batcher(recording, Metrics(), max_batch=8, max_wait_s=wait_s, max_queue=100)
+    batcher.start()
+    loop = asyncio.get_running_loop()
+    try:
+        for n in range(3):  # a lone request after another: never waits
+            started = loop.time()
+            await batcher.embed([f"alone {n}"], "query")
+            assert loop.time() - started < wait_s * 0.8
+        assert recording.calls == [["alone 0"], ["alone 1"], ["alone 2"]]
+        await asyncio.gather(*(batcher.embed([f"together {n}"], "query") for n in range(3)))
+        # Requests now arrive together: a request's batch waits for the next one to join.
+        first = asyncio.create_task(batcher.embed(["first"], "query"))
+        await asyncio.sleep(wait_s / 5)
+        await asyncio.gather(first, batcher.embed(["second"], "query"))
+        assert recording.calls[-1] == ["first", "second"]
+        await batcher.embed(["lone again"], "query")  # one lone batch: back to not waiting
+        started = loop.time()
+        await batcher.embed(["and again"], "query")
+        assert loop.time() - started < wait_s * 0.8
+        assert recording.calls[-2:] == [["lone again"], ["and again"]]
+    finally:
+        await batcher.stop()
+
+
 async def test_bulk_encoder_embeds_from_a_job_thread_in_the_callers_order(encoder: Encoder) -> None:
     batcher = Batcher(encoder, Metrics(), max_batch=8, max_wait_s=0.0, max_queue=10_000)
     batcher.start()
