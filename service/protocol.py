@@ -1,27 +1,35 @@
-"""The HTTP connection protocol ``dapsearch serve`` runs: uvicorn's h11 with a deadline for the head.
+"""The HTTP connection protocol ``dapsearch serve`` runs: uvicorn's, with a deadline for the head.
 
 uvicorn's keep-alive timeout only covers idle time between requests and restarts with every
 byte received, so a client trickling a request head one byte at a time holds a connection (and
-its slot) for ever (slowloris). This protocol gives each request head a fixed time from the
-connection's start, or from the end of the previous response, and closes the connection when
+its slot) for ever (slowloris). These protocols give each request head a fixed time from the
+connection's start, or from the end of the previous response, and close the connection when
 it is not complete by then. Bodies are not bounded in time here: uploads may be large and slow.
+
+The parser is httptools (llhttp, in C) where it is installed, which is what a small request
+costs most of in Python; h11 (pure Python) otherwise.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import importlib.util
+from typing import Any, Literal
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+Parser = Literal["httptools", "h11"]
 
-class HeadDeadlineProtocol(H11Protocol):
+
+class _HeadDeadline:
+    """The timer both protocols share: armed while the connection waits for a request head."""
+
     head_timeout_s = 10.0
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._head_timer: asyncio.TimerHandle | None = None
+    loop: asyncio.AbstractEventLoop
+    transport: asyncio.Transport
+    logger: Any
+    _head_timer: asyncio.TimerHandle | None = None
 
     def _arm(self) -> None:
         self._disarm()
@@ -34,9 +42,17 @@ class HeadDeadlineProtocol(H11Protocol):
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
-        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+        if self._waiting_for_head() and not self.transport.is_closing():
             self.logger.info("closing a connection: no complete request head in %g s", self.head_timeout_s)
             self.transport.close()
+
+    def _waiting_for_head(self) -> bool:
+        return True
+
+
+class HeadDeadlineProtocol(_HeadDeadline, H11Protocol):
+    def _waiting_for_head(self) -> bool:
+        return self.conn.their_state is h11.IDLE
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -57,6 +73,38 @@ class HeadDeadlineProtocol(H11Protocol):
         super().connection_lost(exc)
 
 
-def head_deadline_protocol(seconds: float) -> type[HeadDeadlineProtocol]:
+def _httptools_protocol() -> type[Any]:
+    """Defined on demand: the module imports httptools, which is optional."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class HttpToolsHeadDeadlineProtocol(_HeadDeadline, HttpToolsProtocol):
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def on_headers_complete(self) -> None:
+            self._disarm()  # a head arrived: the request is under way
+            super().on_headers_complete()
+
+        def on_response_complete(self) -> None:
+            pipelined = bool(self.pipeline)  # the next head is already here: nothing to wait for
+            super().on_response_complete()
+            if not pipelined and not self.transport.is_closing():
+                self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+    return HttpToolsHeadDeadlineProtocol
+
+
+def available_parser() -> Parser:
+    return "httptools" if importlib.util.find_spec("httptools") is not None else "h11"
+
+
+def head_deadline_protocol(seconds: float, parser: Parser | None = None) -> type[Any]:
     """The protocol class with this deadline (uvicorn takes a class, not an instance)."""
-    return type("HeadDeadlineProtocol", (HeadDeadlineProtocol,), {"head_timeout_s": seconds})
+    chosen = parser or available_parser()
+    base = _httptools_protocol() if chosen == "httptools" else HeadDeadlineProtocol
+    return type(base.__name__, (base,), {"head_timeout_s": seconds})

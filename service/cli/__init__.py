@@ -50,7 +50,9 @@ def serve(
         create_app(cfg),
         host=host or cfg.host,
         port=port or cfg.port,
-        http=head_deadline_protocol(cfg.head_timeout_s),
+        http=head_deadline_protocol(
+            cfg.head_timeout_s, None if cfg.http_parser == "auto" else cfg.http_parser
+        ),
         timeout_keep_alive=cfg.keep_alive_s,
     )
 

@@ -96,8 +96,7 @@ def _engine(*args: str) -> str:
 
 
 def _fill_wheelhouse() -> None:
-    if any(WHEELHOUSE.glob("*.whl")):
-        return
+    """Every wheel the project now needs: pip keeps those already there and adds what changed."""
     subprocess.run(
         [
             sys.executable,

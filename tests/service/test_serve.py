@@ -173,14 +173,21 @@ def test_a_job_that_kills_the_process_fails_after_three_restarts(
             proc.wait(timeout=30)
 
 
-def test_slow_and_idle_connections_are_closed(tiny_model_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("parser", ["httptools", "h11"])
+def test_slow_and_idle_connections_are_closed(tiny_model_dir: Path, tmp_path: Path, parser: str) -> None:
     """A head trickled a byte at a time (slowloris) is cut at DAPSEARCH_HEAD_TIMEOUT_S, though
     every byte would restart a keep-alive timer; an idle keep-alive connection is closed after
-    DAPSEARCH_KEEP_ALIVE_S; a prompt request on a fresh connection is served."""
+    DAPSEARCH_KEEP_ALIVE_S; a prompt request on a fresh connection is served. With either parser."""
     import socket
 
     port = free_port()
-    env = _tiny_env(tiny_model_dir, tmp_path, DAPSEARCH_HEAD_TIMEOUT_S="1.5", DAPSEARCH_KEEP_ALIVE_S="1")
+    env = _tiny_env(
+        tiny_model_dir,
+        tmp_path,
+        DAPSEARCH_HEAD_TIMEOUT_S="1.5",
+        DAPSEARCH_KEEP_ALIVE_S="1",
+        DAPSEARCH_HTTP_PARSER=parser,
+    )
     proc = _start(env, port)
     try:
         assert _ready_or_dead(proc, f"http://127.0.0.1:{port}")
@@ -215,6 +222,14 @@ def test_slow_and_idle_connections_are_closed(tiny_model_dir: Path, tmp_path: Pa
             fine.settimeout(10)
             assert fine.recv(1024) == b""  # idle after the response: closed by the server
             assert time.monotonic() - started < 3.0
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as pipelined:
+            pipelined.sendall(b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n" * 2)  # two heads at once
+            reply = b""
+            while reply.count(b'{"status":"ok"}') < 2:
+                chunk = pipelined.recv(1024)
+                assert chunk, reply
+                reply += chunk
+            assert reply.count(b"HTTP/1.1 200") == 2
     finally:
         proc.terminate()
         proc.wait(timeout=30)
