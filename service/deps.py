@@ -1,4 +1,8 @@
-"""Dependencies: the heavy objects made in the lifespan, reached through ``app.state``."""
+"""Dependencies: the heavy objects made in the lifespan, reached through ``app.state``.
+
+They are ``async def`` because they only read attributes: FastAPI runs a plain ``def`` dependency
+on a worker thread, a hop per dependency per request.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ if TYPE_CHECKING:
     from service.jobs import JobManager
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
@@ -35,43 +39,43 @@ def require_ready(request: Request) -> None:
         raise APIError(503, message, headers={"Retry-After": "5"})
 
 
-def get_encoder(request: Request) -> Encoder:
+async def get_encoder(request: Request) -> Encoder:
     require_ready(request)
     encoder: Encoder = request.app.state.encoder
     return encoder
 
 
-def get_embedder(request: Request) -> CallerEmbedder:
+async def get_embedder(request: Request) -> CallerEmbedder:
     require_ready(request)
     embedder: Embedder = request.app.state.embedder
     settings: Settings = request.app.state.settings
     return CallerEmbedder(embedder, request.receive, settings.max_request_tokens)
 
 
-def get_backend_choice(request: Request) -> BackendChoice:
+async def get_backend_choice(request: Request) -> BackendChoice:
     require_ready(request)
     choice: BackendChoice = request.app.state.backend_choice
     return choice
 
 
-def get_collections(request: Request) -> Collections:
+async def get_collections(request: Request) -> Collections:
     require_ready(request)
     collections: Collections = request.app.state.collections
     return collections
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     metrics: Metrics = request.app.state.metrics
     return metrics
 
 
-def get_cache(request: Request) -> Cache:
+async def get_cache(request: Request) -> Cache:
     require_ready(request)
     cache: Cache = request.app.state.cache
     return cache
 
 
-def get_jobs(request: Request) -> JobManager:
+async def get_jobs(request: Request) -> JobManager:
     require_ready(request)
     jobs: JobManager = request.app.state.jobs
     return jobs

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import hashlib
 import struct
+from collections.abc import Awaitable, Callable
 
 import numpy as np
 from starlette.types import Receive
@@ -53,8 +54,11 @@ class Embedder:
         self.dim = batcher.encoder.dim
         self.max_length = batcher.encoder.manifest.max_length
 
-    async def embed(self, texts: list[str], kind: Kind) -> Embeddings:
-        """Vectors for ``texts`` (duplicates embedded once); raises batcher.Overloaded."""
+    async def embed(
+        self, texts: list[str], kind: Kind, gone: Callable[[], Awaitable[None]] | None = None
+    ) -> Embeddings:
+        """Vectors for ``texts`` (duplicates embedded once); raises batcher.Overloaded, and
+        CallerGone when ``gone`` returns before the texts the cache lacks are embedded."""
         unique = list(dict.fromkeys(texts))
         keys = [embedding_key(self.model_id, kind, t) for t in unique]
         cached = await self.cache.get_many(keys)
@@ -71,7 +75,8 @@ class Embedder:
         self.metrics.cache_hits.labels("embedding").inc(len(unique) - len(missing))
         self.metrics.cache_misses.labels("embedding").inc(len(missing))
         if missing:
-            fresh = await self.batcher.embed([unique[i] for i in missing], kind)
+            work = self.batcher.embed([unique[i] for i in missing], kind)
+            fresh = await (work if gone is None else _unless_gone(work, gone))
             fresh_cut = set(fresh.truncated)
             fill: dict[str, bytes] = {}
             for j, i in enumerate(missing):
@@ -136,17 +141,24 @@ class CallerEmbedder:
 
     async def embed(self, texts: list[str], kind: Kind, param: str = "texts") -> Embeddings:
         await self._charge(texts, kind, param)
-        work = asyncio.ensure_future(self.embedder.embed(texts, kind))
-        gone = asyncio.ensure_future(self._disconnected())
-        try:
-            await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            gone.cancel()
-            finished = work.done()
-            if not finished:  # the caller went away first (or this request itself was cancelled)
-                work.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await work
-        if not finished:
-            raise CallerGone()
-        return work.result()
+        return await self.embedder.embed(texts, kind, self._disconnected)
+
+
+async def _unless_gone(work: Awaitable[Embeddings], gone: Callable[[], Awaitable[None]]) -> Embeddings:
+    """``work``'s result, or CallerGone once ``gone`` returns first (the work is cancelled, so the
+    batcher drops the slices it has not embedded yet). Only the batcher's part is watched: a
+    request answered from the cache never starts the two tasks this takes."""
+    task = asyncio.ensure_future(work)
+    watch = asyncio.ensure_future(gone())
+    try:
+        await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+        finished = task.done()
+        if not finished:  # the caller went away first (or this request itself was cancelled)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    if not finished:
+        raise CallerGone()
+    return task.result()
