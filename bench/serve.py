@@ -115,14 +115,16 @@ def run_raw_engine(model_dir: Path, seconds: float) -> float:
 # --------------------------------------------------------------------------- collection and server
 
 
-def build_collection(collections_dir: Path, model_id: str, dim: int, docs: int, seed: int) -> str:
+def build_collection(
+    collections_dir: Path, model_id: str, dim: int, docs: int, seed: int, index: str = "auto"
+) -> str:
     """Clustered random unit vectors ("doc i") written straight to disk; returns the index kind."""
     from index.collection import Collection, Document, effective_factory
 
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((CENTRES, dim)).astype(np.float32)
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    coll = Collection.create(collections_dir, COLLECTION, model_id, dim)  # index "auto"
+    coll = Collection.create(collections_dir, COLLECTION, model_id, dim, index)
     try:
         for start in range(0, docs, CHUNK):
             n = min(CHUNK, docs - start)
@@ -487,6 +489,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--redis", default=None, metavar="URL", help="serve with DAPSEARCH_REDIS_URL=URL")
     p.add_argument("--model-dir", type=Path, default=None, help="built model [default: the tests' one]")
     p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--index", default="auto", help="the collection's index (a collection's index_factory)")
     p.add_argument(
         "--load",
         choices=("wrk", "httpx"),
@@ -525,7 +528,9 @@ def main(argv: Sequence[str]) -> int:
         home = Path(tmp)
         print(f"building {args.docs:,} documents ...", file=sys.stderr, flush=True)
         started = time.perf_counter()
-        kind = build_collection(home / "collections", manifest.id, manifest.dim, args.docs, args.seed)
+        kind = build_collection(
+            home / "collections", manifest.id, manifest.dim, args.docs, args.seed, args.index
+        )
         build_s = time.perf_counter() - started
         port = free_port()
         base = f"http://127.0.0.1:{port}"
@@ -557,7 +562,7 @@ def main(argv: Sequence[str]) -> int:
     )
     print(
         f"collection: {args.docs:,} clustered random unit vectors ({CENTRES} centres), index {kind} "
-        f"(auto), built on disk in {build_s:.1f} s"
+        f"({args.index}), built on disk in {build_s:.1f} s"
     )
     if args.load == "wrk":
         print(
