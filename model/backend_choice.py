@@ -58,9 +58,9 @@ class BackendChoice:
 def preference(cpu: CpuFeatures) -> tuple[Backend, ...]:
     """Fastest first, for this CPU, among graphs within the int8 accuracy floor (bench/RESULTS.md).
 
-    With VNNI int8 dot products and native bf16 (AVX-512 VNNI + AVX512-BF16 measured; AMX CPUs
-    have both and rank the same way, unmeasured), OpenVINO's int8 IR ran 2.28x ONNX Runtime's
-    static int8 graph and OpenVINO in bf16 1.76x ONNX fp32. Elsewhere (AVX2 measured) ONNX
+    With VNNI int8 dot products and native bf16, OpenVINO's int8 IR ran 2.28x ONNX Runtime's
+    static int8 graph on AVX-512 VNNI + AVX512-BF16 and 2.88x on an AMX Xeon; OpenVINO in bf16
+    ran 1.76x and 3.18x ONNX fp32 there. Elsewhere (AVX2 measured) ONNX
     Runtime leads: its int8 graph 1.15x its fp32 one, OpenVINO f32 0.87x and its int8 0.53x.
     """
     if cpu.int8_vnni and cpu.native_bf16:
