@@ -19,7 +19,7 @@ from typing import Any, Literal
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-Parser = Literal["httptools", "h11"]
+Parser = Literal["auto", "httptools", "h11"]
 
 
 class _HeadDeadline:
@@ -99,12 +99,10 @@ def _httptools_protocol() -> type[Any]:
     return HttpToolsHeadDeadlineProtocol
 
 
-def available_parser() -> Parser:
-    return "httptools" if importlib.util.find_spec("httptools") is not None else "h11"
-
-
-def head_deadline_protocol(seconds: float, parser: Parser | None = None) -> type[Any]:
-    """The protocol class with this deadline (uvicorn takes a class, not an instance)."""
-    chosen = parser or available_parser()
-    base = _httptools_protocol() if chosen == "httptools" else HeadDeadlineProtocol
+def head_deadline_protocol(seconds: float, parser: Parser = "auto") -> type[Any]:
+    """The protocol class with this deadline (uvicorn takes a class, not an instance); ``auto``
+    is httptools where it is installed."""
+    if parser == "auto":
+        parser = "httptools" if importlib.util.find_spec("httptools") is not None else "h11"
+    base = _httptools_protocol() if parser == "httptools" else HeadDeadlineProtocol
     return type(base.__name__, (base,), {"head_timeout_s": seconds})

@@ -50,9 +50,7 @@ def serve(
         create_app(cfg),
         host=host or cfg.host,
         port=port or cfg.port,
-        http=head_deadline_protocol(
-            cfg.head_timeout_s, None if cfg.http_parser == "auto" else cfg.http_parser
-        ),
+        http=head_deadline_protocol(cfg.head_timeout_s, cfg.http_parser),
         timeout_keep_alive=cfg.keep_alive_s,
     )
 
