@@ -196,8 +196,8 @@ class OpenVinoBackend:
     def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         rows, width = input_ids.shape
         extra = -width % PAD_WIDTH if rows <= SMALL_BATCH else 0
-        if extra:
-            input_ids = np.pad(input_ids, ((0, 0), (0, extra)), constant_values=1)
+        if extra:  # any id will do: the zero mask hides these positions
+            input_ids = np.pad(input_ids, ((0, 0), (0, extra)))
             attention_mask = np.pad(attention_mask, ((0, 0), (0, extra)))
         with self._lock:
             self._request.infer({"input_ids": input_ids, "attention_mask": attention_mask})
