@@ -28,8 +28,9 @@ import faiss
 import numpy as np
 from pydantic import BaseModel, Field
 
-from model.artifact import atomic_write_text, now_iso
-from model.errors import InputError
+from core.clock import now_iso
+from core.errors import Conflict, InputError, NotFound
+from core.files import atomic_write_text
 
 MANIFEST = "manifest.json"
 DOCS = "docs.sqlite"
@@ -92,15 +93,15 @@ class Document:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
-class UnknownCollection(InputError):
+class UnknownCollection(NotFound):
     """No collection of that name (a service answers 404)."""
 
 
-class CollectionExists(InputError):
+class CollectionExists(Conflict):
     """Creating a collection under a name already taken (409)."""
 
 
-class ModelMismatch(InputError):
+class ModelMismatch(Conflict):
     """The collection's vectors come from another model than the caller's (409): never mix them."""
 
 

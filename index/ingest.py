@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from core.errors import InputError
 from index.collection import Collection, Document
 from model.encoder import TextEncoder
-from model.errors import InputError
 
 Format = Literal["jsonl", "tsv"]
 MAX_REPORTED_ERRORS = 1000

@@ -24,7 +24,7 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 
-from model.errors import InputError
+from core.errors import InputError
 
 Score = Literal["ratio", "distance", "absolute"]
 Strategy = Literal["forward", "backward", "intersect", "max"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from model.artifact import atomic_writer
+from core.files import atomic_writer
 
 
 def tsv_field(text: str) -> str:

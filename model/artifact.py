@@ -8,17 +8,13 @@ size, pooling, prefixes, the maximum length and where the weights came from.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal, TextIO
+from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
-from model.errors import InputError
+from core.errors import InputError
+from core.files import atomic_write_text
 
 MANIFEST = "manifest.json"
 TOKENIZER = "tokenizer.json"
@@ -82,33 +78,6 @@ class Manifest(BaseModel):
 
 def model_id(name: str, weights_sha256: str) -> str:
     return f"{name}@{weights_sha256[:16]}"
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).replace(microsecond=0).isoformat()
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write to a temporary file in the same directory, fsync, then rename over the target."""
-    with atomic_writer(path) as fh:
-        fh.write(text)
-
-
-@contextmanager
-def atomic_writer(path: Path) -> Iterator[TextIO]:
-    """A text file that appears at ``path`` complete (temp file, fsync, rename) or not at all."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_manifest(model_dir: Path, manifest: Manifest) -> None:

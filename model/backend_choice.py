@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
 
+from core.errors import InputError
 from model.artifact import Backend, Manifest
 from model.cpu import CpuFeatures
 from model.encoder import check_backend
-from model.errors import InputError
 
 log = logging.getLogger("dapsearch")
 

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from core.clock import now_iso
+from core.errors import InputError
 from model.artifact import (
     BASE_MODEL_NAME,
     DAP_MODEL_NAME,
@@ -25,10 +27,8 @@ from model.artifact import (
     Manifest,
     Pooling,
     model_id,
-    now_iso,
     write_manifest,
 )
-from model.errors import InputError
 from model.weights import (
     bert_config,
     bert_state_dict,

@@ -24,7 +24,7 @@ from collections import Counter
 from importlib import resources
 from pathlib import Path
 
-from model.errors import InputError
+from core.errors import InputError
 
 # parallel-extra sources whose licences allow redistribution with attribution (its README):
 # XCOPA CC BY 4.0, xSID CC BY-SA 4.0, TruthfulQA Apache-2.0, NusaX CC BY-SA 4.0,

@@ -18,6 +18,7 @@ from typing import Literal, Protocol
 
 import numpy as np
 
+from core.errors import InputError
 from model.artifact import (
     BACKENDS,
     TOKENIZER,
@@ -29,7 +30,6 @@ from model.artifact import (
     read_manifest,
 )
 from model.cpu import cpu_features
-from model.errors import InputError
 
 MAX_BATCH_TOKENS = 2048  # padded tokens per forward pass (see TextTokenizer.batches)
 Kind = Literal["query", "passage"]

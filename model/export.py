@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from core.clock import now_iso
+from core.errors import InputError
 from model.artifact import (
     INT8_SCHEME,
     INT8_SCHEME_FFN_FP32,
@@ -33,13 +35,11 @@ from model.artifact import (
     Manifest,
     OnnxFile,
     backend_file,
-    now_iso,
     read_manifest,
     write_manifest,
 )
 from model.backend_choice import can_make
 from model.encoder import OnnxBackend, OpenVinoBackend, TextTokenizer
-from model.errors import InputError
 from model.weights import file_sha256
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from core.errors import InputError
 from model.artifact import WEIGHTS, Manifest, read_manifest
-from model.errors import InputError
 
 _COPIED = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 

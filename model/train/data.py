@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar, overload
 
 import numpy as np
 
-from model.artifact import atomic_write_text
-from model.errors import InputError
+from core.errors import InputError
+from core.files import atomic_write_text
 
 if TYPE_CHECKING:
     import torch

@@ -27,10 +27,10 @@ from typing import Any
 
 import numpy as np
 
+from core.errors import InputError
 from index.mining import best_threshold, evaluate, mine
 from model.artifact import Backend
 from model.encoder import Encoder, Kind
-from model.errors import InputError
 from model.train.data import Pair, find_parallel_files, read_dev, read_pairs
 
 

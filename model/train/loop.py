@@ -29,9 +29,10 @@ import torch.distributed as dist
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
-from model.artifact import Manifest, Pooling, atomic_write_text, read_manifest
+from core.errors import InputError
+from core.files import atomic_write_text
+from model.artifact import Manifest, Pooling, read_manifest
 from model.cpu import cpu_features
-from model.errors import InputError
 from model.torch_model import load_transformer, pool
 from model.train.budget import PROBE_STEPS, Budget, scaled_warmup
 from model.train.data import EnglishVocab, Pair, PairFilter, read_dev, read_pairs

@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from model.errors import InputError
+from core.errors import InputError
 from model.train.data import (
     Pair,
     PairFilter,

@@ -9,10 +9,10 @@ from typing import Annotated
 
 import typer
 
+from core.errors import InputError
 from model.artifact import read_manifest
 from model.backend_choice import choose_backend, default_export
 from model.cpu import cpu_features
-from model.errors import InputError
 from service.cli import index as _index  # noqa: F401  (registers `dapsearch index`)
 from service.cli import mine as _mine  # noqa: F401  (registers `dapsearch mine`)
 from service.cli import model as _model  # noqa: F401  (registers `dapsearch model`, `embed`)

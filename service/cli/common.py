@@ -10,11 +10,11 @@ from typing import Annotated, Any
 import typer
 from tqdm import tqdm
 
+from core.errors import InputError
 from model.artifact import BACKENDS, Backend, default_model_dir, read_manifest
 from model.backend_choice import choose_backend
 from model.cpu import cpu_features
 from model.encoder import Encoder
-from model.errors import InputError
 from service.settings import Settings
 
 app = typer.Typer(

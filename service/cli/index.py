@@ -9,10 +9,10 @@ from typing import Annotated, Any
 
 import typer
 
+from core.errors import InputError
 from index.collection import Collection, Filter, list_collections
 from index.ingest import ingest, resume_point
 from model.artifact import BACKENDS
-from model.errors import InputError
 from service.cli.common import ModelDirOpt, app, bar, load_encoder, load_settings, model_dir_or_default
 
 index_app = typer.Typer(help="Create, fill and query collections of documents.", no_args_is_help=True)

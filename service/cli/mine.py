@@ -8,11 +8,11 @@ from typing import Annotated
 import numpy as np
 import typer
 
+from core.errors import InputError
 from index.collection import Collection
 from index.mining import DEFAULT_K, SCORES, STRATEGIES, Score, Strategy, best_threshold, mine, score_histogram
 from index.pairs import write_pairs
 from model.encoder import Encoder
-from model.errors import InputError
 from service.cli.common import ModelDirOpt, app, bar, load_encoder, load_settings
 from service.cli.model import read_lines
 

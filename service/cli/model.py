@@ -11,6 +11,7 @@ from typing import Annotated, TextIO
 import numpy as np
 import typer
 
+from core.errors import InputError
 from model.artifact import (
     BACKENDS,
     BASE_MODEL_NAME,
@@ -21,7 +22,6 @@ from model.artifact import (
     read_manifest,
 )
 from model.encoder import KINDS, Kind
-from model.errors import InputError
 from service.cli.common import (
     ModelDirOpt,
     app,

@@ -8,8 +8,8 @@ from typing import Annotated, Any
 
 import typer
 
+from core.errors import InputError
 from model.artifact import BACKENDS
-from model.errors import InputError
 from service.cli.common import app, bar, base_model_dir, dequant_progress, parse_backend
 
 LangsOpt = Annotated[

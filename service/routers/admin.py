@@ -17,10 +17,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from core.errors import InputError
 from index.collection import INDEX_PATTERN, NAME_RE, CollectionExists, ModelMismatch, UnknownCollection
 from index.ingest import Format, detect_format
 from index.mining import Score, Strategy
-from model.errors import InputError
 from service.auth import AdminDep
 from service.collections import Collections
 from service.deps import CollectionsDep, EncoderDep, JobsDep, SettingsDep

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from core.errors import InputError
 from index.collection import (
     INDEX_PATTERN,
     Collection,
@@ -16,7 +17,6 @@ from index.collection import (
     check_index_factory,
     list_collections,
 )
-from model.errors import InputError
 
 DIM = 16
 

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from core.errors import InputError
 from index.collection import Collection
 from index.ingest import detect_format, ingest
 from model.encoder import Encoder
-from model.errors import InputError
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from core.errors import InputError
 from index import mining
 from index.mining import (
     SCORES,
@@ -24,7 +25,6 @@ from index.mining import (
     score_histogram,
 )
 from model.encoder import Encoder
-from model.errors import InputError
 from tests.conftest import SHARED
 
 F32 = npt.NDArray[np.float32]

@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
+from core.errors import InputError
 from model.artifact import ONNX_FP32, ONNX_INT8, OPENVINO_INT8, read_manifest
 from model.backend_choice import choose_backend, default_export, preference, why_unusable
 from model.cpu import CpuFeatures, cpu_features
 from model.encoder import Encoder
-from model.errors import InputError
 
 AVX2 = CpuFeatures("AVX2 only", frozenset({"avx2", "fma"}))
 VNNI = CpuFeatures("AVX-512 VNNI", frozenset({"avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16"}))

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from core.errors import InputError
 from model.artifact import BACKENDS, MANIFEST, Backend, read_manifest
 from model.encoder import Encoder
-from model.errors import InputError
 from tests.sentences import ORDINARY
 
 LONG = "word " * 200

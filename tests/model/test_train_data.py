@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.errors import InputError
+from core.errors import InputError
 from model.train.data import (
     REASONS,
     EnglishVocab,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from model.errors import InputError
+from core.errors import InputError
 from model.train.data import PairFilter
 from model.train.mixture import MixtureStream, find_corpora, language_shares
 

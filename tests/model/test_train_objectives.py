@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import torch
 
-from model.errors import InputError
+from core.errors import InputError
 from model.train import loop
 from model.train.loop import Trainer, cpu_has_native_bf16, distillation_loss
 from tests.model.test_train_loop import config, data_dir  # noqa: F401  (fixture)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model.errors import InputError
+from core.errors import InputError
 from model.weights import (
     Q4_BLOCK_BYTES,
     bert_key,

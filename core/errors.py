@@ -1,0 +1,33 @@
+"""Errors a user can fix (bad paths, corrupt files, wrong options, unknown names).
+
+Each carries the HTTP status it stands for, so the service maps all of them with one handler
+and a command line turns them into a one-line message and exit code 2. Anything else is a bug
+and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import ClassVar
+
+
+class InputError(ValueError):
+    """Bad input from the user: a missing or corrupt file, an unknown option value."""
+
+    status: ClassVar[int] = 400
+
+    def headers(self) -> Mapping[str, str]:
+        """Response headers the service adds (``Retry-After`` for a full queue)."""
+        return {}
+
+
+class NotFound(InputError):
+    """A name that does not exist (404)."""
+
+    status = 404
+
+
+class Conflict(InputError):
+    """A request that clashes with the current state (409)."""
+
+    status = 409
