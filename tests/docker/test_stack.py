@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,11 @@ ENGINE = REPO / "docker" / "engine.sh"
 WHEELHOUSE = REPO / "docker" / "wheelhouse"
 DOCKER = "/usr/bin/docker"
 PROJECT = f"dapsearch-e2e-{os.getpid()}"
-CONTEXT = ("pyproject.toml", "README.md", "model", "index", "service", "docker-compose.yml", ".dockerignore")
+# The packages are the layers of pyproject.toml's import contract, so a new one reaches the image.
+PACKAGES = tuple(
+    tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["importlinter"]["root_packages"]
+)
+CONTEXT = ("pyproject.toml", "README.md", *PACKAGES, "docker-compose.yml", ".dockerignore")
 # Build tools for the project's own wheel, and what redis needs on Debian's Python 3.11.2.
 EXTRA_WHEELS = ("setuptools>=77", "wheel", "async-timeout")
 OFFLINE_ENV = {
