@@ -37,8 +37,20 @@ DOCS = "docs.sqlite"
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # always fullmatch: "$" allows a final \n
 _SNAPSHOT_RE = re.compile(r"index\.(\d+)\.faiss")
 
-_MARKS_TABLE = "CREATE TABLE IF NOT EXISTS source_marks (source TEXT PRIMARY KEY, mark TEXT NOT NULL)"
-_SCHEMA = """
+MAX_STORED_ERRORS = 100  # malformed lines kept per ingest run of a source; the counts cover all
+_SOURCE_TABLES = """
+CREATE TABLE IF NOT EXISTS source_marks (source TEXT PRIMARY KEY, mark TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS source_errors (
+    source TEXT NOT NULL, line INTEGER NOT NULL, reason TEXT NOT NULL, PRIMARY KEY (source, line)
+);
+"""
+# Columns added to ``sources`` since its first version, added in place to older databases.
+_SOURCE_COLUMNS = {
+    "documents": "INTEGER NOT NULL DEFAULT 0",
+    "errors": "INTEGER NOT NULL DEFAULT 0",
+}
+_SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS docs (
     rid INTEGER PRIMARY KEY AUTOINCREMENT,  -- the FAISS id; never reused, so replays are exact
     id TEXT NOT NULL UNIQUE,
@@ -54,10 +66,12 @@ CREATE TABLE IF NOT EXISTS tombstones (rid INTEGER PRIMARY KEY, version INTEGER 
 CREATE INDEX IF NOT EXISTS tombstones_version ON tombstones(version);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS sources (
-    source TEXT PRIMARY KEY, offset INTEGER NOT NULL, line INTEGER NOT NULL, updated TEXT NOT NULL
+    source TEXT PRIMARY KEY, offset INTEGER NOT NULL, line INTEGER NOT NULL, updated TEXT NOT NULL,
+    documents INTEGER NOT NULL DEFAULT 0, errors INTEGER NOT NULL DEFAULT 0
 );
-
 """
+    + _SOURCE_TABLES
+)
 
 
 class CollectionManifest(BaseModel):
@@ -91,6 +105,72 @@ class Document:
     text: str
     lang: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LineError:
+    """A malformed input line, by its 1-based number."""
+
+    line: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class SourceCheckpoint:
+    """What is committed for one ingest source: where to resume, and what the lines before held.
+
+    ``documents`` and ``errors`` count every line up to ``line`` since the source last started
+    from its beginning (a collection made before counts were kept counts from its upgrade);
+    ``error_lines`` are the first stored malformed lines after a given line.
+    """
+
+    offset: int = 0
+    line: int = 0
+    documents: int = 0
+    errors: int = 0
+    error_lines: tuple[LineError, ...] = ()
+
+    def continues(self, start: SourceCheckpoint) -> bool:
+        """Whether this was reached from ``start`` by ingesting on; not if the file was replaced
+        and the source started over since."""
+        return (
+            start.offset <= self.offset and start.documents <= self.documents and start.errors <= self.errors
+        )
+
+    def baseline(self, first: SourceCheckpoint | None) -> SourceCheckpoint:
+        """Where counts spanning several runs start: ``first`` (the first run's checkpoint) while
+        this continues it, else this one (never counted before, or started over)."""
+        return first if first is not None and self.continues(first) else self
+
+    def since(self, start: SourceCheckpoint) -> SourceCheckpoint:
+        """The counts and error lines committed after ``start`` (everything if started over)."""
+        base = start if self.continues(start) else SourceCheckpoint()
+        return SourceCheckpoint(
+            offset=self.offset,
+            line=self.line,
+            documents=self.documents - base.documents,
+            errors=self.errors - base.errors,
+            error_lines=tuple(e for e in self.error_lines if e.line > base.line),
+        )
+
+
+@dataclass(frozen=True)
+class SourceCommit:
+    """An ingest source's position after a chunk, committed in the chunk's own transaction.
+
+    ``mark`` fingerprints the file up to ``offset`` (a replaced file is not resumed); ``documents``
+    and ``errors`` are cumulative for the source; ``error_lines`` are malformed lines to keep;
+    ``restart`` drops what an earlier file under the same key left.
+    """
+
+    source: str
+    offset: int
+    line: int
+    mark: str | None = None
+    documents: int = 0
+    errors: int = 0
+    error_lines: Sequence[LineError] = ()
+    restart: bool = False
 
 
 class UnknownCollection(NotFound):
@@ -228,6 +308,8 @@ class Collection:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA busy_timeout=30000")
+        if not readonly:
+            _migrate(self._db)
         self._index: faiss.Index = _make_index(effective_factory(manifest.index_factory, 0), manifest.dim)
         self._hidden: set[int] = set()  # rowids superseded in an index that cannot remove
         self._index_version = 0
@@ -385,17 +467,13 @@ class Collection:
             raise InputError(f"collection {self.name!r} is open read-only")
 
     def upsert(
-        self,
-        docs: Sequence[Document],
-        vectors: np.ndarray,
-        source: tuple[str, int, int] | None = None,
-        mark: str | None = None,
+        self, docs: Sequence[Document], vectors: np.ndarray, source: SourceCommit | None = None
     ) -> int:
         """Insert or replace documents by id in one transaction; returns the new version.
 
-        ``source`` = (source key, byte offset, line) records ingest progress in the same
-        transaction, so a resumed ingest starts exactly after the last committed chunk; ``mark``
-        fingerprints the source's content up to that offset, so a replaced file is not resumed.
+        ``source`` records ingest progress (position, counts, malformed lines) in the same
+        transaction, so a resumed ingest starts exactly after the last committed chunk and knows
+        exactly what the lines before it held.
         """
         self._writable()
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -424,19 +502,8 @@ class Collection:
                 ],
             )
             if source is not None:
-                db.execute("INSERT OR REPLACE INTO sources VALUES (?, ?, ?, ?)", (*source, now_iso()))
-                if mark is not None:
-                    db.execute(_MARKS_TABLE)
-                    db.execute("INSERT OR REPLACE INTO source_marks VALUES (?, ?)", (source[0], mark))
-                elif self._has_marks(db):  # progress without a mark: an older mark no longer applies
-                    db.execute("DELETE FROM source_marks WHERE source = ?", (source[0],))
+                _commit_source(db, source)
         return version
-
-    @staticmethod
-    def _has_marks(db: sqlite3.Connection) -> bool:
-        """Collections made before content marks have no source_marks table until a marked write."""
-        row = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'source_marks'")
-        return row.fetchone() is not None
 
     def delete(self, ids: Iterable[str]) -> int:
         """Delete documents by external id; returns how many existed."""
@@ -476,10 +543,29 @@ class Collection:
 
     def source_mark(self, source: str) -> str | None:
         """The content mark committed with the source's progress (None: none recorded)."""
-        if not self._has_marks(self._db):
+        if not _has_table(self._db, "source_marks"):
             return None
         row = self._db.execute("SELECT mark FROM source_marks WHERE source = ?", (source,)).fetchone()
         return str(row[0]) if row else None
+
+    def source_checkpoint(self, source: str, errors_after: int = 0) -> SourceCheckpoint:
+        """The committed checkpoint of an ingest source, with its first stored malformed lines
+        after line ``errors_after``; an empty one if never ingested."""
+        with self._read() as db:
+            counted = _has_column(db, "sources", "documents")  # a read-only handle on an older database
+            columns = "offset, line, documents, errors" if counted else "offset, line, 0, 0"
+            row = db.execute(f"SELECT {columns} FROM sources WHERE source = ?", (source,)).fetchone()
+            if row is None:
+                return SourceCheckpoint()
+            lines: tuple[LineError, ...] = ()
+            if _has_table(db, "source_errors"):
+                found = db.execute(
+                    "SELECT line, reason FROM source_errors WHERE source = ? AND line > ? AND line <= ? "
+                    "ORDER BY line LIMIT ?",
+                    (source, errors_after, int(row[1]), MAX_STORED_ERRORS),
+                )
+                lines = tuple(LineError(int(line), str(reason)) for line, reason in found)
+        return SourceCheckpoint(int(row[0]), int(row[1]), int(row[2]), int(row[3]), lines)
 
     def checkpoint(self) -> Path:
         """Write the index snapshot for the current version; older snapshots are removed after."""
@@ -679,6 +765,55 @@ def _select_rowids(db: sqlite3.Connection, ids: Sequence[str]) -> list[int]:
         marks = ",".join("?" * len(chunk))
         out += [int(r[0]) for r in db.execute(f"SELECT rid FROM docs WHERE id IN ({marks})", chunk)]
     return out
+
+
+def _has_table(db: sqlite3.Connection, name: str) -> bool:
+    row = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,))
+    return row.fetchone() is not None
+
+
+def _has_column(db: sqlite3.Connection, table: str, column: str) -> bool:
+    return any(row[1] == column for row in db.execute(f"PRAGMA table_info({table})"))
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Bring a database made by an earlier version up to this schema, in place: the source
+    tables and columns added since are created empty (counts of older progress start at 0)."""
+    missing = [name for name in _SOURCE_COLUMNS if not _has_column(db, "sources", name)]
+    if not missing and _has_table(db, "source_marks") and _has_table(db, "source_errors"):
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        for name in _SOURCE_COLUMNS:  # again inside the lock: another writer may have migrated
+            if not _has_column(db, "sources", name):
+                db.execute(f"ALTER TABLE sources ADD COLUMN {name} {_SOURCE_COLUMNS[name]}")
+        for statement in _SOURCE_TABLES.split(";"):
+            if statement.strip():
+                db.execute(statement)
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+
+
+def _commit_source(db: sqlite3.Connection, commit: SourceCommit) -> None:
+    """Record an ingest source's progress inside the caller's write transaction."""
+    key = commit.source
+    if commit.restart:
+        db.execute("DELETE FROM source_errors WHERE source = ?", (key,))
+    db.execute(
+        "INSERT OR REPLACE INTO sources (source, offset, line, updated, documents, errors) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        (key, commit.offset, commit.line, now_iso(), commit.documents, commit.errors),
+    )
+    if commit.mark is not None:
+        db.execute("INSERT OR REPLACE INTO source_marks VALUES (?, ?)", (key, commit.mark))
+    else:  # progress without a mark: an older mark no longer applies
+        db.execute("DELETE FROM source_marks WHERE source = ?", (key,))
+    db.executemany(
+        "INSERT OR REPLACE INTO source_errors VALUES (?, ?, ?)",
+        [(key, e.line, e.reason) for e in commit.error_lines],
+    )
 
 
 def _fsync_dir(path: Path) -> None:

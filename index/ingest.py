@@ -1,9 +1,11 @@
 """Bulk ingest: stream JSONL or TSV documents, embed them in chunks, commit chunk by chunk.
 
-Memory is bounded by the chunk size whatever the file size. Each chunk's documents and the
-byte offset reached are committed in one transaction, so an interrupted ingest resumes
-exactly after its last committed chunk. Malformed lines are reported with their line
-numbers and skipped, or stop the ingest with ``strict``.
+Memory is bounded by the chunk size whatever the file size. Each chunk's documents, the
+byte offset reached, and the source's document and malformed-line counts (with its first
+malformed lines) are committed in one transaction, so an interrupted ingest resumes exactly
+after its last committed chunk and knows exactly what the lines before it held: nobody
+re-reads the file to count. Malformed lines are reported with their line numbers and
+skipped, or stop the ingest with ``strict``.
 """
 
 from __future__ import annotations
@@ -16,18 +18,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+
 from core.errors import InputError
-from index.collection import Collection, Document
+from index.collection import (
+    MAX_STORED_ERRORS,
+    Collection,
+    Document,
+    LineError,
+    SourceCheckpoint,
+    SourceCommit,
+)
 from model.encoder import TextEncoder
 
 Format = Literal["jsonl", "tsv"]
-MAX_REPORTED_ERRORS = 1000
-
-
-@dataclass
-class LineError:
-    line: int
-    reason: str
+MAX_REPORTED_ERRORS = 1000  # malformed lines an ingest run returns; MAX_STORED_ERRORS are committed
 
 
 @dataclass
@@ -42,6 +47,9 @@ class Record:
 
 @dataclass
 class IngestReport:
+    """One run's counts (``documents``, ``error_count``, ``errors``) and the source's
+    cumulative committed checkpoint after it (``committed``)."""
+
     source: str
     documents: int = 0
     lines: int = 0
@@ -49,6 +57,8 @@ class IngestReport:
     errors: list[LineError] = field(default_factory=list)
     error_count: int = 0
     version: int = 0
+    resumed: SourceCheckpoint = field(default_factory=SourceCheckpoint)
+    committed: SourceCheckpoint = field(default_factory=SourceCheckpoint)
 
 
 def detect_format(path: Path, fmt: str | None) -> Format:
@@ -157,17 +167,30 @@ def file_mark(path: Path, offset: int) -> str:
     return digest.hexdigest()
 
 
-def resume_point(collection: Collection, path: Path) -> tuple[int, int]:
-    """(byte offset, line) to continue ``path`` from: the committed progress if the file is the
-    one that was committed, else (0, 0): a replaced file is ingested from its start."""
-    source = str(Path(path).resolve())
-    offset, line = collection.source_progress(source)
-    if offset == 0 or offset > Path(path).stat().st_size:
-        return 0, 0
-    mark = collection.source_mark(source)
-    if mark is not None and mark != file_mark(path, offset):
-        return 0, 0
-    return offset, line
+def source_key(path: Path) -> str:
+    """The key an ingest source's progress is committed under: its resolved path."""
+    return str(Path(path).resolve())
+
+
+def committed(collection: Collection, path: Path, errors_after: int = 0) -> SourceCheckpoint:
+    """What is committed for ``path``, with the first stored malformed lines after ``errors_after``."""
+    return collection.source_checkpoint(source_key(path), errors_after)
+
+
+def _replaced(collection: Collection, path: Path, checkpoint: SourceCheckpoint) -> bool:
+    if checkpoint.offset > Path(path).stat().st_size:
+        return True
+    mark = collection.source_mark(source_key(path))
+    return mark is not None and mark != file_mark(path, checkpoint.offset)
+
+
+def resume_point(collection: Collection, path: Path, errors_after: int = 0) -> SourceCheckpoint:
+    """The checkpoint to continue ``path`` from: the committed one if the file is the one that
+    was committed, else an empty one: a replaced file is ingested from its start, counts reset."""
+    checkpoint = committed(collection, path, errors_after)
+    if checkpoint.offset == 0 or _replaced(collection, path, checkpoint):
+        return SourceCheckpoint()
+    return checkpoint
 
 
 def read_records(path: Path, fmt: Format, start_offset: int = 0, start_line: int = 0) -> Iterator[Record]:
@@ -202,7 +225,8 @@ def ingest(
     strict: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> IngestReport:
-    """Embed (as passages) and upsert every document of ``path``; ``progress(docs, bytes)``."""
+    """Embed (as passages) and upsert every document of ``path``; ``progress(docs, bytes)``
+    after each commit (an exception it raises stops the ingest there, all of it committed)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"input file not found: {path}")
@@ -212,35 +236,67 @@ def ingest(
             f"the encoder is {encoder.model_id}"
         )
     kind: Format = detect_format(path, fmt)
-    source = str(path.resolve())
-    offset, line = resume_point(collection, path)
-    report = IngestReport(source=source, resumed_from_line=line)
-    pending: list[Record] = []
+    source = source_key(path)
+    start = resume_point(collection, path)
+    report = IngestReport(source=source, resumed_from_line=start.line, resumed=start, committed=start)
+    restart = start.offset == 0  # whatever an earlier file under this key left is dropped
+    docs: list[Document] = []
+    bad: list[LineError] = []  # this chunk's malformed lines
+    kept = 0  # malformed lines committed by this run
+    last: Record | None = None
 
-    def flush() -> None:
-        docs = [r.doc for r in pending if r.doc is not None]
-        last = pending[-1]
-        vectors = encoder.embed([d.text for d in docs], "passage")
-        report.version = collection.upsert(
-            docs, vectors, source=(source, last.end_offset, last.line), mark=file_mark(path, last.end_offset)
+    def flush(end: Record) -> None:
+        nonlocal restart, kept
+        vectors = (
+            encoder.embed([d.text for d in docs], "passage")
+            if docs
+            else np.zeros((0, collection.manifest.dim), dtype=np.float32)
         )
+        stored = bad[: max(0, MAX_STORED_ERRORS - kept)]
+        done = report.committed
+        total = SourceCheckpoint(
+            offset=end.end_offset,
+            line=end.line,
+            documents=done.documents + len(docs),
+            errors=done.errors + len(bad),
+        )
+        commit = SourceCommit(
+            source,
+            total.offset,
+            total.line,
+            mark=file_mark(path, total.offset),
+            documents=total.documents,
+            errors=total.errors,
+            error_lines=stored,
+            restart=restart,
+        )
+        report.version = collection.upsert(docs, vectors, commit)
+        report.committed = total
         report.documents += len(docs)
+        restart, kept = False, kept + len(stored)
+        n = len(docs)
+        docs.clear()
+        bad.clear()
         if progress is not None:
-            progress(len(docs), last.end_offset)
-        pending.clear()
+            progress(n, total.offset)
 
-    for record in read_records(path, kind, offset, line):
+    for record in read_records(path, kind, start.offset, start.line):
         report.lines = record.line
+        last = record
         if record.error is not None:
             if strict:
                 raise InputError(f"{path.name}:{record.line}: {record.error}")
+            error = LineError(record.line, record.error)
             report.error_count += 1
             if len(report.errors) < MAX_REPORTED_ERRORS:
-                report.errors.append(LineError(record.line, record.error))
+                report.errors.append(error)
+            bad.append(error)
             continue
-        pending.append(record)
-        if len(pending) >= chunk_size:
-            flush()
-    if pending:
-        flush()
+        assert record.doc is not None
+        docs.append(record.doc)
+        if len(docs) >= chunk_size:
+            flush(record)
+    if last is not None and (docs or bad):
+        flush(last)  # the last documents, or malformed lines after them: their counts too
+    report.committed = committed(collection, path, start.line)
     return report

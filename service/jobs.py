@@ -6,9 +6,10 @@ atomically, so after a crash or a restart every job is found again in a consiste
 run one at a time, in submission order, on a dedicated thread: ingest saturates every core
 already, and the event loop must never wait for a forward pass or an fsync.
 
-Ingest is resumable by design (the collection records the byte offset of each committed chunk),
-so a job interrupted by a restart is simply queued again and continues after its last committed
-chunk; its counts are rebuilt exactly by re-reading (without embedding) the part already done.
+Ingest is resumable by design (the collection commits, with each chunk, the byte offset reached
+and the source's document and malformed-line counts), so a job interrupted by a restart is simply
+queued again and continues after its last committed chunk; its counts are the committed ones
+minus those at its first run, exact without re-reading the file.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import queue
 import secrets
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -28,8 +28,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from core.clock import now_iso
 from core.errors import InputError
 from core.files import atomic_write_text
-from index.collection import Collection, collection_identity
-from index.ingest import Format, detect_format, ingest, read_records, resume_point
+from index.collection import Collection, SourceCheckpoint, collection_identity
+from index.ingest import Format, ingest, resume_point
 from index.mining import Score, Strategy, mine
 from index.pairs import write_pairs
 from model.encoder import TextEncoder
@@ -67,6 +67,10 @@ class IngestParams(BaseModel):
         default=None, description="Resume bookkeeping: byte offset at first run."
     )
     start_line: int | None = Field(default=None, description="Resume bookkeeping: line number at first run.")
+    start_documents: int = Field(default=0, description="Resume bookkeeping: source documents at first run.")
+    start_errors: int = Field(
+        default=0, description="Resume bookkeeping: source malformed lines at first run."
+    )
     collection_identity: str | None = Field(
         default=None, description="The collection the job was submitted for (not one re-created since)."
     )
@@ -150,42 +154,17 @@ def _fraction(done: int, total: int | None) -> float:
     return min(1.0, done / total)
 
 
-class _Scan:
-    """Valid documents and malformed lines in a byte range of an ingest file."""
+def _first_run(params: IngestParams) -> SourceCheckpoint | None:
+    """The source's checkpoint when the job first ran (None: it has not run yet)."""
+    if params.start_offset is None or params.start_line is None:
+        return None
+    return SourceCheckpoint(
+        params.start_offset, params.start_line, params.start_documents, params.start_errors
+    )
 
-    def __init__(self) -> None:
-        self.documents = 0
-        self.error_count = 0
-        self.errors: list[JobLineError] = []
 
-
-def _scan(
-    path: Path,
-    fmt: Format,
-    start_offset: int,
-    start_line: int,
-    stop_offset: int,
-    check: Callable[[], None] | None = None,
-) -> _Scan:
-    """Re-read (no embedding) lines already committed, to rebuild a job's counts exactly.
-
-    ``check`` is called every few thousand lines so that a shutdown need not wait for a long scan.
-    """
-    out = _Scan()
-    if stop_offset <= start_offset:
-        return out
-    for i, record in enumerate(read_records(path, fmt, start_offset, start_line)):
-        if record.end_offset > stop_offset:
-            break
-        if check is not None and i % 10_000 == 9_999:
-            check()
-        if record.doc is not None:
-            out.documents += 1
-        else:
-            out.error_count += 1
-            if len(out.errors) < MAX_JOB_ERRORS:
-                out.errors.append(JobLineError(line=record.line, message=record.error or "malformed"))
-    return out
+def _line_errors(done: SourceCheckpoint) -> list[JobLineError]:
+    return [JobLineError(line=e.line, message=e.reason) for e in done.error_lines[:MAX_JOB_ERRORS]]
 
 
 class JobManager:
@@ -498,7 +477,6 @@ class JobManager:
             name = self._jobs[job_id].collection
         if name is None:
             raise InputError("ingest job without a collection")
-        fmt: Format = detect_format(path, params.format)
         total = path.stat().st_size
         self._check(job_id)
         with Collection.open(self.settings.collections_dir, name, self.encoder.model_id) as coll:
@@ -507,22 +485,26 @@ class JobManager:
                     f"collection {name!r} was deleted after this job was submitted; the collection now "
                     "under that name is another one (submit the documents to it again)"
                 )
-            source = str(path.resolve())
-            offset, line = resume_point(coll, path)  # (0, 0) for a file replaced since
             with self._lock:
-                if params.start_offset is None or params.start_line is None or params.start_offset > offset:
-                    params.start_offset, params.start_line = offset, line  # this job's first run
-                start_offset, start_line = params.start_offset, params.start_line
+                first = _first_run(params)
+            resumed = resume_point(coll, path, first.line if first else 0)  # empty for a file replaced since
+            base = resumed.baseline(first)
+            with self._lock:
+                params.start_offset, params.start_line = base.offset, base.line
+                params.start_documents, params.start_errors = base.documents, base.errors
             # What earlier runs of this job committed (none unless it was interrupted by a restart).
-            done = _scan(path, fmt, start_offset, start_line, offset, lambda: self._check(job_id))
+            done = resumed.since(base)
             docs = done.documents
             with self._lock:
                 job = self._jobs[job_id]
                 job.progress = JobProgress(
-                    docs=docs, bytes_done=offset, bytes_total=total, fraction=_fraction(offset, total)
+                    docs=docs,
+                    bytes_done=resumed.offset,
+                    bytes_total=total,
+                    fraction=_fraction(resumed.offset, total),
                 )
-                job.counts = JobCounts(documents=docs, errors=done.error_count)
-                job.errors = done.errors
+                job.counts = JobCounts(documents=docs, errors=done.errors)
+                job.errors = _line_errors(done)
             self._save(job_id)
 
             def progress(n: int, reached: int) -> None:
@@ -537,46 +519,38 @@ class JobManager:
                 self._check(job_id)
 
             try:
-                report = ingest(coll, self.encoder, path, fmt, params.chunk_size, params.strict, progress)
+                report = ingest(
+                    coll, self.encoder, path, params.format, params.chunk_size, params.strict, progress
+                )
             except (_Interrupted, InputError):
                 if not self._stopping.is_set() or self._cancelling(job_id):
-                    self._final_counts(job_id, coll, path, fmt, source, start_offset, start_line)
+                    self._final_counts(job_id, coll, path, base)
                 raise
             coll.checkpoint()
             count = len(coll)
-        errors = done.errors + [JobLineError(line=e.line, message=e.reason) for e in report.errors]
+            done = resume_point(coll, path, base.line).since(base)
         with self._lock:
-            job.counts = JobCounts(documents=docs, errors=done.error_count + report.error_count)
-            job.errors = errors[:MAX_JOB_ERRORS]
-            job.progress = JobProgress(docs=docs, bytes_done=total, bytes_total=total, fraction=1.0)
+            job.counts = JobCounts(documents=done.documents, errors=done.errors)
+            job.errors = _line_errors(done)
+            job.progress = JobProgress(docs=done.documents, bytes_done=total, bytes_total=total, fraction=1.0)
         result = {
-            "documents": docs,
+            "documents": done.documents,
             "collection_count": count,
             "version": report.version,
             "lines": report.lines,
         }
         self._finish(job_id, "succeeded", result=result)
 
-    def _final_counts(
-        self,
-        job_id: str,
-        coll: Collection,
-        path: Path,
-        fmt: Format,
-        source: str,
-        start_offset: int,
-        start_line: int,
-    ) -> None:
+    def _final_counts(self, job_id: str, coll: Collection, path: Path, base: SourceCheckpoint) -> None:
         """Exact counts of a job that ends early: what its committed chunks covered."""
-        offset, _ = coll.source_progress(source)
-        done = _scan(path, fmt, start_offset, start_line, offset)
+        done = resume_point(coll, path, base.line).since(base)
         with self._lock:
             job = self._jobs[job_id]
-            job.counts = JobCounts(documents=done.documents, errors=done.error_count)
-            job.errors = done.errors
+            job.counts = JobCounts(documents=done.documents, errors=done.errors)
+            job.errors = _line_errors(done)
             job.progress.docs = done.documents
-            job.progress.bytes_done = offset
-            job.progress.fraction = _fraction(offset, job.progress.bytes_total)
+            job.progress.bytes_done = done.offset
+            job.progress.fraction = _fraction(done.offset, job.progress.bytes_total)
         if not self._stopping.is_set():
             coll.checkpoint()
 

@@ -69,7 +69,7 @@ def ingest_cmd(
     encoder = load_encoder(model_dir, backend)
     with _open(name, encoder.model_id) as coll:
         total = source.stat().st_size
-        start, _ = resume_point(coll, source)
+        start = resume_point(coll, source).offset
         with bar("ingesting", total=total, unit="B", unit_scale=True, initial=min(start, total)) as progress:
             docs = 0
 
@@ -170,7 +170,7 @@ def reindex_cmd(
     an interruption continues where it stopped. Pause writes to the source meanwhile: deletions
     made to it during a re-index are not carried over.
     """
-    from index.collection import Document
+    from index.collection import Document, SourceCommit
 
     encoder = load_encoder(model_dir, backend)
     home = load_settings().collections_dir
@@ -199,11 +199,17 @@ def reindex_cmd(
             for position, doc in src.scan(after):
                 chunk.append(doc)
                 if len(chunk) >= chunk_size:
-                    dst.upsert(chunk, encoder.embed([d.text for d in chunk], "passage"), (key, position, 0))
+                    dst.upsert(
+                        chunk,
+                        encoder.embed([d.text for d in chunk], "passage"),
+                        SourceCommit(key, position, 0),
+                    )
                     progress.update(len(chunk))
                     chunk = []
             if chunk:
-                dst.upsert(chunk, encoder.embed([d.text for d in chunk], "passage"), (key, position, 0))
+                dst.upsert(
+                    chunk, encoder.embed([d.text for d in chunk], "passage"), SourceCommit(key, position, 0)
+                )
                 progress.update(len(chunk))
             dst.checkpoint()
             count = len(dst)
