@@ -119,7 +119,9 @@ def build_collection(
     collections_dir: Path, model_id: str, dim: int, docs: int, seed: int, index: str = "auto"
 ) -> str:
     """Clustered random unit vectors ("doc i") written straight to disk; returns the index kind."""
-    from index.collection import Collection, Document, effective_factory
+    from index.collection import Collection
+    from index.index_choice import effective_factory
+    from index.store import Document
 
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((CENTRES, dim)).astype(np.float32)

@@ -21,14 +21,8 @@ from typing import Any, Literal
 import numpy as np
 
 from core.errors import InputError
-from index.collection import (
-    MAX_STORED_ERRORS,
-    Collection,
-    Document,
-    LineError,
-    SourceCheckpoint,
-    SourceCommit,
-)
+from index.collection import MAX_STORED_ERRORS, Collection, LineError, SourceCheckpoint, SourceCommit
+from index.store import Document
 from model.encoder import TextEncoder
 
 Format = Literal["jsonl", "tsv"]

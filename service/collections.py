@@ -24,12 +24,12 @@ import numpy as np
 from index.collection import (
     MANIFEST,
     Collection,
-    Filter,
     Hit,
     UnknownCollection,
     collection_identity,
     list_collections,
 )
+from index.filters import Filter
 
 
 class Collections:

@@ -10,7 +10,8 @@ from typing import Annotated, Any
 import typer
 
 from core.errors import InputError
-from index.collection import Collection, Filter, list_collections
+from index.collection import Collection, list_collections
+from index.filters import Filter
 from index.ingest import ingest, resume_point
 from model.artifact import BACKENDS
 from service.cli.common import ModelDirOpt, app, bar, load_encoder, load_settings, model_dir_or_default
@@ -170,7 +171,8 @@ def reindex_cmd(
     an interruption continues where it stopped. Pause writes to the source meanwhile: deletions
     made to it during a re-index are not carried over.
     """
-    from index.collection import Document, SourceCommit
+    from index.collection import SourceCommit
+    from index.store import Document
 
     encoder = load_encoder(model_dir, backend)
     home = load_settings().collections_dir

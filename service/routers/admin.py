@@ -18,7 +18,8 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from core.errors import InputError
-from index.collection import INDEX_PATTERN, NAME_RE, CollectionExists, ModelMismatch, UnknownCollection
+from index.collection import NAME_RE, CollectionExists, ModelMismatch, UnknownCollection
+from index.index_choice import INDEX_PATTERN
 from index.ingest import Format, detect_format
 from index.mining import Score, Strategy
 from service.auth import AdminDep

@@ -9,14 +9,10 @@ import numpy as np
 import pytest
 
 from core.errors import InputError
-from index.collection import (
-    INDEX_PATTERN,
-    Collection,
-    Document,
-    Filter,
-    check_index_factory,
-    list_collections,
-)
+from index.collection import Collection, list_collections
+from index.filters import Filter
+from index.index_choice import INDEX_PATTERN, check_index_factory
+from index.store import Document
 
 DIM = 16
 
@@ -198,7 +194,7 @@ def test_ivf_searches_exactly_until_it_can_train(tmp_path: Path) -> None:
 
 
 def test_auto_grows_from_exact_to_hnsw(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import index.collection as collection_module
+    import index.index_choice as collection_module
 
     monkeypatch.setattr(collection_module, "AUTO_HNSW_AT", 100)
     rng = np.random.default_rng(8)

@@ -14,7 +14,8 @@ import httpx
 import numpy as np
 import pytest
 
-from index.collection import Collection, Document
+from index.collection import Collection
+from index.store import Document
 from model.artifact import ONNX_INT8
 from model.backend_choice import preference
 from model.cpu import cpu_features

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from index.collection import Collection, Document, UnknownCollection
+from index.collection import Collection, UnknownCollection
+from index.store import Document
 from service.collections import Collections
 
 DIM = 8

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from index.collection import Collection, Document
+from index.collection import Collection
+from index.store import Document
 from model.build import build_from_checkpoint
 from model.encoder import Encoder
 from service.demo import DEMO_NAME, demo_documents, ensure_demo_collection

@@ -240,7 +240,8 @@ def test_a_mining_job_killed_mid_run_runs_again_after_restart(tiny_model_dir: Pa
     stored vectors, and the pairs can be downloaded."""
     import signal
 
-    from index.collection import Collection, Document
+    from index.collection import Collection
+    from index.store import Document
 
     encoder = Encoder.load(tiny_model_dir, backend="onnx")
     rng = np.random.default_rng(0)
