@@ -13,6 +13,7 @@ from core.errors import InputError
 from index.collection import Collection, list_collections
 from index.filters import Filter
 from index.ingest import ingest, resume_point
+from index.reindex import reindex
 from model.artifact import BACKENDS
 from service.cli.common import ModelDirOpt, app, bar, load_encoder, load_settings, model_dir_or_default
 
@@ -171,48 +172,19 @@ def reindex_cmd(
     an interruption continues where it stopped. Pause writes to the source meanwhile: deletions
     made to it during a re-index are not carried over.
     """
-    from index.collection import SourceCommit
-    from index.store import Document
-
     encoder = load_encoder(model_dir, backend)
     home = load_settings().collections_dir
-    key = f"reindex:{name}"
-    with _open(name, readonly=True) as src:
-        if target in list_collections(home):
-            dst = Collection.open(home, target, encoder.model_id)
-            after, _ = dst.source_progress(key)
-            if after == 0 and len(dst):
-                dst.close()
-                raise InputError(f"collection {target!r} already exists and was not re-indexed from {name!r}")
-            if index is not None and index != dst.manifest.index_factory:
-                dst.close()
-                raise InputError(f"collection {target!r} exists with index {dst.manifest.index_factory!r}")
-        else:
-            dst = Collection.create(
-                home, target, encoder.model_id, encoder.dim, index or src.manifest.index_factory
-            )
-            after = 0
-        done = src.count_through(after)
-        if done:
-            typer.echo(f"resuming: {done} documents already re-indexed into {target!r}")
-        with dst, bar("re-embedding", total=len(src), initial=done, unit="doc") as progress:
-            chunk: list[Document] = []
-            position = after
-            for position, doc in src.scan(after):
-                chunk.append(doc)
-                if len(chunk) >= chunk_size:
-                    dst.upsert(
-                        chunk,
-                        encoder.embed([d.text for d in chunk], "passage"),
-                        SourceCommit(key, position, 0),
-                    )
-                    progress.update(len(chunk))
-                    chunk = []
-            if chunk:
-                dst.upsert(
-                    chunk, encoder.embed([d.text for d in chunk], "passage"), SourceCommit(key, position, 0)
-                )
-                progress.update(len(chunk))
-            dst.checkpoint()
-            count = len(dst)
+    with _open(name, readonly=True) as src, bar("re-embedding", total=len(src), unit="doc") as progress:
+        started = False
+
+        def advance(done: int, total: int) -> None:
+            nonlocal started
+            if not started and done:
+                typer.echo(f"resuming: {done} documents already re-indexed into {target!r}")
+            started = True
+            progress.total = total
+            progress.update(done - progress.n)
+
+        report = reindex(src, home, target, encoder, index, chunk_size, advance)
+        count = report.count
     typer.echo(f"re-indexed {count} documents from {name!r} into {target!r} ({encoder.model_id})")
