@@ -8,13 +8,14 @@ choices do, and the service publishes its syntax (``INDEX_PATTERN``) to clients.
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import faiss
 
 from core.errors import InputError
 
 IndexKind = Literal["Flat", "HNSW", "IVF"]  # the kinds of index a collection may search with
+INDEX_KINDS: tuple[IndexKind, ...] = get_args(IndexKind)
 
 AUTO = "auto"
 AUTO_HNSW_AT = 200_000  # documents; below this exact search answers in a few milliseconds

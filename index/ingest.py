@@ -16,7 +16,7 @@ import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 
@@ -25,7 +25,8 @@ from index.collection import MAX_STORED_ERRORS, Collection, LineError, SourceChe
 from index.store import Document
 from model.encoder import TextEncoder
 
-Format = Literal["jsonl", "tsv"]
+Format = Literal["jsonl", "tsv"]  # the input formats an ingest reads
+FORMATS: tuple[Format, ...] = get_args(Format)
 MAX_REPORTED_ERRORS = 1000  # malformed lines an ingest run returns; MAX_STORED_ERRORS are committed
 
 
