@@ -202,7 +202,7 @@ def fuse(fp32: Path, out: Path, model_dir: Path) -> None:
 def measure(
     encoder: Any, dev: dict[str, Any], ref: dict[str, tuple[np.ndarray, np.ndarray]] | None
 ) -> dict[str, Any]:
-    from model.train.evaluate import retrieval_p1
+    from model.train.dev import retrieval_p1
 
     p1, cosines, vectors = [], [], {}
     started = time.perf_counter()

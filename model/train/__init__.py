@@ -1,1 +1,1 @@
-"""DAP training: the TR and RTL objectives, the training loop and its evaluation."""
+"""DAP training: the TR and RTL objectives, the training loop and its dev P@1."""

@@ -36,7 +36,7 @@ from model.cpu import cpu_features
 from model.torch_model import load_transformer, pool
 from model.train.budget import PROBE_STEPS, Budget, scaled_warmup
 from model.train.data import EnglishVocab, Pair, PairFilter, read_dev, read_pairs
-from model.train.evaluate import retrieval_p1
+from model.train.dev import retrieval_p1
 from model.train.losses import translation_ranking_loss
 from model.train.mixture import BatchLanguages, MixtureStream, find_corpora
 from model.train.rtl import RTLHead, rtl_labels

@@ -306,7 +306,8 @@ def eval_cmd(
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the results as JSON.")] = None,
 ) -> None:
     """Retrieval P@1 (xx→en, en→xx), mining F1 and search-dev R@1, models side by side (markdown)."""
-    from model.train.evaluate import markdown, run_evaluation, summary_markdown, to_json
+    from evaluation.report import markdown, summary_markdown, to_json
+    from evaluation.run import run_evaluation
 
     for directory in model:
         if not (directory / "manifest.json").is_file():

