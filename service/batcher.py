@@ -24,13 +24,14 @@ import contextlib
 import math
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 
+from core.errors import InputError
 from model.encoder import Embeddings, Encoder, Kind, Timings
 from service.metrics import Metrics
 
@@ -38,12 +39,17 @@ Priority = Literal["online", "bulk"]
 ONLINE_QUIET_S = 1.0  # no online request for this long: bulk batches go back to full size
 
 
-class Overloaded(Exception):
-    """The queue is full; ``retry_after`` is a hint in whole seconds."""
+class Overloaded(InputError):
+    """The queue is full (429); ``retry_after`` is a hint in whole seconds, sent as Retry-After."""
+
+    status = 429
 
     def __init__(self, queued: int, retry_after: int) -> None:
         super().__init__(f"the inference queue is full ({queued} texts waiting); retry in {retry_after} s")
         self.retry_after = retry_after
+
+    def headers(self) -> Mapping[str, str]:
+        return {"Retry-After": str(self.retry_after)}
 
 
 @dataclass

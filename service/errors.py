@@ -12,8 +12,6 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.errors import InputError
-from index.collection import CollectionExists, ModelMismatch, UnknownCollection
-from service.batcher import Overloaded
 
 log = logging.getLogger("dapsearch")
 
@@ -74,14 +72,6 @@ def _loc_to_param(loc: tuple[Any, ...]) -> str | None:
     return out
 
 
-def _status_of(exc: InputError) -> int:
-    if isinstance(exc, UnknownCollection):
-        return 404
-    if isinstance(exc, CollectionExists | ModelMismatch):
-        return 409
-    return 400
-
-
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:
@@ -89,11 +79,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(InputError)
     async def _input_error(_: Request, exc: InputError) -> JSONResponse:
-        return envelope(_status_of(exc), str(exc))
-
-    @app.exception_handler(Overloaded)
-    async def _overloaded(_: Request, exc: Overloaded) -> JSONResponse:
-        return envelope(429, str(exc), headers={"Retry-After": str(exc.retry_after)})
+        """Every domain error, whatever its layer: its class says the status."""
+        return envelope(exc.status, str(exc), headers=exc.headers())
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

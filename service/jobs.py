@@ -26,7 +26,7 @@ import anyio
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from core.clock import now_iso
-from core.errors import InputError
+from core.errors import Conflict, InputError, NotFound
 from core.files import atomic_write_text
 from index.collection import Collection, SourceCheckpoint, collection_identity
 from index.ingest import Format, ingest, resume_point
@@ -131,11 +131,11 @@ class Job(BaseModel):
         return {self.collection} if self.collection else set()
 
 
-class JobNotFound(InputError):
+class JobNotFound(NotFound):
     """No job of that id (404)."""
 
 
-class JobFinished(InputError):
+class JobFinished(Conflict):
     """The job already ended (409 on cancel)."""
 
 

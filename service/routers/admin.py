@@ -26,7 +26,7 @@ from service.auth import AdminDep
 from service.collections import Collections
 from service.deps import CollectionsDep, EncoderDep, JobsDep, SettingsDep
 from service.errors import APIError
-from service.jobs import Job, JobFinished, JobManager, JobNotFound, JobState, MineParams, new_job_id
+from service.jobs import Job, JobManager, JobState, MineParams, new_job_id
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[AdminDep])
 
@@ -95,12 +95,8 @@ class JobList(BaseModel):
 
 
 def _error(exc: InputError, param: str | None = None) -> APIError:
-    """The status a domain error means for a client."""
-    if isinstance(exc, UnknownCollection | JobNotFound):
-        return APIError(404, str(exc), param)
-    if isinstance(exc, CollectionExists | ModelMismatch | JobFinished):
-        return APIError(409, str(exc), param)
-    return APIError(400, str(exc), param)
+    """A domain error (its own status) naming the request field it is about."""
+    return APIError(exc.status, str(exc), param, headers=exc.headers())
 
 
 def _known(collections: Collections, name: str, param: str | None = None) -> None:
@@ -354,10 +350,7 @@ async def list_jobs(jobs: JobsDep, state: Annotated[JobState | None, Query()] = 
 
 
 def _get(jobs: JobManager, job_id: str) -> Job:
-    try:
-        return jobs.get(job_id)
-    except JobNotFound as exc:
-        raise APIError(404, str(exc)) from exc
+    return jobs.get(job_id)  # JobNotFound is a 404
 
 
 @router.get("/jobs/{job_id}", response_model=JobResponse)
