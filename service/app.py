@@ -25,14 +25,19 @@ from service.jobs import JobManager
 from service.metrics import Metrics
 from service.middleware import install_middleware
 from service.routers import admin, embed, health, info, mine, openai, search
+from service.runtime import Runtime
 from service.settings import Settings
 
 log = logging.getLogger("dapsearch")
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the app; the model, cache, collections and jobs are made in the lifespan, never at import."""
+def create_app(settings: Settings | None = None, encoder: Encoder | None = None) -> FastAPI:
+    """Build the app; the model, cache, collections and jobs are made in the lifespan, never at import.
+
+    ``encoder`` replaces the model the settings name (``Encoder.dummy()`` in the model-free tests).
+    """
     settings = settings or Settings()
+    given = encoder
     metrics = Metrics()
 
     async def load(app: FastAPI, stack: AsyncExitStack) -> None:
@@ -42,6 +47,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
         def open_encoder() -> tuple[BackendChoice, Encoder]:
             """Off the event loop: the choice reads the manifest and looks for the graphs on disk."""
+            if given is not None:
+                return BackendChoice(
+                    settings.backend, given.backend.name, "the encoder given to the app"
+                ), given
             choice = choose_backend(settings.backend, model_dir, read_manifest(model_dir), cpu)
             choice.log_fallback()
             encoder = Encoder.load(
@@ -81,14 +90,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         jobs = JobManager(settings, bulk, collections, metrics)
         await jobs.start()
         stack.push_async_callback(jobs.stop)
-        app.state.encoder = encoder
-        app.state.backend_choice = choice
-        app.state.batcher = batcher
-        app.state.cache = cache
-        app.state.embedder = Embedder(batcher, cache, metrics)
-        app.state.collections = collections
-        app.state.jobs = jobs
-        app.state.ready = True
+        app.state.runtime = Runtime(
+            encoder=encoder,
+            backend_choice=choice,
+            batcher=batcher,
+            cache=cache,
+            embedder=Embedder(batcher, cache, metrics),
+            collections=collections,
+            jobs=jobs,
+        )
         log.info(
             "dapsearch ready: model %s, backend %s (%s) on %s (%s), cache %s",
             encoder.model_id,
@@ -114,7 +124,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             try:
                 yield
             finally:
-                app.state.ready = False
+                app.state.runtime = None
                 task.cancel()
                 with contextlib.suppress(BaseException):
                     await task
@@ -127,7 +137,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = metrics
-    app.state.ready = False
+    app.state.runtime = None
     app.state.load_error = None
     install_error_handlers(app)
     install_middleware(app, settings, metrics)

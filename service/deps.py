@@ -1,26 +1,27 @@
-"""Dependencies: the heavy objects made in the lifespan, reached through ``app.state``.
+"""Dependencies: the runtime made in the lifespan, reached through one ready dependency.
 
-They are ``async def`` because they only read attributes: FastAPI runs a plain ``def`` dependency
-on a worker thread, a hop per dependency per request.
+Every heavy object comes from ``get_runtime``, which answers 503 (with Retry-After) until the
+model has loaded, or for good after a failed load; FastAPI runs it once per request however
+many dependencies derive from it. They are ``async def`` because they only read attributes: a
+plain ``def`` dependency would run on a worker thread, a hop per dependency per request.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 from fastapi import Depends, Request
 
 from model.backend_choice import BackendChoice
 from model.encoder import Encoder
+from service.cache import Cache
 from service.collections import Collections
-from service.embedding import CallerEmbedder, Embedder
+from service.embedding import CallerEmbedder
 from service.errors import APIError
+from service.jobs import JobManager
 from service.metrics import Metrics
+from service.runtime import Runtime
 from service.settings import Settings
-
-if TYPE_CHECKING:
-    from service.cache import Cache
-    from service.jobs import JobManager
 
 
 async def get_settings(request: Request) -> Settings:
@@ -28,64 +29,55 @@ async def get_settings(request: Request) -> Settings:
     return settings
 
 
-def require_ready(request: Request) -> None:
-    """503 + Retry-After while the model loads (or if it failed to), instead of an attribute error."""
-    state = request.app.state
-    if not state.ready:
-        error = state.load_error
-        message = (
-            f"service failed to start: {error}" if error else "service is starting: the model is loading"
-        )
-        raise APIError(503, message, headers={"Retry-After": "5"})
-
-
-async def get_encoder(request: Request) -> Encoder:
-    require_ready(request)
-    encoder: Encoder = request.app.state.encoder
-    return encoder
-
-
-async def get_embedder(request: Request) -> CallerEmbedder:
-    require_ready(request)
-    embedder: Embedder = request.app.state.embedder
-    settings: Settings = request.app.state.settings
-    return CallerEmbedder(embedder, request.receive, settings.max_request_tokens)
-
-
-async def get_backend_choice(request: Request) -> BackendChoice:
-    require_ready(request)
-    choice: BackendChoice = request.app.state.backend_choice
-    return choice
-
-
-async def get_collections(request: Request) -> Collections:
-    require_ready(request)
-    collections: Collections = request.app.state.collections
-    return collections
-
-
 async def get_metrics(request: Request) -> Metrics:
     metrics: Metrics = request.app.state.metrics
     return metrics
 
 
-async def get_cache(request: Request) -> Cache:
-    require_ready(request)
-    cache: Cache = request.app.state.cache
-    return cache
+async def get_runtime(request: Request) -> Runtime:
+    """503 + Retry-After while the model loads (or if it failed to), instead of an attribute error."""
+    runtime: Runtime | None = request.app.state.runtime
+    if runtime is None:
+        error = request.app.state.load_error
+        message = (
+            f"service failed to start: {error}" if error else "service is starting: the model is loading"
+        )
+        raise APIError(503, message, headers={"Retry-After": "5"})
+    return runtime
 
 
-async def get_jobs(request: Request) -> JobManager:
-    require_ready(request)
-    jobs: JobManager = request.app.state.jobs
-    return jobs
-
-
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+
+
+async def get_encoder(runtime: RuntimeDep) -> Encoder:
+    return runtime.encoder
+
+
+async def get_embedder(request: Request, runtime: RuntimeDep, settings: SettingsDep) -> CallerEmbedder:
+    return CallerEmbedder(runtime.embedder, request.receive, settings.max_request_tokens)
+
+
+async def get_backend_choice(runtime: RuntimeDep) -> BackendChoice:
+    return runtime.backend_choice
+
+
+async def get_collections(runtime: RuntimeDep) -> Collections:
+    return runtime.collections
+
+
+async def get_cache(runtime: RuntimeDep) -> Cache:
+    return runtime.cache
+
+
+async def get_jobs(runtime: RuntimeDep) -> JobManager:
+    return runtime.jobs
+
+
 EncoderDep = Annotated[Encoder, Depends(get_encoder)]
 BackendChoiceDep = Annotated[BackendChoice, Depends(get_backend_choice)]
 EmbedderDep = Annotated[CallerEmbedder, Depends(get_embedder)]
 CollectionsDep = Annotated[Collections, Depends(get_collections)]
-MetricsDep = Annotated[Metrics, Depends(get_metrics)]
-CacheDep = Annotated["Cache", Depends(get_cache)]
-JobsDep = Annotated["JobManager", Depends(get_jobs)]
+CacheDep = Annotated[Cache, Depends(get_cache)]
+JobsDep = Annotated[JobManager, Depends(get_jobs)]

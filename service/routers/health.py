@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from service.runtime import Runtime
 from service.schemas import Health, Readiness
 
 router = APIRouter(tags=["health"])
@@ -21,15 +22,16 @@ async def live() -> Health:
 async def ready(request: Request) -> Response:
     """200 once the model is warm and collections are reachable; Redis down is 'degraded' but ready."""
     state = request.app.state
-    if not state.ready:
+    runtime: Runtime | None = state.runtime
+    if runtime is None:
         failed = state.load_error is not None
         body = Readiness(status="failed" if failed else "starting", detail=state.load_error)
         return JSONResponse(body.model_dump(), status_code=503, headers={"Retry-After": "5"})
-    cache = await state.cache.status()
+    cache = await runtime.cache.status()
     body = Readiness(
         status="ready" if cache.ok else "degraded",
-        model=state.encoder.model_id,
-        collections=len(state.collections.names()),
+        model=runtime.encoder.model_id,
+        collections=len(runtime.collections.names()),
         cache=cache.model_dump(),
     )
     return JSONResponse(body.model_dump())
@@ -39,7 +41,8 @@ async def ready(request: Request) -> Response:
 async def metrics(request: Request) -> Response:
     """Prometheus text format: request latencies per route, queue/tokenize/inference times, cache."""
     state = request.app.state
-    if state.ready:
-        state.metrics.queue_depth.set(state.batcher.queued)
-        state.metrics.bulk_queue_depth.set(state.batcher.bulk_queued)
+    runtime: Runtime | None = state.runtime
+    if runtime is not None:
+        state.metrics.queue_depth.set(runtime.batcher.queued)
+        state.metrics.bulk_queue_depth.set(runtime.batcher.bulk_queued)
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

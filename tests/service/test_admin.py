@@ -207,7 +207,8 @@ async def test_collections_create_list_get_delete(tmp_path: Path, tiny_model_dir
         assert r.status_code == 201, r.text
         stats = r.json()
         assert stats["name"] == "news" and stats["count"] == 0
-        assert stats["dim"] == app.state.encoder.dim and stats["model_id"] == app.state.encoder.model_id
+        encoder = app.state.runtime.encoder
+        assert stats["dim"] == encoder.dim and stats["model_id"] == encoder.model_id
 
         r = await client.post("/admin/collections", json={"name": "news"})
         assert r.status_code == 409 and r.json()["error"]["param"] == "name"

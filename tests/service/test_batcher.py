@@ -211,7 +211,7 @@ async def test_a_request_whose_client_disconnects_is_not_embedded(
     )
     app = create_app(settings)
     async with LifespanManager(app, startup_timeout=120) as manager:
-        while not app.state.ready:
+        while app.state.runtime is None:
             await asyncio.sleep(0.02)
         body = json.dumps({"texts": _texts("nobody", 200)}).encode()
         sent: list[dict[str, object]] = []
@@ -245,7 +245,7 @@ async def test_a_request_whose_client_disconnects_is_not_embedded(
         await asyncio.sleep(0.2)  # a slice under way finishes
         # Some slices of 2 ran before the hang-up was seen (how many depends on the machine's
         # speed: 26 were seen once); most of the 200 texts never are.
-        assert _embedded(app.state.metrics) <= 100 and app.state.batcher.queued == 0
+        assert _embedded(app.state.metrics) <= 100 and app.state.runtime.batcher.queued == 0
 
 
 async def test_one_request_may_cost_at_most_its_token_budget(tiny_model_dir: Path, tmp_path: Path) -> None:
