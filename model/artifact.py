@@ -39,7 +39,9 @@ OPENVINO_INT8_SCHEME = "nncf-static-int8-transformer"
 
 Pooling = Literal["mean", "cls"]
 Bundled = Literal["dap", "base"]  # the models dapsearch builds from what it ships
-Backend = Literal["torch", "onnx", "onnx-int8", "openvino", "openvino-int8"]
+# "dummy" is the model-free test backend (model/encoder.py, Encoder.dummy): never chosen, never
+# accepted as a setting, so it is not among BACKENDS.
+Backend = Literal["torch", "onnx", "onnx-int8", "openvino", "openvino-int8", "dummy"]
 BACKENDS: tuple[Backend, ...] = ("torch", "onnx", "onnx-int8", "openvino", "openvino-int8")
 
 

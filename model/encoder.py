@@ -8,16 +8,18 @@ ONNX Runtime, ``openvino`` (the fp32 graph, in bf16 where the CPU has it nativel
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
+from core.clock import now_iso
 from core.errors import InputError
 from model.artifact import (
     BACKENDS,
@@ -74,10 +76,10 @@ class Timings:
 class TextTokenizer:
     """Prefixing, tokenisation, explicit truncation and padding."""
 
-    def __init__(self, tokenizer_path: Path, manifest: Manifest) -> None:
+    def __init__(self, tokenizer_path: Path | None, manifest: Manifest) -> None:
         from tokenizers import Tokenizer
 
-        self._tok = Tokenizer.from_file(str(tokenizer_path))
+        self._tok = Tokenizer.from_file(str(tokenizer_path)) if tokenizer_path else _byte_tokenizer()
         self._tok.no_padding()
         self._tok.enable_truncation(manifest.max_length)
         self.manifest = manifest
@@ -113,6 +115,17 @@ class TextTokenizer:
                 input_ids[row, : len(ids[i])] = ids[i]
                 mask[row, : len(ids[i])] = 1
             yield TokenBatch(input_ids, mask, chunk)
+
+
+def _byte_tokenizer() -> Any:
+    """A tokenizer that needs no file: one token per UTF-8 byte (byte-level BPE without merges)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {"<pad>": 0, **{char: i + 1 for i, char in enumerate(alphabet)}}
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    return tokenizer
 
 
 class ForwardBackend(Protocol):
@@ -235,6 +248,27 @@ class TorchBackend:
         return vectors
 
 
+class DummyBackend:
+    """A deterministic stand-in for the network: each padded row's real token ids hash to a unit
+    vector. The same text gives the same vector alone or in any batch, different texts unrelated
+    ones, so API, batcher and job tests run without any model, in milliseconds."""
+
+    name: Backend = "dummy"
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+
+    def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        out = np.empty((len(input_ids), self.dim), dtype=np.float32)
+        for row, (ids, mask) in enumerate(zip(input_ids, attention_mask, strict=True)):
+            digest = hashlib.blake2b(ids[mask.astype(bool)].astype("<i8").tobytes(), digest_size=8)
+            vector = np.random.default_rng(int.from_bytes(digest.digest(), "little")).standard_normal(
+                self.dim
+            )
+            out[row] = vector / np.linalg.norm(vector)
+        return out
+
+
 def check_backend(model_dir: Path, manifest: Manifest, backend: Backend) -> Path:
     """The file ``backend`` would load, after checking it exists and belongs to these weights."""
     if backend not in BACKENDS:
@@ -286,6 +320,22 @@ class Encoder:
         manifest = read_manifest(model_dir)
         tokenizer = TextTokenizer(model_dir / TOKENIZER, manifest)
         return cls(manifest, tokenizer, load_backend(model_dir, manifest, backend, threads), batch_size)
+
+    @classmethod
+    def dummy(cls, dim: int = 384, max_length: int = 512, batch_size: int = 32) -> Encoder:
+        """The model-free encoder (``DummyBackend``, a byte tokenizer, no prefixes): for tests of
+        everything around the model. Its id names it, so its vectors never mix with a model's."""
+        manifest = Manifest(
+            id=f"dummy-{dim}@{'0' * 16}",
+            name=f"dummy-{dim}",
+            weights_sha256="0" * 64,
+            dim=dim,
+            pooling="mean",
+            max_length=max_length,
+            provenance={"source": "model.encoder.DummyBackend: hashes, no weights"},
+            created=now_iso(),
+        )
+        return cls(manifest, TextTokenizer(None, manifest), DummyBackend(dim), batch_size)
 
     @property
     def model_id(self) -> str:

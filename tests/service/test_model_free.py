@@ -1,0 +1,291 @@
+"""The service around the model, on the dummy backend: no model directory, seconds in all.
+
+The Batcher, the Embedder and the job runner are built directly here; the app is started with
+``create_app(settings, Encoder.dummy())``. What needs real vectors (ranking, parity, truncation
+at the real tokenizer) stays in the real-model tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import numpy as np
+import pytest
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
+
+from core.clock import now_iso
+from model.encoder import Encoder
+from service.app import create_app
+from service.batcher import Batcher, Overloaded
+from service.cache import MemoryCache
+from service.collections import Collections
+from service.embedding import Embedder
+from service.jobs import IngestParams, Job, JobManager, JobProgress
+from service.metrics import Metrics
+from service.settings import Settings
+
+pytestmark = pytest.mark.anyio
+AUTH = {"Authorization": "Bearer k1"}
+
+
+@pytest.fixture(scope="module")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="module")
+def encoder() -> Encoder:
+    return Encoder.dummy(dim=32, max_length=16, batch_size=4)
+
+
+def settings_for(home: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {"home": home, "admin_keys": "k1", "demo": False, "redis_url": None}
+    return Settings(**(values | overrides))
+
+
+def test_the_dummy_encoder_is_deterministic_and_batch_invariant(encoder: Encoder) -> None:
+    texts = [f"text {i}" for i in range(9)]
+    together = encoder.embed(texts)
+    alone = np.stack([encoder.embed([t])[0] for t in texts])
+    assert np.array_equal(together, alone)
+    assert np.allclose(np.linalg.norm(together, axis=1), 1.0, atol=1e-6)
+    assert abs(float(together[0] @ together[1])) < 0.9  # different texts, unrelated vectors
+    assert encoder.encode(["x" * 100]).truncated == [0]  # 100 bytes > 16 tokens
+    assert encoder.backend.name == "dummy" and encoder.model_id.startswith("dummy-32@")
+
+
+# ---------------------------------------------------------------------------------- Batcher
+
+
+class CountingEncoder(Encoder):
+    """The dummy encoder, recording the size of every forward pass and able to hold one."""
+
+    def __init__(self, base: Encoder) -> None:
+        super().__init__(base.manifest, base.tokenizer, base.backend, base.batch_size)
+        self.calls: list[list[str]] = []
+        self.hold = anyio.Event()  # set from the test: the held pass may go on
+        self.holding = False
+
+    def encode(self, texts: Any, kind: Any = "query", progress: Any = None, timings: Any = None) -> Any:
+        self.calls.append(list(texts))
+        if self.holding:
+            while not self.hold.is_set():
+                time.sleep(0.001)
+        return super().encode(texts, kind, progress, timings)
+
+
+@asynccontextmanager
+async def running(batcher: Batcher) -> AsyncIterator[Batcher]:
+    batcher.start()
+    try:
+        yield batcher
+    finally:
+        await batcher.stop()
+
+
+async def test_the_batcher_coalesces_concurrent_requests_and_keeps_their_order(encoder: Encoder) -> None:
+    counting = CountingEncoder(encoder)
+    counting.holding = True
+    async with running(Batcher(counting, Metrics(), max_batch=8, max_wait_s=0.05)) as batcher:
+        first = asyncio.ensure_future(batcher.embed(["a"], "query"))
+        while not counting.calls:
+            await asyncio.sleep(0.001)  # the first pass holds the engine
+        rest = [asyncio.ensure_future(batcher.embed([f"t{i}", f"u{i}"], "query")) for i in range(3)]
+        await asyncio.sleep(0.01)
+        counting.hold.set()
+        results = await asyncio.gather(first, *rest)
+    assert counting.calls[1] == ["t0", "u0", "t1", "u1", "t2", "u2"]  # one pass for the three
+    for i, result in enumerate(results[1:]):
+        assert np.array_equal(result.vectors, encoder.embed([f"t{i}", f"u{i}"]))
+
+
+async def test_online_requests_go_before_bulk_and_a_full_queue_is_429(encoder: Encoder) -> None:
+    counting = CountingEncoder(encoder)
+    counting.holding = True
+    async with running(Batcher(counting, Metrics(), max_batch=4, max_queue=4, bulk_batch=2)) as batcher:
+        warm = asyncio.ensure_future(batcher.embed(["hold"], "query"))
+        while not counting.calls:
+            await asyncio.sleep(0.001)
+        bulk = asyncio.ensure_future(batcher.embed([f"b{i}" for i in range(6)], "passage", priority="bulk"))
+        online = asyncio.ensure_future(batcher.embed(["o1", "o2", "o3"], "query"))
+        await asyncio.sleep(0.01)
+        with pytest.raises(Overloaded) as refused:
+            await batcher.embed(["o4", "o5"], "query")  # 3 queued + 2 > 4
+        assert refused.value.status == 429 and int(refused.value.headers()["Retry-After"]) >= 1
+        counting.hold.set()
+        await asyncio.gather(warm, bulk, online)
+    assert counting.calls[1] == ["o1", "o2", "o3"]
+    assert all(len(call) <= 4 for call in counting.calls)
+
+
+async def test_stop_cancels_what_is_still_queued(encoder: Encoder) -> None:
+    counting = CountingEncoder(encoder)
+    counting.holding = True
+    batcher = Batcher(counting, Metrics(), max_batch=1)
+    batcher.start()
+    first = asyncio.ensure_future(batcher.embed(["one"], "query"))
+    while not counting.calls:
+        await asyncio.sleep(0.001)
+    queued = asyncio.ensure_future(batcher.embed(["two"], "query"))
+    await asyncio.sleep(0.01)
+    counting.hold.set()
+    await batcher.stop()
+    await asyncio.wait([queued], timeout=5)
+    assert queued.cancelled() and batcher.queued == 0
+    first.cancel()  # the pass in flight when the batcher stopped
+
+
+# --------------------------------------------------------------------------------- Embedder
+
+
+async def test_the_embedder_fills_the_cache_and_answers_from_it(encoder: Encoder) -> None:
+    counting = CountingEncoder(encoder)
+    metrics = Metrics()
+    cache = MemoryCache(100)
+    async with running(Batcher(counting, metrics)) as batcher:
+        embedder = Embedder(batcher, cache, metrics)
+        first = await embedder.embed(["a", "b", "a", "x" * 100], "query")
+        assert counting.calls == [["a", "b", "x" * 100]]  # a repeated text is embedded once
+        again = await embedder.embed(["x" * 100, "a"], "query")
+        assert len(counting.calls) == 1  # all from the cache
+        other_kind = await embedder.embed(["a"], "passage")
+    assert len(counting.calls) == 2 and len(cache) == 4
+    assert np.array_equal(first.vectors[0], first.vectors[2])
+    assert np.array_equal(again.vectors[1], first.vectors[0])
+    assert first.truncated == [3] and again.truncated == [0]  # cut texts stay reported from the cache
+    assert first.lengths[3] == 16 and again.lengths == [16, first.lengths[0]]
+    assert other_kind.vectors.shape == (1, 32)
+
+
+# ------------------------------------------------------------------------------ job runner
+
+
+def _ingest_job(jobs: JobManager, settings: Settings, name: str, n: int, job_id: str) -> Job:
+    path = settings.resolved_data_dir / f"{job_id}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({"id": f"{job_id}-{i}", "text": f"t {i}"}) + "\n" for i in range(n)))
+    return jobs.ingest_job(job_id, name, path, "jsonl", upload=False, chunk_size=2)
+
+
+@asynccontextmanager
+async def job_runner(settings: Settings, encoder: Encoder) -> AsyncIterator[tuple[JobManager, Collections]]:
+    collections = Collections(settings.collections_dir, encoder.model_id)
+    jobs = JobManager(settings, encoder, collections, Metrics())
+    await jobs.start()
+    try:
+        yield jobs, collections
+    finally:
+        await jobs.stop()
+        collections.close()
+
+
+async def _finished(jobs: JobManager, job_id: str) -> Job:
+    with anyio.fail_after(30):
+        while (job := jobs.get(job_id)).state in ("queued", "running"):
+            await anyio.sleep(0.01)
+    return job
+
+
+async def test_the_job_runner_runs_jobs_in_order_and_cancels_a_queued_one(
+    tmp_path: Path, encoder: Encoder
+) -> None:
+    settings = settings_for(tmp_path)
+    async with job_runner(settings, encoder) as (jobs, collections):
+        collections.create("news", encoder.dim)
+        submitted = [await jobs.submit(_ingest_job(jobs, settings, "news", 5, f"job{i}")) for i in range(3)]
+        cancelled = await jobs.cancel(submitted[2].id)
+        done = [await _finished(jobs, job.id) for job in submitted]
+    assert cancelled.state in ("cancelled", "running") and done[2].state == "cancelled"
+    assert [job.state for job in done[:2]] == ["succeeded", "succeeded"]
+    assert done[0].finished is not None and done[1].started is not None
+    assert done[0].finished <= done[1].started  # one at a time, in submission order
+    assert [job.counts.documents for job in done[:2]] == [5, 5]
+
+
+async def test_a_job_found_running_at_start_is_queued_again_and_resumes(
+    tmp_path: Path, encoder: Encoder
+) -> None:
+    settings = settings_for(tmp_path)
+    async with job_runner(settings, encoder) as (jobs, collections):
+        collections.create("news", encoder.dim)
+        job = _ingest_job(jobs, settings, "news", 7, "crashed")
+    # As a process that died in the middle of the job leaves it: "running" on disk.
+    job.state, job.started = "running", now_iso()
+    settings.jobs_dir.mkdir(parents=True, exist_ok=True)
+    (settings.jobs_dir / f"{job.id}.json").write_text(job.model_dump_json())
+    async with job_runner(settings, encoder) as (jobs, _):
+        done = await _finished(jobs, job.id)
+    assert done.state == "succeeded" and done.counts.documents == 7 and done.crashes == 1
+
+
+async def test_a_failed_job_says_why_without_server_paths(tmp_path: Path, encoder: Encoder) -> None:
+    settings = settings_for(tmp_path)
+    async with job_runner(settings, encoder) as (jobs, collections):
+        collections.create("news", encoder.dim)
+        job = _ingest_job(jobs, settings, "news", 3, "gone")
+        Path(job.params.path if isinstance(job.params, IngestParams) else "").unlink()
+        job.progress = JobProgress()
+        done = await _finished(jobs, (await jobs.submit(job)).id)
+    assert done.state == "failed" and done.error is not None
+    assert "gone.jsonl" in done.error and str(tmp_path) not in done.error
+
+
+# ------------------------------------------------------------------------------------- API
+
+
+@asynccontextmanager
+async def serve(settings: Settings, encoder: Encoder) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    app = create_app(settings, encoder)
+    async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", headers=AUTH) as client:
+            with anyio.fail_after(30):
+                while (await client.get("/health/ready")).status_code != 200:
+                    await anyio.sleep(0.01)
+            yield app, client
+
+
+async def test_the_api_embeds_ingests_and_searches_without_a_model(tmp_path: Path, encoder: Encoder) -> None:
+    settings = settings_for(tmp_path)
+    async with serve(settings, encoder) as (app, client):
+        assert app.state.runtime.encoder is encoder
+        info = (await client.get("/info")).json()
+        assert info["model"] == encoder.model_id and info["backend"] == "dummy"
+        r = await client.post("/embed", json={"texts": ["hello", "hello"], "kind": "query"})
+        assert r.status_code == 200, r.text
+        vectors = r.json()["embeddings"]
+        assert vectors[0] == vectors[1] and np.allclose(vectors[0], encoder.embed(["hello"])[0], atol=1e-6)
+
+        assert (await client.post("/admin/collections", json={"name": "news"})).status_code == 201
+        body = "".join(
+            json.dumps({"id": f"d{i}", "text": f"document {i}", "lang": "en"}) + "\n" for i in range(20)
+        )
+        r = await client.post(
+            "/admin/collections/news/documents",
+            content=body + "{broken\n",
+            headers={"Content-Type": "application/x-ndjson"},
+        )
+        assert r.status_code == 202, r.text
+        job_id = r.json()["job"]["id"]
+        with anyio.fail_after(30):
+            while (job := (await client.get(f"/admin/jobs/{job_id}")).json()["job"])["state"] != "succeeded":
+                assert job["state"] in ("queued", "running"), job
+                await anyio.sleep(0.01)
+        assert job["counts"] == {"documents": 20, "errors": 1} and job["errors"][0]["line"] == 21
+
+        # No prefixes on the dummy: a document's own text, as a query, is its exact vector.
+        r = await client.post("/search", json={"collection": "news", "query": "document 7", "k": 3})
+        assert r.status_code == 200, r.text
+        hit = r.json()["results"][0][0]
+        assert hit["id"] == "d7" and hit["score"] == pytest.approx(1.0, abs=1e-5)
+        r = await client.post("/search", json={"collection": "nope", "query": "x"})
+        assert r.status_code == 404 and r.json()["error"]["type"] == "not_found"
