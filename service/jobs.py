@@ -77,14 +77,16 @@ class IngestParams(BaseModel):
 
 
 class MineParams(BaseModel):
+    """A mining job between two collections: the body of ``POST /admin/mine`` and what is stored."""
+
     model_config = ConfigDict(extra="forbid")
 
-    source: str
-    target: str
-    k: int = Field(default=4, ge=1)
+    source: str = Field(description="The collection whose documents are the source side.")
+    target: str = Field(description="The collection whose documents are the target side.")
+    k: int = Field(default=4, ge=1, le=1000)
     score: Score = "ratio"
     strategy: Strategy = "max"
-    threshold: float | None = None
+    threshold: float | None = Field(default=None, allow_inf_nan=False)
 
 
 class JobProgress(BaseModel):

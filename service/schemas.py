@@ -16,6 +16,9 @@ from pydantic import (
     field_validator,
 )
 
+from index.mining import Score, Strategy
+from model.encoder import Kind
+
 EncodingFormat = Literal["float", "base64"]
 
 
@@ -23,9 +26,7 @@ class EmbedRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     texts: list[StrictStr] = Field(..., min_length=1, description="Texts to embed, in any language.")
-    kind: Literal["query", "passage"] = Field(
-        "query", description="e5 prefix: 'query' for search queries, 'passage' for documents."
-    )
+    kind: Kind = Field("query", description="e5 prefix: 'query' for search queries, 'passage' for documents.")
     normalize: bool = Field(
         True, description="L2-normalise (the exported model always does; false is refused)."
     )
@@ -170,12 +171,12 @@ class MineRequest(BaseModel):
     source: list[StrictStr] = Field(..., min_length=1, description="Sentences in one language.")
     target: list[StrictStr] = Field(..., min_length=1, description="Sentences in another language.")
     k: int = Field(4, ge=1, le=64, description="Neighbourhood size of the margin.")
-    score: Literal["ratio", "distance", "absolute"] = "ratio"
-    strategy: Literal["forward", "backward", "intersect", "max"] = "max"
+    score: Score = "ratio"
+    strategy: Strategy = "max"
     threshold: float | None = Field(
         None, description="Keep pairs scoring above this; null keeps all candidates."
     )
-    kind: Literal["query", "passage"] = Field("passage", description="e5 prefix used for both sides.")
+    kind: Kind = Field("passage", description="e5 prefix used for both sides.")
 
 
 class MinedPair(BaseModel):

@@ -21,7 +21,6 @@ from core.errors import InputError
 from index.collection import NAME_RE, CollectionExists, ModelMismatch, UnknownCollection
 from index.index_choice import INDEX_PATTERN
 from index.ingest import Format, detect_format
-from index.mining import Score, Strategy
 from service.auth import AdminDep
 from service.collections import Collections
 from service.deps import CollectionsDep, EncoderDep, JobsDep, SettingsDep
@@ -73,17 +72,6 @@ class IngestPath(BaseModel):
         default=False, description="Fail at the first malformed line instead of skipping it."
     )
     chunk_size: int = Field(default=256, ge=1, le=MAX_CHUNK, description="Documents per committed chunk.")
-
-
-class MineRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    source: str
-    target: str
-    k: int = Field(default=4, ge=1, le=1000)
-    score: Score = "ratio"
-    strategy: Strategy = "max"
-    threshold: float | None = Field(default=None, allow_inf_nan=False)
 
 
 class JobResponse(BaseModel):
@@ -331,13 +319,13 @@ async def _path_job(name: str, request: Request, settings: SettingsDep, jobs: Jo
 
 @router.post("/mine", status_code=202, response_model=JobResponse, operation_id="start_mining_job")
 async def mine_job(
-    body: MineRequest, response: Response, collections: CollectionsDep, jobs: JobsDep
+    body: MineParams, response: Response, collections: CollectionsDep, jobs: JobsDep
 ) -> JobResponse:
     """Queue bitext mining between two collections' stored vectors; pairs come as a TSV file."""
     for param, name in (("source", body.source), ("target", body.target)):
         _known(collections, name, param)
         await _stats(collections, name, param)  # 409 when made with another model
-    job = jobs.mine_job(MineParams(**body.model_dump()))
+    job = jobs.mine_job(body)
     return _job_created(await jobs.submit(job), response, jobs)
 
 
