@@ -21,7 +21,7 @@ from service.collections import Collections
 from service.demo import ensure_demo_collection
 from service.embedding import Embedder
 from service.errors import install_error_handlers
-from service.jobs import JobManager
+from service.jobs.runner import JobRunner
 from service.metrics import Metrics
 from service.middleware import install_middleware
 from service.routers import admin, embed, health, info, mine, openai, search
@@ -87,7 +87,7 @@ def create_app(settings: Settings | None = None, encoder: Encoder | None = None)
             await anyio.to_thread.run_sync(lambda: ensure_demo_collection(settings.collections_dir, encoder))
         # Jobs embed through the batcher at bulk priority, never beside it on the engine.
         bulk = BulkEncoder(batcher, asyncio.get_running_loop())
-        jobs = JobManager(settings, bulk, collections, metrics)
+        jobs = JobRunner(settings, bulk, collections, metrics)
         await jobs.start()
         stack.push_async_callback(jobs.stop)
         app.state.runtime = Runtime(

@@ -18,7 +18,7 @@ from service.cache import Cache
 from service.collections import Collections
 from service.embedding import CallerEmbedder
 from service.errors import APIError
-from service.jobs import JobManager
+from service.jobs.runner import JobRunner
 from service.metrics import Metrics
 from service.runtime import Runtime
 from service.settings import Settings
@@ -71,7 +71,7 @@ async def get_cache(runtime: RuntimeDep) -> Cache:
     return runtime.cache
 
 
-async def get_jobs(runtime: RuntimeDep) -> JobManager:
+async def get_jobs(runtime: RuntimeDep) -> JobRunner:
     return runtime.jobs
 
 
@@ -80,4 +80,4 @@ BackendChoiceDep = Annotated[BackendChoice, Depends(get_backend_choice)]
 EmbedderDep = Annotated[CallerEmbedder, Depends(get_embedder)]
 CollectionsDep = Annotated[Collections, Depends(get_collections)]
 CacheDep = Annotated[Cache, Depends(get_cache)]
-JobsDep = Annotated[JobManager, Depends(get_jobs)]
+JobsDep = Annotated[JobRunner, Depends(get_jobs)]

@@ -14,7 +14,7 @@ from service.batcher import Batcher
 from service.cache import Cache
 from service.collections import Collections
 from service.embedding import Embedder
-from service.jobs import JobManager
+from service.jobs.runner import JobRunner
 
 
 @dataclass(frozen=True)
@@ -25,4 +25,4 @@ class Runtime:
     cache: Cache
     embedder: Embedder
     collections: Collections
-    jobs: JobManager
+    jobs: JobRunner

@@ -163,6 +163,11 @@ class Settings(BaseSettings):
     def resolved_data_dir(self) -> Path:
         return self.data_dir if self.data_dir is not None else self.home / "data"
 
+    def in_data_dir(self, path: Path) -> bool:
+        """The admin ingest sandbox: ``path``, symlinks followed, lies inside the data directory.
+        Checked when a job is submitted and again when it runs (the path may be a symlink by then)."""
+        return Path(path).resolve().is_relative_to(self.resolved_data_dir.resolve())
+
     @property
     def resolved_model_dir(self) -> Path:
         return self.model_dir if self.model_dir is not None else default_model_dir(self.home, self.model)

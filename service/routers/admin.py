@@ -1,7 +1,7 @@
 """``/admin``: collections, bulk ingest and mining jobs, behind bearer keys.
 
 Long work (embedding a file, mining two collections) never runs in a request: it becomes a job
-(202 + ``Location``) that the JobManager runs on its worker thread and that survives restarts.
+(202 + ``Location``) that the JobRunner runs on its worker thread and that survives restarts.
 Uploads are streamed to disk chunk by chunk, so a multi-gigabyte body never sits in memory.
 """
 
@@ -25,7 +25,8 @@ from service.auth import AdminDep
 from service.collections import Collections
 from service.deps import CollectionsDep, EncoderDep, JobsDep, SettingsDep
 from service.errors import APIError
-from service.jobs import Job, JobManager, JobState, MineParams, new_job_id
+from service.jobs.models import Job, JobState, MineParams, new_job_id
+from service.jobs.runner import JobRunner
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[AdminDep])
 
@@ -100,7 +101,7 @@ async def _stats(collections: Collections, name: str, param: str | None = None) 
         raise _error(exc, param) from exc
 
 
-def _job_created(job: Job, response: Response, jobs: JobManager) -> JobResponse:
+def _job_created(job: Job, response: Response, jobs: JobRunner) -> JobResponse:
     response.headers["Location"] = f"/admin/jobs/{job.id}"
     return JobResponse(job=jobs.public(job))
 
@@ -245,7 +246,7 @@ async def _upload_job(
     name: str,
     request: Request,
     settings: SettingsDep,
-    jobs: JobManager,
+    jobs: JobRunner,
     fmt: Format,
     strict: bool,
     chunk_size: int,
@@ -283,7 +284,7 @@ async def _upload_job(
     return jobs.ingest_job(job_id, name, final, fmt, upload=True, strict=strict, chunk_size=chunk_size)
 
 
-async def _path_job(name: str, request: Request, settings: SettingsDep, jobs: JobManager) -> Job:
+async def _path_job(name: str, request: Request, settings: SettingsDep, jobs: JobRunner) -> Job:
     """A job reading a file that must resolve (symlinks followed) inside the data directory."""
     raw = bytearray()
     async for chunk in request.stream():
@@ -298,7 +299,7 @@ async def _path_job(name: str, request: Request, settings: SettingsDep, jobs: Jo
     given = Path(body.path)
     try:
         resolved = (given if given.is_absolute() else data_dir / given).resolve()
-        if not resolved.is_relative_to(data_dir):
+        if not settings.in_data_dir(resolved):
             raise APIError(403, "path outside the data directory", "path")
         if not resolved.is_file():
             raise APIError(404, f"file not found: {body.path}", "path")
@@ -337,7 +338,7 @@ async def list_jobs(jobs: JobsDep, state: Annotated[JobState | None, Query()] = 
     return JobList(jobs=[jobs.public(job) for job in jobs.list_jobs(state)])
 
 
-def _get(jobs: JobManager, job_id: str) -> Job:
+def _get(jobs: JobRunner, job_id: str) -> Job:
     return jobs.get(job_id)  # JobNotFound is a 404
 
 

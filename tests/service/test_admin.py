@@ -28,7 +28,7 @@ from index.collection import Collection
 from index.ingest import ingest
 from model.encoder import Encoder
 from service.app import create_app
-from service.jobs import IngestParams, Job, JobProgress, new_job_id
+from service.jobs.models import IngestParams, Job, JobProgress, new_job_id
 from service.metrics import Metrics
 from service.settings import Settings
 

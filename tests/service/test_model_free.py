@@ -29,7 +29,8 @@ from service.batcher import Batcher, Overloaded
 from service.cache import MemoryCache
 from service.collections import Collections
 from service.embedding import Embedder
-from service.jobs import IngestParams, Job, JobManager, JobProgress
+from service.jobs.models import IngestParams, Job, JobProgress
+from service.jobs.runner import JobRunner
 from service.metrics import Metrics
 from service.settings import Settings
 
@@ -169,7 +170,7 @@ async def test_the_embedder_fills_the_cache_and_answers_from_it(encoder: Encoder
 # ------------------------------------------------------------------------------ job runner
 
 
-def _ingest_job(jobs: JobManager, settings: Settings, name: str, n: int, job_id: str) -> Job:
+def _ingest_job(jobs: JobRunner, settings: Settings, name: str, n: int, job_id: str) -> Job:
     path = settings.resolved_data_dir / f"{job_id}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps({"id": f"{job_id}-{i}", "text": f"t {i}"}) + "\n" for i in range(n)))
@@ -177,9 +178,9 @@ def _ingest_job(jobs: JobManager, settings: Settings, name: str, n: int, job_id:
 
 
 @asynccontextmanager
-async def job_runner(settings: Settings, encoder: Encoder) -> AsyncIterator[tuple[JobManager, Collections]]:
+async def job_runner(settings: Settings, encoder: Encoder) -> AsyncIterator[tuple[JobRunner, Collections]]:
     collections = Collections(settings.collections_dir, encoder.model_id)
-    jobs = JobManager(settings, encoder, collections, Metrics())
+    jobs = JobRunner(settings, encoder, collections, Metrics())
     await jobs.start()
     try:
         yield jobs, collections
@@ -188,7 +189,7 @@ async def job_runner(settings: Settings, encoder: Encoder) -> AsyncIterator[tupl
         collections.close()
 
 
-async def _finished(jobs: JobManager, job_id: str) -> Job:
+async def _finished(jobs: JobRunner, job_id: str) -> Job:
     with anyio.fail_after(30):
         while (job := jobs.get(job_id)).state in ("queued", "running"):
             await anyio.sleep(0.01)

@@ -1,153 +1,57 @@
-"""Background admin jobs (bulk ingest, bitext mining) that survive a restart.
-
-Why files and one worker thread: a job may run for hours, longer than any request, and the
-service may be restarted in the middle. Each job is a JSON file under ``<home>/jobs`` written
-atomically, so after a crash or a restart every job is found again in a consistent state. Jobs
-run one at a time, in submission order, on a dedicated thread: ingest saturates every core
-already, and the event loop must never wait for a forward pass or an fsync.
-
-Ingest is resumable by design (the collection commits, with each chunk, the byte offset reached
-and the source's document and malformed-line counts), so a job interrupted by a restart is simply
-queued again and continues after its last committed chunk; its counts are the committed ones
-minus those at its first run, exact without re-reading the file.
-"""
+"""The job runner: one worker thread running jobs in submission order, restart recovery, and
+the ingest and mining runners. Why one thread: ingest saturates every core already, and the event
+loop must never wait for a forward pass or an fsync."""
 
 from __future__ import annotations
 
 import logging
 import queue
-import secrets
 import threading
 import time
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any
 
 import anyio
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from core.clock import now_iso
-from core.errors import Conflict, InputError, NotFound
-from core.files import atomic_write_text
+from core.errors import InputError
 from index.collection import Collection, SourceCheckpoint, collection_identity
 from index.ingest import Format, ingest, resume_point
-from index.mining import Score, Strategy, mine
+from index.mining import mine
 from index.pairs import write_pairs
 from model.encoder import TextEncoder
 from service.collections import Collections
+from service.jobs.models import (
+    ACTIVE,
+    FINISHED,
+    STATES,
+    IngestParams,
+    Job,
+    JobCounts,
+    JobFinished,
+    JobLineError,
+    JobNotFound,
+    JobProgress,
+    JobState,
+    MineParams,
+    new_job_id,
+)
+from service.jobs.store import JobStore
 from service.metrics import Metrics
 from service.settings import Settings
 
 log = logging.getLogger("dapsearch.jobs")
-
-JobType = Literal["ingest", "mine"]
-JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-STATES: tuple[JobState, ...] = get_args(JobState)
-ACTIVE: frozenset[JobState] = frozenset({"queued", "running"})
 # A job found "running" at start-up took the process down with it (a clean stop re-queues it).
 # After this many such stops in a row without committing anything in between it is failed, not
 # run again: a job that crashes the process would otherwise crash every restart.
 MAX_CRASHES = 3
-FINISHED: frozenset[JobState] = frozenset({"succeeded", "failed", "cancelled"})
 MAX_JOB_ERRORS = 100  # malformed lines kept in a job record; the count covers all of them
 SAVE_EVERY_S = 0.5
 ORPHAN_AGE_S = 3600  # uploads untouched this long, with no unfinished job, are removed at start
 
 
-class IngestParams(BaseModel):
-    """What an ingest job reads; ``start_*`` is the committed position when it first ran."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    path: str = Field(description="The file read: an upload under <home>/uploads or a file in the data dir.")
-    upload: bool = Field(description="The file is an upload owned by the job (deleted once it finishes).")
-    format: Format
-    strict: bool = False
-    chunk_size: int = Field(default=256, ge=1)
-    start_offset: int | None = Field(
-        default=None, description="Resume bookkeeping: byte offset at first run."
-    )
-    start_line: int | None = Field(default=None, description="Resume bookkeeping: line number at first run.")
-    start_documents: int = Field(default=0, description="Resume bookkeeping: source documents at first run.")
-    start_errors: int = Field(
-        default=0, description="Resume bookkeeping: source malformed lines at first run."
-    )
-    collection_identity: str | None = Field(
-        default=None, description="The collection the job was submitted for (not one re-created since)."
-    )
-
-
-class MineParams(BaseModel):
-    """A mining job between two collections: the body of ``POST /admin/mine`` and what is stored."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    source: str = Field(description="The collection whose documents are the source side.")
-    target: str = Field(description="The collection whose documents are the target side.")
-    k: int = Field(default=4, ge=1, le=1000)
-    score: Score = "ratio"
-    strategy: Strategy = "max"
-    threshold: float | None = Field(default=None, allow_inf_nan=False)
-
-
-class JobProgress(BaseModel):
-    docs: int = Field(default=0, description="Documents committed (ingest) or source rows searched (mine).")
-    bytes_done: int = 0
-    bytes_total: int | None = None
-    fraction: float = 0.0
-
-
-class JobCounts(BaseModel):
-    documents: int = 0
-    errors: int = 0
-
-
-class JobLineError(BaseModel):
-    line: int
-    message: str
-
-
-class Job(BaseModel):
-    """One admin job as stored in ``<home>/jobs/<id>.json`` and returned by the API."""
-
-    id: str
-    type: JobType
-    state: JobState
-    collection: str | None = Field(default=None, description="The collection an ingest job writes to.")
-    params: IngestParams | MineParams
-    progress: JobProgress = Field(default_factory=JobProgress)
-    counts: JobCounts = Field(default_factory=JobCounts)
-    errors: list[JobLineError] = Field(default_factory=list, description="First malformed lines.")
-    error: str | None = Field(default=None, description="Why the job failed.")
-    cancel_requested: bool = False
-    crashes: int = Field(default=0, description="Process stops while running, in a row, without progress.")
-    crash_progress: int = Field(default=0, description="Committed progress when the last such stop was seen.")
-    created: str
-    started: str | None = None
-    finished: str | None = None
-    result: dict[str, Any] | None = None
-
-    def targets(self) -> set[str]:
-        """Collections this job reads or writes (a collection with an active job cannot be deleted)."""
-        if isinstance(self.params, MineParams):
-            return {self.params.source, self.params.target}
-        return {self.collection} if self.collection else set()
-
-
-class JobNotFound(NotFound):
-    """No job of that id (404)."""
-
-
-class JobFinished(Conflict):
-    """The job already ended (409 on cancel)."""
-
-
 class _Interrupted(Exception):
     """Raised from a progress callback to stop a job between chunks (cancel or shutdown)."""
-
-
-def new_job_id() -> str:
-    """Time-ordered (sorts by submission) and unguessable enough to name files."""
-    return f"{time.time_ns():016x}{secrets.token_hex(4)}"
 
 
 def _fraction(done: int, total: int | None) -> float:
@@ -169,7 +73,7 @@ def _line_errors(done: SourceCheckpoint) -> list[JobLineError]:
     return [JobLineError(line=e.line, message=e.reason) for e in done.error_lines[:MAX_JOB_ERRORS]]
 
 
-class JobManager:
+class JobRunner:
     """Owns the job files, the queue and the worker thread; the admin router calls it."""
 
     def __init__(
@@ -179,7 +83,7 @@ class JobManager:
         self.encoder = encoder
         self.collections = collections
         self.metrics = metrics
-        self.dir = settings.jobs_dir
+        self.store = JobStore(settings.jobs_dir)
         self.uploads = settings.uploads_dir
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()  # guards _jobs; never held during file I/O
@@ -208,17 +112,8 @@ class JobManager:
         self._thread = None
 
     def _recover(self) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
         self.uploads.mkdir(parents=True, exist_ok=True)
-        loaded: list[Job] = []
-        for path in sorted(self.dir.glob("*.json")):
-            if path.name.startswith("."):
-                continue
-            try:
-                loaded.append(Job.model_validate_json(path.read_text(encoding="utf-8")))
-            except (OSError, ValidationError, ValueError) as exc:
-                log.error("ignoring unreadable job file %s: %s", path, exc)
-        loaded.sort(key=lambda j: (j.created, j.id))
+        loaded = self.store.load_all()
         self._queue = queue.Queue()
         with self._lock:
             self._jobs = {job.id: job for job in loaded}
@@ -293,7 +188,7 @@ class JobManager:
             return [j.id for j in self._jobs.values() if j.state in ACTIVE and collection in j.targets()]
 
     def pairs_path(self, job_id: str) -> Path:
-        return self.dir / f"{job_id}.pairs.tsv"
+        return self.store.pairs_path(job_id)
 
     def public(self, job: Job) -> Job:
         """The job as API clients see it: no server paths. An upload shows as "(upload)", a file
@@ -383,7 +278,7 @@ class JobManager:
             with self._lock:
                 job = self._jobs[job_id]
                 text = job.model_dump_json(indent=2) + "\n"
-            atomic_write_text(self.dir / f"{job_id}.json", text)
+            self.store.save(job_id, text)
             self._last_save[job_id] = time.monotonic()
 
     def _save_throttled(self, job_id: str) -> None:
@@ -468,11 +363,8 @@ class JobManager:
 
     def _run_ingest(self, job_id: str, params: IngestParams) -> None:
         path = Path(params.path)
-        if not params.upload:
-            # Checked again here: the path may have been replaced by a symlink since it was submitted.
-            data_dir = self.settings.resolved_data_dir.resolve()
-            if not path.resolve().is_relative_to(data_dir):
-                raise InputError("path outside the data directory")
+        if not params.upload and not self.settings.in_data_dir(path):
+            raise InputError("path outside the data directory")  # it may be a symlink by now
         if not path.is_file():
             raise InputError(f"input file {path.name} is gone")
         with self._lock:

@@ -1,0 +1,112 @@
+"""What a job is, as stored and as the API returns it: its parameters, state, progress and counts."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import Any, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from core.errors import Conflict, NotFound
+from index.ingest import Format
+from index.mining import Score, Strategy
+
+JobType = Literal["ingest", "mine"]
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+STATES: tuple[JobState, ...] = get_args(JobState)
+ACTIVE: frozenset[JobState] = frozenset({"queued", "running"})
+FINISHED: frozenset[JobState] = frozenset({"succeeded", "failed", "cancelled"})
+
+
+class IngestParams(BaseModel):
+    """What an ingest job reads; ``start_*`` is the committed position when it first ran."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field(description="The file read: an upload under <home>/uploads or a file in the data dir.")
+    upload: bool = Field(description="The file is an upload owned by the job (deleted once it finishes).")
+    format: Format
+    strict: bool = False
+    chunk_size: int = Field(default=256, ge=1)
+    start_offset: int | None = Field(
+        default=None, description="Resume bookkeeping: byte offset at first run."
+    )
+    start_line: int | None = Field(default=None, description="Resume bookkeeping: line number at first run.")
+    start_documents: int = Field(default=0, description="Resume bookkeeping: source documents at first run.")
+    start_errors: int = Field(
+        default=0, description="Resume bookkeeping: source malformed lines at first run."
+    )
+    collection_identity: str | None = Field(
+        default=None, description="The collection the job was submitted for (not one re-created since)."
+    )
+
+
+class MineParams(BaseModel):
+    """A mining job between two collections: the body of ``POST /admin/mine`` and what is stored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str = Field(description="The collection whose documents are the source side.")
+    target: str = Field(description="The collection whose documents are the target side.")
+    k: int = Field(default=4, ge=1, le=1000)
+    score: Score = "ratio"
+    strategy: Strategy = "max"
+    threshold: float | None = Field(default=None, allow_inf_nan=False)
+
+
+class JobProgress(BaseModel):
+    docs: int = Field(default=0, description="Documents committed (ingest) or source rows searched (mine).")
+    bytes_done: int = 0
+    bytes_total: int | None = None
+    fraction: float = 0.0
+
+
+class JobCounts(BaseModel):
+    documents: int = 0
+    errors: int = 0
+
+
+class JobLineError(BaseModel):
+    line: int
+    message: str
+
+
+class Job(BaseModel):
+    """One admin job as stored in ``<home>/jobs/<id>.json`` and returned by the API."""
+
+    id: str
+    type: JobType
+    state: JobState
+    collection: str | None = Field(default=None, description="The collection an ingest job writes to.")
+    params: IngestParams | MineParams
+    progress: JobProgress = Field(default_factory=JobProgress)
+    counts: JobCounts = Field(default_factory=JobCounts)
+    errors: list[JobLineError] = Field(default_factory=list, description="First malformed lines.")
+    error: str | None = Field(default=None, description="Why the job failed.")
+    cancel_requested: bool = False
+    crashes: int = Field(default=0, description="Process stops while running, in a row, without progress.")
+    crash_progress: int = Field(default=0, description="Committed progress when the last such stop was seen.")
+    created: str
+    started: str | None = None
+    finished: str | None = None
+    result: dict[str, Any] | None = None
+
+    def targets(self) -> set[str]:
+        """Collections this job reads or writes (a collection with an active job cannot be deleted)."""
+        if isinstance(self.params, MineParams):
+            return {self.params.source, self.params.target}
+        return {self.collection} if self.collection else set()
+
+
+class JobNotFound(NotFound):
+    """No job of that id (404)."""
+
+
+class JobFinished(Conflict):
+    """The job already ended (409 on cancel)."""
+
+
+def new_job_id() -> str:
+    """Time-ordered (sorts by submission) and unguessable enough to name files."""
+    return f"{time.time_ns():016x}{secrets.token_hex(4)}"
