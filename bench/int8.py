@@ -239,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sys.path.insert(0, str(REPO))
     from model.artifact import read_manifest
     from model.encoder import Encoder, OnnxBackend, TextTokenizer
-    from model.train.data import read_dev
+    from model.train.corpus import read_dev
 
     logging.getLogger().setLevel(logging.ERROR)
     model_dir = args.model_dir

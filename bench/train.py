@@ -43,7 +43,8 @@ def worker(args: argparse.Namespace) -> int:
     import torch
 
     sys.path.insert(0, str(REPO))
-    from model.train.loop import TrainConfig, Trainer
+    from model.train.config import TrainConfig
+    from model.train.loop import Trainer
 
     precision, losses = args.worker.split("/")
     with tempfile.TemporaryDirectory() as tmp:
@@ -83,7 +84,7 @@ def worker(args: argparse.Namespace) -> int:
 
 
 def parent(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from model.train.loop import cpu_has_native_bf16
+    from model.train.config import cpu_has_native_bf16
 
     print(f"CPU: {cpu_model()} ({os.cpu_count()} logical cores, {cpu_flags()})")
     print(f"torch {version('torch')}, native bf16: {cpu_has_native_bf16()}")

@@ -27,7 +27,7 @@ from typing import Any
 from core.errors import InputError
 from evaluation.memo import EmbeddingMemo
 from index.mining import best_threshold, evaluate, mine
-from model.train.data import Pair, find_parallel_files, read_dev, read_pairs
+from model.train.corpus import Pair, find_parallel_files, read_dev, read_pairs
 from model.train.dev import retrieval_p1
 
 

@@ -17,303 +17,37 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
 from core.errors import InputError
 from core.files import atomic_write_text
-from model.artifact import Manifest, Pooling, read_manifest
-from model.cpu import cpu_features
-from model.torch_model import load_transformer, pool
+from model.artifact import read_manifest
+from model.torch_model import load_transformer
 from model.train.budget import PROBE_STEPS, Budget, scaled_warmup
-from model.train.data import EnglishVocab, Pair, PairFilter, read_dev, read_pairs
-from model.train.dev import retrieval_p1
+from model.train.checkpoint import replace_dir, rng_state, set_rng_state
+from model.train.config import (
+    DEV_FOLDERS,
+    Interrupted,
+    Precision,
+    RunResult,
+    StepStats,
+    TrainConfig,
+    cpu_has_native_bf16,
+    distillation_loss,
+)
+from model.train.corpus import Pair, read_dev, read_pairs
+from model.train.dap_model import DapModel, Tokenizer, dev_accuracy, freeze, set_dropout
+from model.train.distributed import average_gradients, init_distributed, rank_and_size
 from model.train.losses import translation_ranking_loss
-from model.train.mixture import BatchLanguages, MixtureStream, find_corpora
-from model.train.rtl import RTLHead, rtl_labels
-
-Direction = Literal["xx2en", "en2xx", "both"]
-Precision = Literal["auto", "fp32", "bf16"]
-Kind = Literal["query", "passage"]
-DEV_FOLDERS = ("dev", "dev-short")  # looked for in every --data folder when no --dev is given
-
-
-class TrainConfig(BaseModel):
-    """Every option of a run; saved next to its checkpoints so a resume uses the same ones."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    data: list[Path] = Field(description="Folders of xx-en.tsv[.gz] files (merged per language).")
-    out: Path = Field(description="Run directory: checkpoint/, best/, log.jsonl, config.json.")
-    model_dir: Path = Field(description="Built model to start from (manifest.json + Hugging Face files).")
-    dev: list[Path] | None = Field(
-        None, description="Dev folders (xx-en.tsv); default every dev/ and dev-short/ in the data folders."
-    )
-    select: bool = Field(True, description="False: no dev evaluation, the final model is the run's model.")
-    langs: list[str] | None = Field(None, description="Languages to train on; default every file in data.")
-    lang_alpha: float = Field(1.0, ge=0, le=1, description="Language sampling p ∝ lines^α.")
-    source_weights: dict[str, float] = Field(
-        default_factory=dict, description="Probability of using a line of a source (sources/ files)."
-    )
-    batch_languages: BatchLanguages = Field("mixed", description="mixed, or one language per batch.")
-    steps: int = Field(1000, ge=1, description="Optimiser steps (with a time budget: the most).")
-    time_budget: float | None = Field(
-        None, gt=0, description="Wall-time budget in minutes: the last step is fitted to it as the run goes."
-    )
-    batch_size: int = Field(64, ge=2, description="Global batch (pairs); split across processes.")
-    lr: float = Field(5e-5, gt=0)
-    warmup: int = Field(100, ge=0)
-    weight_decay: float = Field(0.0, ge=0)
-    grad_clip: float = Field(1.0, gt=0)
-    temperature: float = Field(0.05, gt=0)
-    tr_direction: Direction = "both"
-    margin: float = Field(0.0, ge=0, description="Additive margin on the true pair's cosine (LaBSE: 0.3).")
-    distill_weight: float = Field(0.0, ge=0, description="Weight of 1 - cos(embedding, frozen base's).")
-    en_kind: Kind = Field("query", description="Prefix of the English side; the other side is 'query'.")
-    precision: Precision = Field("auto", description="auto: bf16 autocast where the CPU/GPU has native bf16.")
-    rtl: bool = True
-    rtl_weight: float = Field(0.1, ge=0)
-    rtl_layers: int = Field(2, ge=1)
-    max_length: int = Field(32, ge=4)
-    freeze_embeddings: bool = True
-    dropout: float | None = Field(
-        None, ge=0, lt=1, description="Dropout in the encoder and RTL head; default the model's own (0.1)."
-    )
-    train_layers: int | None = Field(None, ge=1, description="Train only the top N transformer layers.")
-    eval_every: int = Field(100, ge=1)
-    eval_pairs: int = Field(200, ge=2, description="Dev pairs per language for periodic evaluation.")
-    save_every: int = Field(100, ge=1)
-    log_every: int = Field(1, ge=1, description="Steps between train records in log.jsonl.")
-    seed: int = 0
-    device: str = Field("auto", description="auto, cpu or cuda.")
-    name: str | None = Field(None, description="Name of the trained model; default <base>-dap.")
-
-    @field_validator("data", "dev", mode="before")
-    @classmethod
-    def _paths(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str | Path) else value
-
-
-@dataclass
-class StepStats:
-    loss: float
-    tr: float
-    rtl: float
-    distill: float = 0.0
-
-
-def distillation_loss(student: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
-    """Mean 1 - cos between each sentence's embedding and the frozen base model's: keeps what the
-    base does well (query → passage search) while translation ranking pulls translations together."""
-    return (1 - nn.functional.cosine_similarity(student, base, dim=-1)).mean()
-
-
-def cpu_has_native_bf16() -> bool:
-    """AMX-BF16 or AVX512-BF16, read at run time: bf16 on other CPUs is emulated and slower than fp32."""
-    return cpu_features().native_bf16
-
-
-@dataclass
-class RunResult:
-    steps: int
-    best_score: float | None
-    best_step: int | None
-    history: list[dict[str, Any]] = field(default_factory=list)
-    wall_time_s: float = 0.0
-
-
-class Interrupted(Exception):
-    """Raised after Ctrl-C once the checkpoint is saved."""
-
-
-# --------------------------------------------------------------------------- distributed
-
-
-def _world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def init_distributed(device: torch.device) -> bool:
-    """Join the process group when launched by torchrun (WORLD_SIZE > 1); True if this process did."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
-        return False
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return True
-
-
-def _average_gradients(params: Sequence[nn.Parameter]) -> None:
-    _, world = _world()
-    if world == 1:
-        return
-    for p in params:
-        if p.grad is not None:
-            dist.all_reduce(p.grad)
-            p.grad /= world
-
-
-# --------------------------------------------------------------------------- model
-
-
-class Tokenizer:
-    """The model's tokenizer at the training length, with the manifest's prefix on every sentence."""
-
-    def __init__(self, model_dir: Path, manifest: Manifest, max_length: int) -> None:
-        from tokenizers import Tokenizer as HFTokenizer
-
-        self._tok = HFTokenizer.from_file(str(model_dir / "tokenizer.json"))
-        self._tok.no_padding()
-        self._tok.enable_truncation(max_length)
-        # e5: "query: " on both sides for symmetric tasks; "passage: " may be asked for on the English side.
-        self.prefixes: dict[str, str] = {
-            "query": manifest.prefix("query"),
-            "passage": manifest.prefix("passage"),
-        }
-        pad = self._tok.token_to_id("<pad>")
-        self.pad_id = int(pad) if pad is not None else 0
-        mask = self._tok.token_to_id("<mask>")
-        if mask is None:
-            mask = self._tok.token_to_id("[MASK]")
-        if mask is None:
-            raise InputError("the tokenizer has no <mask> or [MASK] token, which the RTL head needs")
-        self.mask_id = int(mask)
-        self.specials = [
-            int(i)
-            for i in (self._tok.token_to_id(t) for t in ("</s>", "[SEP]", "<unk>", "[UNK]"))
-            if i is not None
-        ]
-
-    def encode(
-        self, texts: Sequence[str], device: torch.device, kind: Kind = "query"
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        prefix = self.prefixes[kind]
-        rows = [e.ids for e in self._tok.encode_batch([prefix + t for t in texts])]
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-            mask[i, : len(r)] = 1
-        return ids.to(device), mask.to(device)
-
-    def encode_batch(self, texts: list[str], kind: Kind = "query") -> list[list[int]]:
-        prefix = self.prefixes[kind]
-        return [e.ids for e in self._tok.encode_batch([prefix + t for t in texts])]
-
-    def pair_filter(self) -> PairFilter:
-        return PairFilter.from_tokenizer(self._tok)  # counts on an untruncated copy
-
-
-class DapModel(nn.Module):
-    """Encoder + pooling, and during training the RTL head (dropped when the model is saved)."""
-
-    def __init__(self, encoder: nn.Module, pooling: Pooling, rtl: RTLHead | None) -> None:
-        super().__init__()
-        self.encoder = encoder
-        self.pooling: Pooling = pooling
-        self.rtl = rtl
-
-    def embed(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden: torch.Tensor = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
-        return pool(hidden, mask, self.pooling), hidden
-
-
-def _set_dropout(module: nn.Module, p: float) -> None:
-    """Dropout's random masks take a sixth of a CPU step (profiled); 0 removes them. The saved
-    config keeps the model's own value (dropout does nothing at inference)."""
-    for m in module.modules():
-        if isinstance(m, nn.Dropout):
-            m.p = p
-
-
-def _freeze(encoder: nn.Module, cfg: TrainConfig) -> None:
-    base: Any = encoder
-    if cfg.freeze_embeddings:
-        base.embeddings.word_embeddings.weight.requires_grad_(False)
-    if cfg.train_layers is not None:
-        layers = base.encoder.layer
-        keep = set(range(len(layers) - cfg.train_layers, len(layers)))
-        for i, layer in enumerate(layers):
-            if i not in keep:
-                layer.requires_grad_(False)
-        base.embeddings.requires_grad_(False)
-
-
-# --------------------------------------------------------------------------- evaluation
-
-
-@torch.no_grad()
-def dev_accuracy(
-    model: DapModel, tokenizer: Tokenizer, dev: dict[str, list[Pair]], device: torch.device, batch: int = 128
-) -> dict[str, Any]:
-    """P@1 xx→en and en→xx per language (nearest neighbour by cosine among that language's pairs)."""
-    was_training = model.training
-    model.eval()
-    per_lang: dict[str, dict[str, float]] = {}
-    try:
-        for lang, pairs in dev.items():
-            src = _embed_all(model, tokenizer, [p.src for p in pairs], device, batch)
-            en = _embed_all(model, tokenizer, [p.en for p in pairs], device, batch)
-            xx2en, en2xx = retrieval_p1(src.cpu().numpy(), en.cpu().numpy())
-            per_lang[lang] = {"xx2en": xx2en, "en2xx": en2xx}
-    finally:
-        model.train(was_training)
-    xx2en = float(np.mean([v["xx2en"] for v in per_lang.values()]))
-    en2xx = float(np.mean([v["en2xx"] for v in per_lang.values()]))
-    return {"xx2en": xx2en, "en2xx": en2xx, "avg": (xx2en + en2xx) / 2, "per_lang": per_lang}
-
-
-def _embed_all(
-    model: DapModel, tokenizer: Tokenizer, texts: list[str], device: torch.device, batch: int
-) -> torch.Tensor:
-    out = []
-    for start in range(0, len(texts), batch):
-        ids, mask = tokenizer.encode(texts[start : start + batch], device)
-        emb, _ = model.embed(ids, mask)
-        out.append(nn.functional.normalize(emb.float(), dim=-1))
-    return torch.cat(out)
-
-
-# --------------------------------------------------------------------------- checkpoints
-
-
-def _rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _replace_dir(staging: Path, final: Path) -> None:
-    """Swap a fully written directory into place; a crash leaves either the old or the new one."""
-    old = final.with_name(final.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        final.rename(old)
-    staging.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
+from model.train.mixture import MixtureStream, find_corpora
+from model.train.rtl import EnglishVocab, RTLHead, rtl_labels
 
 
 class Trainer:
@@ -332,7 +66,7 @@ class Trainer:
         )
         self.device = self._device(cfg.device)
         self.distributed = init_distributed(self.device)
-        self.rank, self.world = _world()
+        self.rank, self.world = rank_and_size()
         if cfg.batch_size % self.world:
             raise InputError(f"--batch-size {cfg.batch_size} must be divisible by the {self.world} processes")
         if self.device.type == "cuda":
@@ -367,9 +101,9 @@ class Trainer:
         self._seed_everything(cfg.seed)
         encoder = load_transformer(cfg.model_dir)
         encoder.train()
-        _freeze(encoder, cfg)
+        freeze(encoder, cfg)
         if cfg.dropout is not None:
-            _set_dropout(encoder, cfg.dropout)
+            set_dropout(encoder, cfg.dropout)
         rtl = None
         if cfg.rtl:
             self.vocab = self._english_vocab()
@@ -380,7 +114,7 @@ class Trainer:
                 if isinstance(module, nn.Embedding) and module.num_embeddings > 10_000:
                     module.weight.requires_grad_(False)
         if rtl is not None and cfg.dropout is not None:
-            _set_dropout(rtl, cfg.dropout)
+            set_dropout(rtl, cfg.dropout)
         self.model = DapModel(encoder, self.manifest.pooling, rtl).to(self.device)
         self.teacher: DapModel | None = None
         if cfg.distill_weight > 0:
@@ -517,7 +251,7 @@ class Trainer:
             distill_value = float(distill.detach())
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
-        _average_gradients(self.params)
+        average_gradients(self.params)
         torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
@@ -546,7 +280,7 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "step": self.step,
-                "rng": _rng_state(),
+                "rng": rng_state(),
                 "stream": self.stream.state_dict(),
                 "best_score": self.best_score,
                 "best_step": self.best_step,
@@ -558,7 +292,7 @@ class Trainer:
         )
         with open(staging / "state.pt", "rb") as fh:
             os.fsync(fh.fileno())
-        _replace_dir(staging, out / "checkpoint")
+        replace_dir(staging, out / "checkpoint")
         if self.budget is not None:
             self.budget.save_s = time.perf_counter() - started
 
@@ -576,7 +310,7 @@ class Trainer:
         self.planned = int(state.get("planned", self.cfg.steps))
         self.warmup = int(state.get("warmup", self.cfg.warmup))
         self.elapsed_before = float(state.get("elapsed", 0.0))
-        _set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
 
     def save_best(self) -> None:
         """The encoder alone (no RTL head) as a complete built model directory: out/best."""
@@ -736,12 +470,3 @@ class Trainer:
                 }
             )
         self.planned, self.warmup = planned, warmup
-
-
-@contextmanager
-def distributed_cleanup() -> Iterator[None]:
-    try:
-        yield
-    finally:
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()

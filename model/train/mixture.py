@@ -25,15 +25,9 @@ from typing import Any, Literal
 import numpy as np
 
 from core.errors import InputError
-from model.train.data import (
-    Pair,
-    PairFilter,
-    ParallelStream,
-    count_lines,
-    find_parallel_files,
-    rank_slice,
-    select_languages,
-)
+from model.train.corpus import Pair, count_lines, find_parallel_files, select_languages
+from model.train.pair_filter import PairFilter
+from model.train.stream import ParallelStream, rank_slice
 
 BatchLanguages = Literal["mixed", "one"]
 

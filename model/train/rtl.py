@@ -25,12 +25,20 @@ state) of a 250k-token table are not duplicated.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+import itertools
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, overload
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from core.errors import InputError
+from core.files import atomic_write_text
+from model.train.corpus import Pair
 
 if TYPE_CHECKING:
     from transformers import BertModel
@@ -197,3 +205,90 @@ class RTLHead(nn.Module):
         total = F.cross_entropy(logits.float(), labels[scored], reduction="sum")
         count = scored.sum().clamp(min=1)
         return total / count
+
+
+@dataclass(eq=False)
+class EnglishVocab:
+    """English token ids seen on the English side of the training data: the RTL head predicts only these."""
+
+    ids: np.ndarray  # sorted unique full-vocabulary ids, int64
+    _torch_ids: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        ids = np.unique(np.asarray(self.ids, dtype=np.int64).reshape(-1))
+        if ids.size and ids[0] < 0:
+            raise InputError(f"token ids must be >= 0, got {int(ids[0])}")
+        self.ids = ids
+
+    def __len__(self) -> int:
+        return int(self.ids.size)
+
+    @overload
+    def to_compact(self, full_ids: np.ndarray) -> np.ndarray: ...
+
+    @overload
+    def to_compact(self, full_ids: torch.Tensor) -> torch.Tensor: ...
+
+    def to_compact(self, full_ids: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+        """Full id -> its index in ``ids``; ids outside the vocabulary -> -100 (ignored by the loss)."""
+        if isinstance(full_ids, np.ndarray):
+            full = full_ids.astype(np.int64, copy=False)
+            if self.ids.size == 0:
+                return np.full(full.shape, IGNORE_INDEX, dtype=np.int64)
+            idx = np.minimum(np.searchsorted(self.ids, full), self.ids.size - 1)
+            return np.where(self.ids[idx] == full, idx, IGNORE_INDEX).astype(np.int64)
+        import torch
+
+        full_t = full_ids.to(torch.long)
+        if self.ids.size == 0:
+            return torch.full_like(full_t, IGNORE_INDEX)
+        key = str(full_t.device)
+        ids: torch.Tensor | None = self._torch_ids.get(key)
+        if ids is None:
+            ids = self._torch_ids[key] = torch.from_numpy(self.ids).to(full_t.device)
+        pos = torch.searchsorted(ids, full_t.contiguous()).clamp_(max=ids.numel() - 1)
+        return torch.where(ids[pos] == full_t, pos, torch.full_like(pos, IGNORE_INDEX))
+
+    def to_full(self, compact: np.ndarray) -> np.ndarray:
+        """Compact index -> full id; -100 stays -100."""
+        compact = np.asarray(compact, dtype=np.int64)
+        ignored = compact == IGNORE_INDEX
+        bad = ~ignored & ((compact < 0) | (compact >= self.ids.size))
+        if bad.any():
+            raise InputError(f"compact ids out of range [0, {self.ids.size}): {compact[bad][:5].tolist()}")
+        out = np.full(compact.shape, IGNORE_INDEX, dtype=np.int64)
+        out[~ignored] = self.ids[compact[~ignored]]
+        return out
+
+    def save(self, path: Path) -> None:
+        """One id per line, written atomically."""
+        atomic_write_text(Path(path), "".join(f"{int(i)}\n" for i in self.ids))
+
+    @classmethod
+    def load(cls, path: Path) -> EnglishVocab:
+        path = Path(path)
+        try:
+            lines = path.read_text(encoding="utf-8").split()
+        except OSError as exc:
+            raise InputError(f"cannot read English vocabulary {path}: {exc}") from exc
+        try:
+            ids = [int(x) for x in lines]
+        except ValueError as exc:
+            raise InputError(f"{path} is not an English vocabulary (one token id per line): {exc}") from exc
+        return cls(np.asarray(ids, dtype=np.int64))
+
+    @classmethod
+    def collect(
+        cls,
+        pairs: Iterable[Pair],
+        encode_batch: Callable[[list[str]], list[list[int]]],
+        always: Iterable[int] = (),
+        batch_size: int = 4096,
+    ) -> EnglishVocab:
+        """Union of the ids of every English side (``pairs`` must be finite), plus ``always``."""
+        seen: set[int] = {int(i) for i in always}
+        it = iter(pairs)
+        while batch := [p.en for p in itertools.islice(it, batch_size)]:
+            for ids in encode_batch(batch):
+                seen.update(ids)
+        return cls(np.fromiter(sorted(seen), dtype=np.int64, count=len(seen)))

@@ -150,7 +150,9 @@ def train_cmd(
     by dev P@1 (the final one when there is no dev set) is written to OUT/best as a built model
     directory (export it with `dapsearch model export --model-dir OUT/best`).
     """
-    from model.train.loop import Interrupted, TrainConfig, Trainer, distributed_cleanup
+    from model.train.config import Interrupted, TrainConfig
+    from model.train.distributed import distributed_cleanup
+    from model.train.loop import Trainer
 
     v = _apply_preset(
         ctx,
@@ -265,7 +267,7 @@ def train_cmd(
 
 def _resumed_config(cfg: Any) -> Any:
     """A resumed run keeps the options it was started with (config.json), whatever flags say."""
-    from model.train.loop import TrainConfig
+    from model.train.config import TrainConfig
 
     path = cfg.out / "config.json"
     try:

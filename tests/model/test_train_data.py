@@ -1,4 +1,4 @@
-"""model.train.data on real files: discovery, the paper's filters, the resumable mixed stream, the vocab."""
+"""The training data on real files: discovery, the paper's filters, the resumable mixed stream, the vocab."""
 
 from __future__ import annotations
 
@@ -13,16 +13,10 @@ import pytest
 import torch
 
 from core.errors import InputError
-from model.train.data import (
-    REASONS,
-    EnglishVocab,
-    Pair,
-    PairFilter,
-    ParallelStream,
-    find_parallel_files,
-    read_dev,
-    read_pairs,
-)
+from model.train.corpus import Pair, find_parallel_files, read_dev, read_pairs
+from model.train.pair_filter import REASONS, PairFilter
+from model.train.rtl import EnglishVocab
+from model.train.stream import ParallelStream
 from tests.conftest import SHARED
 
 

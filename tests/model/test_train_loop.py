@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from model.encoder import Encoder
-from model.train.loop import Interrupted, TrainConfig, Trainer
+from model.train.config import Interrupted, TrainConfig
+from model.train.loop import Trainer
 from tests.conftest import SHARED
 
 PARALLEL = SHARED / "data" / "parallel"

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from core.errors import InputError
-from model.train.data import PairFilter
 from model.train.mixture import MixtureStream, find_corpora, language_shares
+from model.train.pair_filter import PairFilter
 
 
 def write(path: Path, pairs: list[tuple[str, str]], sources: list[str] | None = None) -> None:

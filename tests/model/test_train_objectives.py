@@ -14,7 +14,8 @@ import torch
 
 from core.errors import InputError
 from model.train import loop
-from model.train.loop import Trainer, cpu_has_native_bf16, distillation_loss
+from model.train.config import cpu_has_native_bf16, distillation_loss
+from model.train.loop import Trainer
 from tests.model.test_train_loop import config, data_dir  # noqa: F401  (fixture)
 
 
