@@ -180,6 +180,8 @@ def _ingest_job(jobs: JobRunner, settings: Settings, name: str, n: int, job_id: 
 @asynccontextmanager
 async def job_runner(settings: Settings, encoder: Encoder) -> AsyncIterator[tuple[JobRunner, Collections]]:
     collections = Collections(settings.collections_dir, encoder.model_id)
+    if not collections.exists("news"):
+        collections.create("news", encoder.dim)
     jobs = JobRunner(settings, encoder, collections, Metrics())
     await jobs.start()
     try:
@@ -200,8 +202,7 @@ async def test_the_job_runner_runs_jobs_in_order_and_cancels_a_queued_one(
     tmp_path: Path, encoder: Encoder
 ) -> None:
     settings = settings_for(tmp_path)
-    async with job_runner(settings, encoder) as (jobs, collections):
-        collections.create("news", encoder.dim)
+    async with job_runner(settings, encoder) as (jobs, _):
         submitted = [await jobs.submit(_ingest_job(jobs, settings, "news", 5, f"job{i}")) for i in range(3)]
         cancelled = await jobs.cancel(submitted[2].id)
         done = [await _finished(jobs, job.id) for job in submitted]
@@ -216,8 +217,7 @@ async def test_a_job_found_running_at_start_is_queued_again_and_resumes(
     tmp_path: Path, encoder: Encoder
 ) -> None:
     settings = settings_for(tmp_path)
-    async with job_runner(settings, encoder) as (jobs, collections):
-        collections.create("news", encoder.dim)
+    async with job_runner(settings, encoder) as (jobs, _):
         job = _ingest_job(jobs, settings, "news", 7, "crashed")
     # As a process that died in the middle of the job leaves it: "running" on disk.
     job.state, job.started = "running", now_iso()
@@ -230,8 +230,7 @@ async def test_a_job_found_running_at_start_is_queued_again_and_resumes(
 
 async def test_a_failed_job_says_why_without_server_paths(tmp_path: Path, encoder: Encoder) -> None:
     settings = settings_for(tmp_path)
-    async with job_runner(settings, encoder) as (jobs, collections):
-        collections.create("news", encoder.dim)
+    async with job_runner(settings, encoder) as (jobs, _):
         job = _ingest_job(jobs, settings, "news", 3, "gone")
         Path(job.params.path if isinstance(job.params, IngestParams) else "").unlink()
         job.progress = JobProgress()
