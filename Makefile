@@ -15,7 +15,7 @@ $(VENV)/.serve-installed: pyproject.toml | $(BIN)/python
 	@touch $@
 
 $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
-	$(PIP) install -e '.[build,dev,openvino]'
+	$(PIP) install -e '.[build,dev,openvino,ray]'
 	@touch $@ $(VENV)/.serve-installed
 
 serve: $(VENV)/.serve-installed

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -54,6 +54,16 @@ class IngestReport:
     version: int = 0
     resumed: SourceCheckpoint = field(default_factory=SourceCheckpoint)
     committed: SourceCheckpoint = field(default_factory=SourceCheckpoint)
+    shards: ShardCounts | None = None  # on Ray: the shards planned, found written, embedded
+
+
+@dataclass
+class ShardCounts:
+    total: int = 0  # shards from the resume point to the end of the file
+    reused: int = 0  # found written by an earlier run: not embedded again
+    embedded: int = 0
+    merged: int = 0
+    retried: int = 0  # shards given to another actor after theirs was lost (a node removed, a crash)
 
 
 def detect_format(path: Path, fmt: str | None) -> Format:
@@ -192,23 +202,88 @@ def read_records(path: Path, fmt: Format, start_offset: int = 0, start_line: int
     """Stream records from ``start_offset`` (a committed position), never loading the file."""
     with Path(path).open("rb") as fh:
         fh.seek(start_offset)
-        offset, number = start_offset, start_line
-        for raw in fh:
-            number += 1
-            offset += len(raw)
-            try:
-                line = raw.decode("utf-8").rstrip("\r\n")
-            except UnicodeDecodeError as exc:
-                yield Record(number, offset, None, f"not valid UTF-8 (byte {exc.start})")
-                continue
-            if not line.strip():
-                continue
-            if number == 1 and fmt == "tsv" and line.lower().startswith("id\ttext"):
-                continue  # header row
-            try:
-                yield Record(number, offset, _parse(line, fmt))
-            except ValueError as exc:
-                yield Record(number, offset, None, str(exc))
+        yield from parse_lines(fh, fmt, start_offset, start_line, file_start=start_offset == 0)
+
+
+def parse_lines(
+    raws: Iterable[bytes], fmt: Format, start_offset: int, start_line: int, file_start: bool
+) -> Iterator[Record]:
+    """Records of raw lines read from ``start_offset``, numbered on from ``start_line``: the one
+    parser of the local ingest and of a shard embedded elsewhere. ``file_start``: the first line
+    is the file's first, where a TSV header may stand."""
+    offset, number = start_offset, start_line
+    for raw in raws:
+        number += 1
+        offset += len(raw)
+        try:
+            line = raw.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError as exc:
+            yield Record(number, offset, None, f"not valid UTF-8 (byte {exc.start})")
+            continue
+        if not line.strip():
+            continue
+        if file_start and number == start_line + 1 and fmt == "tsv" and line.lower().startswith("id\ttext"):
+            continue  # header row
+        try:
+            yield Record(number, offset, _parse(line, fmt))
+        except ValueError as exc:
+            yield Record(number, offset, None, str(exc))
+
+
+def check_input(collection: Collection, encoder: TextEncoder, path: Path) -> None:
+    if not path.is_file():
+        raise InputError(f"input file not found: {path}")
+    if encoder.model_id != collection.manifest.model_id:
+        raise InputError(
+            f"collection {collection.name!r} holds vectors of model {collection.manifest.model_id}, "
+            f"the encoder is {encoder.model_id}"
+        )
+
+
+class SourceWriter:
+    """The one way an ingest commits: a batch of documents with the source's position, cumulative
+    counts and first malformed lines, in one transaction (local chunks and Ray shards alike)."""
+
+    def __init__(self, collection: Collection, path: Path, start: SourceCheckpoint) -> None:
+        self.collection, self.path, self.source = collection, path, source_key(path)
+        self.report = IngestReport(
+            source=self.source, resumed_from_line=start.line, resumed=start, committed=start
+        )
+        self._restart = start.offset == 0  # whatever an earlier file under this key left is dropped
+        self._kept = 0  # malformed lines committed by this run
+
+    def commit(self, docs: list[Document], vectors: np.ndarray, bad: list[LineError], end: Record) -> None:
+        stored = bad[: max(0, MAX_STORED_ERRORS - self._kept)]
+        done = self.report.committed
+        total = SourceCheckpoint(
+            offset=end.end_offset,
+            line=end.line,
+            documents=done.documents + len(docs),
+            errors=done.errors + len(bad),
+        )
+        commit = SourceCommit(
+            self.source,
+            total.offset,
+            total.line,
+            mark=file_mark(self.path, total.offset),
+            documents=total.documents,
+            errors=total.errors,
+            error_lines=stored,
+            restart=self._restart,
+        )
+        self.report.version = self.collection.upsert(docs, vectors, commit)
+        self.report.committed = total
+        self.report.documents += len(docs)
+        self._restart, self._kept = False, self._kept + len(stored)
+
+    def malformed(self, error: LineError) -> None:
+        self.report.error_count += 1
+        if len(self.report.errors) < MAX_REPORTED_ERRORS:
+            self.report.errors.append(error)
+
+    def finish(self) -> IngestReport:
+        self.report.committed = committed(self.collection, self.path, self.report.resumed.line)
+        return self.report
 
 
 def ingest(
@@ -223,68 +298,35 @@ def ingest(
     """Embed (as passages) and upsert every document of ``path``; ``progress(docs, bytes)``
     after each commit (an exception it raises stops the ingest there, all of it committed)."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"input file not found: {path}")
-    if encoder.model_id != collection.manifest.model_id:
-        raise InputError(
-            f"collection {collection.name!r} holds vectors of model {collection.manifest.model_id}, "
-            f"the encoder is {encoder.model_id}"
-        )
+    check_input(collection, encoder, path)
     kind: Format = detect_format(path, fmt)
-    source = source_key(path)
     start = resume_point(collection, path)
-    report = IngestReport(source=source, resumed_from_line=start.line, resumed=start, committed=start)
-    restart = start.offset == 0  # whatever an earlier file under this key left is dropped
+    writer = SourceWriter(collection, path, start)
     docs: list[Document] = []
     bad: list[LineError] = []  # this chunk's malformed lines
-    kept = 0  # malformed lines committed by this run
     last: Record | None = None
 
     def flush(end: Record) -> None:
-        nonlocal restart, kept
         vectors = (
             encoder.embed([d.text for d in docs], "passage")
             if docs
             else np.zeros((0, collection.manifest.dim), dtype=np.float32)
         )
-        stored = bad[: max(0, MAX_STORED_ERRORS - kept)]
-        done = report.committed
-        total = SourceCheckpoint(
-            offset=end.end_offset,
-            line=end.line,
-            documents=done.documents + len(docs),
-            errors=done.errors + len(bad),
-        )
-        commit = SourceCommit(
-            source,
-            total.offset,
-            total.line,
-            mark=file_mark(path, total.offset),
-            documents=total.documents,
-            errors=total.errors,
-            error_lines=stored,
-            restart=restart,
-        )
-        report.version = collection.upsert(docs, vectors, commit)
-        report.committed = total
-        report.documents += len(docs)
-        restart, kept = False, kept + len(stored)
+        writer.commit(docs, vectors, bad, end)
         n = len(docs)
         docs.clear()
         bad.clear()
         if progress is not None:
-            progress(n, total.offset)
+            progress(n, end.end_offset)
 
     for record in read_records(path, kind, start.offset, start.line):
-        report.lines = record.line
+        writer.report.lines = record.line
         last = record
         if record.error is not None:
             if strict:
                 raise InputError(f"{path.name}:{record.line}: {record.error}")
             error = LineError(record.line, record.error)
-            report.error_count += 1
-            if len(report.errors) < MAX_REPORTED_ERRORS:
-                report.errors.append(error)
+            writer.malformed(error)
             bad.append(error)
             continue
         assert record.doc is not None
@@ -293,5 +335,4 @@ def ingest(
             flush(record)
     if last is not None and (docs or bad):
         flush(last)  # the last documents, or malformed lines after them: their counts too
-    report.committed = committed(collection, path, start.line)
-    return report
+    return writer.finish()

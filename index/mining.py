@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Literal, Protocol, get_args
 
 import faiss
 import numpy as np
@@ -151,6 +151,14 @@ class _TopK:
         self._wrap(sims, ids).addn(block.shape[1], faiss.swig_ptr(block), first_id, 0, block.shape[0])
         self.sims[rows], self.ids[rows] = sims, ids
 
+    def merge(self, sims: F32, ids: I64, first_row: int = 0) -> None:
+        """Offer rows first_row.. another top-k list each (a tile's, found elsewhere): the heaps
+        keep the best k of both, so tiles merge, in any order, into one exact result."""
+        sims, ids = np.ascontiguousarray(sims, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64)
+        self._heaps.addn_with_ids(
+            sims.shape[1], faiss.swig_ptr(sims), faiss.swig_ptr(ids), sims.shape[1], first_row, sims.shape[0]
+        )
+
     def result(self) -> tuple[F32, I64]:
         self._heaps.reorder()
         return self.sims, self.ids
@@ -178,6 +186,105 @@ def _knn_both(
         if progress is not None:
             progress(rows.shape[0])
     return *forward.result(), *backward.result()
+
+
+class NeighbourSearch(Protocol):
+    """Both directions' k nearest neighbours: (source→target sims, ids, target→source sims, ids)."""
+
+    def __call__(
+        self, x: F32, y: F32, k: int, chunk_size: int, progress: Callable[[int], None] | None
+    ) -> tuple[F32, I64, F32, I64]: ...
+
+
+def exact_block(
+    x: F32, y: F32, rows: tuple[int, int], cols: tuple[int, int], k: int, chunk_size: int
+) -> tuple[F32, I64, F32, I64]:
+    """One block of the similarity matrix (source ``rows``, target ``cols``): each of its source
+    rows' top-k among its targets and each target's among its rows, ids global, for merging."""
+    r0, r1 = rows
+    c0, c1 = cols
+    f_sims, f_ids, b_sims, b_ids = _knn_both(x[r0:r1], y[c0:c1], k, chunk_size, None)
+    return f_sims, f_ids + c0, b_sims, b_ids + r0
+
+
+class BlockMerge:
+    """Both directions' top-k, merged from blocks that arrive in any order: equal to one pass."""
+
+    def __init__(self, n_source: int, n_target: int, k: int) -> None:
+        self.forward = _TopK(n_source, min(k, n_target))
+        self.backward = _TopK(n_target, min(k, n_source))
+
+    def add(self, rows: tuple[int, int], cols: tuple[int, int], block: tuple[F32, I64, F32, I64]) -> None:
+        f_sims, f_ids, b_sims, b_ids = block
+        self.forward.merge(f_sims, f_ids, rows[0])
+        self.backward.merge(b_sims, b_ids, cols[0])
+
+    def result(self) -> tuple[F32, I64, F32, I64]:
+        return *self.forward.result(), *self.backward.result()
+
+
+def ivf_nlist(n: int) -> int:
+    """FAISS's rule of thumb for an IVF list count: about 4·sqrt(n), at least 39 points per list."""
+    return max(1, min(int(4 * np.sqrt(n)), n // 39))
+
+
+def train_ivf(base: F32, nlist: int, sample: int = 100_000, seed: int = 0) -> faiss.Index:
+    """An inner-product IVF index over ``base``, its centroids trained on a random sample."""
+    quantizer = faiss.IndexFlatIP(base.shape[1])
+    index = faiss.IndexIVFFlat(quantizer, base.shape[1], nlist, faiss.METRIC_INNER_PRODUCT)
+    rows = np.random.default_rng(seed).permutation(base.shape[0])[: max(sample, nlist * 39)]
+    index.train(base[np.sort(rows)])
+    index.add(base)
+    return index
+
+
+def ivf_knn(
+    index: faiss.Index, base: F32, queries: F32, k: int, nprobe: int, chunk_size: int
+) -> tuple[F32, I64]:
+    """Approximate neighbours from ``index`` (over ``base``); the rare row whose probed lists held
+    fewer than k points is searched exactly instead."""
+    faiss.extract_index_ivf(index).nprobe = nprobe
+    k = min(k, index.ntotal)
+    sims = np.empty((queries.shape[0], k), dtype=np.float32)
+    ids = np.empty((queries.shape[0], k), dtype=np.int64)
+    for start in range(0, queries.shape[0], chunk_size):
+        stop = min(start + chunk_size, queries.shape[0])
+        index.search(queries[start:stop], k, D=sims[start:stop], I=ids[start:stop])
+    short = np.flatnonzero((ids < 0).any(axis=1))
+    if short.size:
+        sims[short], ids[short] = _knn(np.ascontiguousarray(queries[short]), base, k, chunk_size)
+    return sims, ids
+
+
+@dataclass(frozen=True)
+class IvfSearch:
+    """Approximate neighbours both ways (the stopes shape at scale): an IVF index trained on a
+    sample of each side, probed ``nprobe`` lists per query. Its recall against exact search is
+    measured in bench/RESULTS.md; the exact search stays the default."""
+
+    nlist: int | None = None  # default: ivf_nlist(n) of each side
+    nprobe: int = 16
+    sample: int = 100_000
+
+    def __call__(
+        self, x: F32, y: F32, k: int, chunk_size: int, progress: Callable[[int], None] | None
+    ) -> tuple[F32, I64, F32, I64]:
+        forward = ivf_knn(
+            train_ivf(y, self.nlist or ivf_nlist(len(y)), self.sample), y, x, k, self.nprobe, chunk_size
+        )
+        if progress is not None:
+            progress(x.shape[0])
+        backward = ivf_knn(
+            train_ivf(x, self.nlist or ivf_nlist(len(x)), self.sample), x, y, k, self.nprobe, chunk_size
+        )
+        return *forward, *backward
+
+
+def recall(approximate: I64, exact: I64) -> float:
+    """Share of the exact k nearest neighbours the approximate lists found."""
+    k = exact.shape[1]
+    found = sum(len(np.intersect1d(a, e)) for a, e in zip(approximate[:, :k], exact, strict=True))
+    return found / exact.size
 
 
 def margin(cos: npt.ArrayLike, source_mean: npt.ArrayLike, target_mean: npt.ArrayLike, score: Score) -> F32:
@@ -260,6 +367,7 @@ def mine(
     threshold: float | None = None,
     chunk_size: int = DEFAULT_CHUNK,
     progress: Callable[[int], None] | None = None,
+    search: NeighbourSearch | None = None,
 ) -> MiningResult:
     """Find translation pairs between two sets of L2-normalised sentence embeddings.
 
@@ -269,7 +377,9 @@ def mine(
     ``intersect`` only mutual bests, ``max`` (LASER's default) both lists merged by score then
     taken greedily so each sentence is used at most once. Pairs with score > ``threshold`` are
     kept (``None`` keeps all), sorted by score descending. ``progress`` is called with the number
-    of source rows searched as the neighbour search advances.
+    of source rows searched as the neighbour search advances. ``search`` finds the neighbours in
+    both directions (default: exact, here; ``index.ray_mining`` runs it on a cluster, and
+    ``ivf_search`` approximates it).
     """
     if score not in SCORES:
         raise InputError(f"score must be one of {', '.join(SCORES)}; got {score!r}")
@@ -287,8 +397,10 @@ def mine(
 
     # Both directions are needed for the margins (each side's neighbourhood mean) except for a
     # plain-cosine forward search.
-    need_backward = score != "absolute" or strategy != "forward"
-    if need_backward:
+    need_backward = score != "absolute" or strategy != "forward" or search is not None
+    if search is not None:
+        x2y_sim, x2y_ind, y2x_sim, y2x_ind = search(x, y, k, chunk_size, progress)
+    elif need_backward:
         x2y_sim, x2y_ind, y2x_sim, y2x_ind = _knn_both(x, y, k, chunk_size, progress)
     else:
         x2y_sim, x2y_ind = _knn(x, y, k, chunk_size)

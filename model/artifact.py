@@ -117,6 +117,19 @@ def backend_file(model_dir: Path, backend: Backend) -> Path:
     return model_dir / files[backend]
 
 
+def backend_files(model_dir: Path, backend: Backend) -> list[Path]:
+    """Every file ``backend`` reads from a model directory: what a copy on another machine needs
+    (the graph, its external weights, the tokenizer and the manifest; torch: the whole directory
+    but the exported graphs)."""
+    model_dir = Path(model_dir)
+    if backend == "torch":
+        graphs = {ONNX_FP32, ONNX_INT8, OPENVINO_INT8, Path(OPENVINO_INT8).with_suffix(".bin").name}
+        return sorted(p for p in model_dir.rglob("*") if p.is_file() and p.name not in graphs)
+    graph = backend_file(model_dir, backend)
+    beside = [graph.with_suffix(".bin")] if graph.suffix == ".xml" else [Path(f"{graph}.data")]
+    return [model_dir / MANIFEST, model_dir / TOKENIZER, graph] + [p for p in beside if p.is_file()]
+
+
 def models_root(home: Path) -> Path:
     return Path(home) / "models"
 

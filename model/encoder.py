@@ -307,6 +307,7 @@ class Encoder:
         self.tokenizer = tokenizer
         self.backend = backend
         self.batch_size = batch_size
+        self.directory: Path | None = None  # where it was loaded from: what a remote copy is made of
 
     @classmethod
     def load(
@@ -319,7 +320,9 @@ class Encoder:
         model_dir = Path(model_dir)
         manifest = read_manifest(model_dir)
         tokenizer = TextTokenizer(model_dir / TOKENIZER, manifest)
-        return cls(manifest, tokenizer, load_backend(model_dir, manifest, backend, threads), batch_size)
+        encoder = cls(manifest, tokenizer, load_backend(model_dir, manifest, backend, threads), batch_size)
+        encoder.directory = model_dir
+        return encoder
 
     @classmethod
     def dummy(cls, dim: int = 384, max_length: int = 512, batch_size: int = 32) -> Encoder:

@@ -96,3 +96,36 @@ def tiny_model_dir(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFacto
     )
     export_all(out)
     yield out
+
+
+RAY_CPUS = 2
+
+
+def start_local_ray() -> None:
+    import ray
+
+    ray.init(num_cpus=RAY_CPUS, include_dashboard=False, log_to_driver=False)
+
+
+@pytest.fixture(scope="session")
+def local_ray() -> Iterator[None]:
+    """The test session's one local Ray: two CPUs, no dashboard (started on first use)."""
+    import ray
+
+    if not ray.is_initialized():
+        start_local_ray()
+    yield
+    ray.shutdown()
+
+
+def parallel_sentences(n: int, langs: tuple[str, ...] = ("de", "fr", "ru", "zh")) -> list[str]:
+    """``n`` real sentences, both sides of the shared parallel data, in file order."""
+    import gzip
+
+    out: list[str] = []
+    per = -(-n // (2 * len(langs)))
+    for lang in langs:
+        with gzip.open(SHARED / "data" / "parallel" / f"{lang}-en.tsv.gz", "rt", encoding="utf-8") as fh:
+            for _, line in zip(range(per), fh, strict=False):
+                out.extend(line.rstrip("\n").split("\t")[:2])
+    return out[:n]
