@@ -7,11 +7,15 @@ should pause meanwhile: deletions made to it during a re-index are not carried o
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from core.errors import InputError
+from index.cluster import EmbeddingPool, RayOptions
 from index.collection import Collection, SourceCommit, list_collections
 from index.store import Document
 from model.encoder import Encoder
@@ -56,10 +60,12 @@ def reindex(
     index_factory: str | None = None,
     chunk_size: int = 256,
     progress: Callable[[int, int], None] | None = None,
+    ray: RayOptions | None = None,
 ) -> ReindexReport:
     """Re-embed ``source`` into collection ``target`` (created with ``index_factory``, default the
     source's); ``progress(done, total)`` once before the first chunk (``done``: what an earlier
-    run did) and after each commit."""
+    run did) and after each commit. With ``ray``, a pool of actors embeds ``shard_texts``
+    documents per task and this process commits them in order."""
     dst, after = _target(source, Path(home_dir), target, encoder, index_factory)
     key = _key(source)
     with dst:
@@ -68,24 +74,45 @@ def reindex(
         done = resumed
         if progress is not None:
             progress(done, total)
-        chunk: list[Document] = []
-
-        def flush(position: int) -> None:
-            nonlocal done
-            dst.upsert(
-                chunk, encoder.embed([d.text for d in chunk], "passage"), SourceCommit(key, position, 0)
-            )
+        size = chunk_size if ray is None else ray.shard_texts
+        for chunk, position, vectors in _embedded(_chunks(source, after, size), encoder, ray):
+            dst.upsert(chunk, vectors, SourceCommit(key, position, 0))
             done += len(chunk)
-            chunk.clear()
             if progress is not None:
                 progress(done, total)
-
-        position = after
-        for position, doc in source.scan(after):
-            chunk.append(doc)
-            if len(chunk) >= chunk_size:
-                flush(position)
-        if chunk:
-            flush(position)
         dst.checkpoint()
         return ReindexReport(resumed=resumed, documents=done - resumed, count=len(dst))
+
+
+def _chunks(source: Collection, after: int, size: int) -> Iterator[tuple[list[Document], int]]:
+    """The source's documents after row ``after``, in chunks, each with its last row position."""
+    chunk: list[Document] = []
+    position = after
+    for position, doc in source.scan(after):
+        chunk.append(doc)
+        if len(chunk) >= size:
+            yield chunk, position
+            chunk = []
+    if chunk:
+        yield chunk, position
+
+
+def _embedded(
+    chunks: Iterator[tuple[list[Document], int]], encoder: Encoder, ray: RayOptions | None
+) -> Iterator[tuple[list[Document], int, np.ndarray]]:
+    """Each chunk with its vectors, in order: embedded here, or by a pool of Ray actors."""
+    if ray is None:
+        for chunk, position in chunks:
+            yield chunk, position, encoder.embed([d.text for d in chunk], "passage")
+        return
+    held: dict[int, tuple[list[Document], int]] = {}
+
+    def tasks() -> Iterator[tuple[int, tuple[Any, ...]]]:
+        for i, (chunk, position) in enumerate(chunks):
+            held[i] = (chunk, position)
+            yield i, ([d.text for d in chunk], "passage")
+
+    with EmbeddingPool(encoder, ray, "embed") as pool:
+        for i, vectors in enumerate(pool.ordered(tasks())):
+            chunk, position = held.pop(i)
+            yield chunk, position, vectors

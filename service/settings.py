@@ -140,6 +140,19 @@ class Settings(BaseSettings):
         description="On first start, create the 'demo' collection from the bundled sample documents.",
     )
 
+    # --- scale-out (bulk work on Ray; docs/scaling.md)
+    ray_address: str | None = Field(
+        default=None,
+        description="Ray cluster for jobs and commands run with engine 'ray': auto, HOST:PORT or "
+        "ray://HOST:10001; unset: a local Ray with this machine's CPUs.",
+    )
+    ray_actors: int | None = Field(
+        default=None, ge=1, description="Embedding actors on Ray; default one per CPU of the cluster."
+    )
+    ray_shard_bytes: int = Field(
+        default=4 << 20, ge=1024, description="Input bytes per ingest shard on Ray (one vector file each)."
+    )
+
     @field_validator("admin_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:

@@ -11,6 +11,7 @@ import typer
 from tqdm import tqdm
 
 from core.errors import InputError
+from index.cluster import RayOptions, parse_engine
 from model.artifact import BACKENDS, Backend, default_model_dir, read_manifest
 from model.backend_choice import choose_backend
 from model.cpu import cpu_features
@@ -30,6 +31,42 @@ ModelDirOpt = Annotated[
         "--model-dir", help="Built model directory [default: the bundled model in $DAPSEARCH_HOME/models]."
     ),
 ]
+
+
+EngineOpt = Annotated[
+    str,
+    typer.Option("--engine", help="local (this process) or ray (a Ray cluster: the dapsearch[ray] extra)."),
+]
+RayAddressOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ray-address",
+        help="Ray cluster: auto, HOST:PORT or ray://HOST:10001 "
+        "[default: DAPSEARCH_RAY_ADDRESS, else a local Ray with this machine's CPUs].",
+    ),
+]
+ActorsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--actors", min=1, help="Embedding actors on Ray [default: DAPSEARCH_RAY_ACTORS, else one per CPU]."
+    ),
+]
+
+
+def ray_options(
+    engine: str, address: str | None, actors: int | None, shard_bytes: int | None = None
+) -> RayOptions | None:
+    """The Ray settings of a command run with ``--engine ray``; None for the local engine."""
+    if parse_engine(engine) == "local":
+        if address is not None or actors is not None:
+            raise InputError("--ray-address and --actors need --engine ray")
+        return None
+    cfg = load_settings()
+    return RayOptions(
+        address=address or cfg.ray_address,
+        actors=actors or cfg.ray_actors,
+        shard_bytes=shard_bytes or cfg.ray_shard_bytes,
+    )
 
 
 def load_settings() -> Settings:

@@ -12,10 +12,22 @@ import typer
 from core.errors import InputError
 from index.collection import Collection, list_collections
 from index.filters import Filter
-from index.ingest import ingest, resume_point
+from index.ingest import ShardCounts, ingest, resume_point
+from index.ray_ingest import ingest_on_ray
 from index.reindex import reindex
 from model.artifact import BACKENDS
-from service.cli.common import ModelDirOpt, app, bar, load_encoder, load_settings, model_dir_or_default
+from service.cli.common import (
+    ActorsOpt,
+    EngineOpt,
+    ModelDirOpt,
+    RayAddressOpt,
+    app,
+    bar,
+    load_encoder,
+    load_settings,
+    model_dir_or_default,
+    ray_options,
+)
 
 index_app = typer.Typer(help="Create, fill and query collections of documents.", no_args_is_help=True)
 app.add_typer(index_app, name="index")
@@ -64,8 +76,18 @@ def ingest_cmd(
     strict: Annotated[bool, typer.Option("--strict", help="Stop at the first malformed line.")] = False,
     model_dir: ModelDirOpt = None,
     backend: BackendOpt = None,
+    engine: EngineOpt = "local",
+    ray_address: RayAddressOpt = None,
+    actors: ActorsOpt = None,
+    shard_bytes: Annotated[
+        int | None,
+        typer.Option(
+            min=1024, help="On Ray: input bytes per shard [default: DAPSEARCH_RAY_SHARD_BYTES, 4 MiB]."
+        ),
+    ] = None,
 ) -> None:
-    """Embed and upsert documents; resumes after the last committed chunk if interrupted."""
+    """Embed and upsert documents; resumes after the last committed chunk (on Ray: shard) if interrupted."""
+    ray = ray_options(engine, ray_address, actors, shard_bytes)
     if not source.is_file():
         raise InputError(f"input file not found: {source}")
     encoder = load_encoder(model_dir, backend)
@@ -81,7 +103,14 @@ def ingest_cmd(
                 progress.update(offset - progress.n)
                 progress.set_postfix(docs=docs)
 
-            report = ingest(coll, encoder, source, fmt, chunk_size, strict, advance)
+            if ray is None:
+                report = ingest(coll, encoder, source, fmt, chunk_size, strict, advance)
+            else:
+
+                def shards(counts: ShardCounts) -> None:
+                    progress.set_postfix(docs=docs, shards=f"{counts.merged}/{counts.total}")
+
+                report = ingest_on_ray(coll, encoder, source, fmt, strict, ray, advance, shards)
         coll.checkpoint()
         count = len(coll)
     for err in report.errors[:20]:
@@ -89,6 +118,13 @@ def ingest_cmd(
     if report.error_count > 20:
         typer.echo(f"... and {report.error_count - 20} more malformed lines", err=True)
     resumed = f" (resumed after line {report.resumed_from_line})" if report.resumed_from_line else ""
+    if report.shards is not None:
+        counts = report.shards
+        typer.echo(
+            f"{counts.total} shards: {counts.embedded} embedded on Ray, {counts.reused} found written"
+            + (f", {counts.retried} run again after a lost worker" if counts.retried else ""),
+            err=True,
+        )
     typer.echo(
         f"ingested {report.documents} documents into {name!r}{resumed}; "
         f"{report.error_count} malformed lines skipped; {count} documents, version {report.version}"
@@ -165,6 +201,9 @@ def reindex_cmd(
     chunk_size: ChunkOpt = 256,
     model_dir: ModelDirOpt = None,
     backend: BackendOpt = None,
+    engine: EngineOpt = "local",
+    ray_address: RayAddressOpt = None,
+    actors: ActorsOpt = None,
 ) -> None:
     """Re-embed every stored text with the chosen model into a new collection (model upgrade).
 
@@ -172,6 +211,7 @@ def reindex_cmd(
     an interruption continues where it stopped. Pause writes to the source meanwhile: deletions
     made to it during a re-index are not carried over.
     """
+    ray = ray_options(engine, ray_address, actors)
     encoder = load_encoder(model_dir, backend)
     home = load_settings().collections_dir
     with _open(name, readonly=True) as src, bar("re-embedding", total=len(src), unit="doc") as progress:
@@ -185,6 +225,6 @@ def reindex_cmd(
             progress.total = total
             progress.update(done - progress.n)
 
-        report = reindex(src, home, target, encoder, index, chunk_size, advance)
+        report = reindex(src, home, target, encoder, index, chunk_size, advance, ray)
         count = report.count
     typer.echo(f"re-indexed {count} documents from {name!r} into {target!r} ({encoder.model_id})")

@@ -9,18 +9,41 @@ import numpy as np
 import typer
 
 from core.errors import InputError
+from index.cluster import RayOptions, embed_texts
 from index.collection import Collection
-from index.mining import DEFAULT_K, SCORES, STRATEGIES, Score, Strategy, best_threshold, mine, score_histogram
+from index.mining import (
+    DEFAULT_K,
+    SCORES,
+    STRATEGIES,
+    IvfSearch,
+    NeighbourSearch,
+    Score,
+    Strategy,
+    best_threshold,
+    mine,
+    score_histogram,
+)
 from index.pairs import write_pairs
+from index.ray_mining import RaySearch
 from model.encoder import Encoder
-from service.cli.common import ModelDirOpt, app, bar, load_encoder, load_settings
+from service.cli.common import (
+    ActorsOpt,
+    EngineOpt,
+    ModelDirOpt,
+    RayAddressOpt,
+    app,
+    bar,
+    load_encoder,
+    load_settings,
+    ray_options,
+)
 from service.cli.model import read_lines
 
 COLLECTION_PREFIX = "collection:"
 
 
 def _side(
-    spec: str, encoder: Encoder | None, batch_size: int, label: str
+    spec: str, encoder: Encoder | None, batch_size: int, label: str, ray: RayOptions | None
 ) -> tuple[list[str], np.ndarray, Encoder | None]:
     """Texts and vectors of one side: a text file (embedded now) or a collection (stored vectors)."""
     if spec.startswith(COLLECTION_PREFIX):
@@ -38,7 +61,10 @@ def _side(
         encoder = load_encoder(None, batch_size=batch_size)
     lines = read_lines(spec)
     with bar(f"embedding {label}", total=len(lines), unit="text") as progress:
-        vectors = encoder.encode(lines, "passage", progress=progress.update).vectors
+        if ray is None:
+            vectors = encoder.encode(lines, "passage", progress=progress.update).vectors
+        else:
+            vectors = embed_texts(encoder, lines, "passage", ray, progress.update)
     return lines, vectors, encoder
 
 
@@ -77,8 +103,26 @@ def mine_cmd(
     ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Texts per forward pass.")] = 32,
     model_dir: ModelDirOpt = None,
+    knn: Annotated[
+        str,
+        typer.Option(
+            help="exact, or ivf: an IVF index per side trained on a sample (approximate, at scale)."
+        ),
+    ] = "exact",
+    nprobe: Annotated[int, typer.Option(min=1, help="With --knn ivf: lists probed per sentence.")] = 16,
+    nlist: Annotated[
+        int | None, typer.Option(min=1, help="With --knn ivf: lists per side [default: about 4·sqrt(n)].")
+    ] = None,
+    engine: EngineOpt = "local",
+    ray_address: RayAddressOpt = None,
+    actors: ActorsOpt = None,
 ) -> None:
     """Mine translation pairs (ratio margin, k=4, LASER's max strategy by default)."""
+    ray = ray_options(engine, ray_address, actors)
+    if knn not in ("exact", "ivf"):
+        raise InputError(f"--knn must be exact or ivf, not {knn!r}")
+    ivf = IvfSearch(nlist=nlist, nprobe=nprobe) if knn == "ivf" else None
+    search: NeighbourSearch | None = ivf if ray is None else RaySearch(ray, ivf=ivf)
     if score not in SCORES or strategy not in STRATEGIES:
         raise InputError(f"--score must be one of {SCORES} and --strategy one of {STRATEGIES}")
     chosen_score: Score = next(s for s in SCORES if s == score)
@@ -87,11 +131,17 @@ def mine_cmd(
     encoder = None
     if model_dir is not None:
         encoder = load_encoder(model_dir, batch_size=batch_size)
-    src_texts, src_vecs, encoder = _side(source, encoder, batch_size, "source")
-    tgt_texts, tgt_vecs, encoder = _side(target, encoder, batch_size, "target")
+    src_texts, src_vecs, encoder = _side(source, encoder, batch_size, "source", ray)
+    tgt_texts, tgt_vecs, encoder = _side(target, encoder, batch_size, "target", ray)
     with bar("neighbour search", total=len(src_texts), unit="sent") as progress:
         result = mine(
-            src_vecs, tgt_vecs, k=k, score=chosen_score, strategy=chosen_strategy, progress=progress.update
+            src_vecs,
+            tgt_vecs,
+            k=k,
+            score=chosen_score,
+            strategy=chosen_strategy,
+            progress=progress.update,
+            search=search,
         )
     used = threshold
     if gold_pairs is not None:

@@ -12,6 +12,7 @@ import numpy as np
 import typer
 
 from core.errors import InputError
+from index.cluster import embed_texts
 from model.artifact import (
     BACKENDS,
     BASE_MODEL_NAME,
@@ -23,7 +24,10 @@ from model.artifact import (
 )
 from model.encoder import KINDS, Kind
 from service.cli.common import (
+    ActorsOpt,
+    EngineOpt,
     ModelDirOpt,
+    RayAddressOpt,
     app,
     bar,
     dequant_progress,
@@ -31,6 +35,7 @@ from service.cli.common import (
     load_settings,
     model_dir_or_default,
     parse_backend,
+    ray_options,
 )
 
 model_app = typer.Typer(help="Build, export and inspect encoder models.", no_args_is_help=True)
@@ -259,8 +264,12 @@ def embed_cmd(
     backend: Annotated[str | None, typer.Option(help=", ".join(BACKENDS))] = None,
     model_dir: ModelDirOpt = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Texts per forward pass.")] = 32,
+    engine: EngineOpt = "local",
+    ray_address: RayAddressOpt = None,
+    actors: ActorsOpt = None,
 ) -> None:
     """Embed lines of text into a .npy matrix or JSON lines."""
+    ray = ray_options(engine, ray_address, actors)
     if kind not in KINDS:
         raise InputError(f"--kind must be query or passage, not {kind!r}")
     if out != "-" and not out.endswith((".npy", ".jsonl")):
@@ -271,19 +280,24 @@ def embed_cmd(
     encoder = load_encoder(model_dir, backend, batch_size)
     kind_value: Kind = "query" if kind == "query" else "passage"
     with bar("embedding", total=len(lines), unit="text") as progress:
-        result = encoder.encode(lines, kind_value, progress=progress.update)
-    if result.truncated:
+        if ray is None:
+            result = encoder.encode(lines, kind_value, progress=progress.update)
+            vectors, truncated = result.vectors, result.truncated
+        else:
+            vectors = embed_texts(encoder, lines, kind_value, ray, progress.update)
+            truncated = encoder.tokenizer.tokenize(lines, kind_value).truncated
+    if truncated:
         typer.echo(
-            f"note: {len(result.truncated)} text(s) cut at {encoder.manifest.max_length} tokens "
-            f"(first: line {result.truncated[0] + 1})",
+            f"note: {len(truncated)} text(s) cut at {encoder.manifest.max_length} tokens "
+            f"(first: line {truncated[0] + 1})",
             err=True,
         )
     if out.endswith(".npy"):
-        np.save(out, result.vectors)
+        np.save(out, vectors)
     else:
         handle: TextIO = sys.stdout if out == "-" else open(out, "w", encoding="utf-8")  # noqa: SIM115
         try:
-            handle.writelines(_jsonl(lines, result.vectors, set(result.truncated)))
+            handle.writelines(_jsonl(lines, vectors, set(truncated)))
         finally:
             if handle is not sys.stdout:
                 handle.close()

@@ -17,7 +17,9 @@ from index.ingest import ShardCounts, ingest
 from index.mining import IvfSearch, MiningResult, knn_both, mine, recall
 from index.ray_ingest import SHARDS, ingest_on_ray
 from index.ray_mining import RaySearch
+from index.reindex import reindex
 from index.shards import plan, read_shard_bytes
+from index.store import Document
 from model.encoder import Encoder
 from tests.conftest import parallel_sentences
 
@@ -233,3 +235,31 @@ def test_ivf_mining_on_ray_is_the_local_ivf_search_and_close_to_exact() -> None:
     assert recall(everything[1], exact[1]) == recall(everything[3], exact[3]) == 1.0
     found = {(s, t) for s, t, _ in mine(x, y, search=ivf)}
     assert len(found & {(int(s), int(t)) for s, t in gold}) > 0.99 * len(gold)  # the translations
+
+
+def test_reindex_on_ray_resumes_and_copies_what_the_local_one_copies(tmp_path: Path, tiny: Encoder) -> None:
+    home = tmp_path / "collections"
+    with Collection.create(home, "old", tiny.model_id, tiny.dim) as src:
+        docs = [Document(f"d{i}", f"document {i}", "en", {"i": i}) for i in range(50)]
+        src.upsert(docs, tiny.embed([d.text for d in docs], "passage"))
+        calls: list[tuple[int, int]] = []
+
+        def stop_after_two(done: int, total: int) -> None:
+            calls.append((done, total))
+            if len(calls) == 3:
+                raise Stop
+
+        options = RayOptions(actors=2, shard_texts=7)
+        with pytest.raises(Stop):
+            reindex(src, home, "on-ray", tiny, progress=stop_after_two, ray=options)
+        assert calls == [(0, 50), (7, 50), (14, 50)]
+        report = reindex(src, home, "on-ray", tiny, ray=options)
+        assert (report.resumed, report.documents, report.count) == (14, 36, 50)
+        reindex(src, home, "local", tiny)
+    with (
+        Collection.open(home, "on-ray", readonly=True) as a,
+        Collection.open(home, "local", readonly=True) as b,
+    ):
+        got, want = contents(a), contents(b)
+    assert got[0] == want[0] and got[1] == want[1]
+    np.testing.assert_allclose(got[2], want[2], atol=2e-5)

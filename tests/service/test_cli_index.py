@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from index.collection import Collection
@@ -135,3 +136,59 @@ def test_unknown_collection(tmp_path: Path, tiny_model_dir: Path, command: str) 
     args = ("nope", "d1") if command == "delete" else ("nope",)
     result = cli(tmp_path / "home", tiny_model_dir, command, *args)
     assert result.returncode == 2 and "unknown collection" in result.stderr
+
+
+@pytest.mark.usefixtures("local_ray")
+def test_ingest_reindex_and_embed_on_a_ray_cluster_given_by_its_address(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    import ray
+
+    address = ray.get_runtime_context().gcs_address
+    home = tmp_path / "home"
+    src = write_docs(tmp_path / "docs.jsonl", 300)
+    assert cli(home, tiny_model_dir, "create", "c").returncode == 0
+    on_ray = ("--engine", "ray", "--ray-address", address, "--actors", "2")
+    ingested = cli(home, tiny_model_dir, "ingest", "c", str(src), *on_ray, "--shard-bytes", "4096")
+    assert ingested.returncode == 0, ingested.stderr
+    assert "ingested 300 documents" in ingested.stdout and "300 documents, version" in ingested.stdout
+    assert "shards: " in ingested.stderr and " embedded on Ray, 0 found written" in ingested.stderr
+    again = cli(home, tiny_model_dir, "ingest", "c", str(src), *on_ray)
+    assert again.returncode == 0 and "ingested 0 documents" in again.stdout  # all committed
+    copied = cli(home, tiny_model_dir, "reindex", "c", "c2", *on_ray)
+    assert copied.returncode == 0 and "re-indexed 300 documents" in copied.stdout, copied.stderr
+    with Collection.open(home / "collections", "c2", readonly=True) as c2:
+        assert len(c2) == 300
+
+    lines = tmp_path / "lines.txt"
+    lines.write_text("".join(f"line {i}\n" for i in range(50)))
+    env = {**os.environ, "DAPSEARCH_HOME": str(home), "DAPSEARCH_MODEL_DIR": str(tiny_model_dir)}
+    embed = [sys.executable, "-m", "service.cli", "embed", str(lines), "-o", str(tmp_path / "v.npy")]
+    local = subprocess.run(embed, capture_output=True, text=True, env=env, timeout=300)
+    remote = subprocess.run(
+        [*embed[:-1], str(tmp_path / "r.npy"), *on_ray], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert local.returncode == remote.returncode == 0, remote.stderr
+    np.testing.assert_allclose(np.load(tmp_path / "r.npy"), np.load(tmp_path / "v.npy"), atol=2e-5)
+
+    mine = [sys.executable, "-m", "service.cli", "mine", str(lines), str(lines), "--threshold", "1.0"]
+    here = subprocess.run([*mine, "-o", str(tmp_path / "here.tsv")], capture_output=True, text=True, env=env)
+    there = subprocess.run(
+        [*mine, "-o", str(tmp_path / "there.tsv"), *on_ray, "--knn", "ivf"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert here.returncode == there.returncode == 0, there.stderr
+    rows = [(tmp_path / f).read_text().splitlines() for f in ("here.tsv", "there.tsv")]
+    assert len(rows[0]) > 40 and [r.split("\t")[1:3] for r in rows[0]] == [
+        r.split("\t")[1:3] for r in rows[1]
+    ]
+
+
+def test_ray_options_without_the_ray_engine_are_refused(tmp_path: Path, tiny_model_dir: Path) -> None:
+    src = write_docs(tmp_path / "docs.jsonl", 3)
+    r = cli(tmp_path / "home", tiny_model_dir, "ingest", "c", str(src), "--actors", "2")
+    assert r.returncode == 2 and "--ray-address and --actors need --engine ray" in r.stderr
+    r = cli(tmp_path / "home", tiny_model_dir, "ingest", "c", str(src), "--engine", "spark")
+    assert r.returncode == 2 and "engine must be one of local, ray, not 'spark'" in r.stderr
