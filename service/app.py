@@ -87,7 +87,7 @@ def create_app(settings: Settings | None = None, encoder: Encoder | None = None)
             await anyio.to_thread.run_sync(lambda: ensure_demo_collection(settings.collections_dir, encoder))
         # Jobs embed through the batcher at bulk priority, never beside it on the engine.
         bulk = BulkEncoder(batcher, asyncio.get_running_loop())
-        jobs = JobRunner(settings, bulk, collections, metrics)
+        jobs = JobRunner(settings, bulk, collections, metrics, model=encoder)
         await jobs.start()
         stack.push_async_callback(jobs.stop)
         app.state.runtime = Runtime(

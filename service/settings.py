@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from index.cluster import RayOptions
 from model.artifact import Bundled, default_model_dir
 from model.backend_choice import BackendRequest
 
@@ -152,6 +153,16 @@ class Settings(BaseSettings):
     ray_shard_bytes: int = Field(
         default=4 << 20, ge=1024, description="Input bytes per ingest shard on Ray (one vector file each)."
     )
+
+    def ray(
+        self, address: str | None = None, actors: int | None = None, shard_bytes: int | None = None
+    ) -> RayOptions:
+        """How bulk work runs on Ray: the arguments given, else these settings."""
+        return RayOptions(
+            address=address or self.ray_address,
+            actors=actors or self.ray_actors,
+            shard_bytes=shard_bytes or self.ray_shard_bytes,
+        )
 
     @field_validator("admin_keys", mode="before")
     @classmethod

@@ -61,12 +61,7 @@ def ray_options(
         if address is not None or actors is not None:
             raise InputError("--ray-address and --actors need --engine ray")
         return None
-    cfg = load_settings()
-    return RayOptions(
-        address=address or cfg.ray_address,
-        actors=actors or cfg.ray_actors,
-        shard_bytes=shard_bytes or cfg.ray_shard_bytes,
-    )
+    return load_settings().ray(address, actors, shard_bytes)
 
 
 def load_settings() -> Settings:

@@ -9,6 +9,7 @@ from typing import Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field
 
 from core.errors import Conflict, NotFound
+from index.cluster import Engine
 from index.ingest import Format
 from index.mining import Score, Strategy
 
@@ -29,6 +30,7 @@ class IngestParams(BaseModel):
     format: Format
     strict: bool = False
     chunk_size: int = Field(default=256, ge=1)
+    engine: Engine = Field(default="local", description="local (the server) or ray (DAPSEARCH_RAY_ADDRESS).")
     start_offset: int | None = Field(
         default=None, description="Resume bookkeeping: byte offset at first run."
     )
@@ -53,6 +55,20 @@ class MineParams(BaseModel):
     score: Score = "ratio"
     strategy: Strategy = "max"
     threshold: float | None = Field(default=None, allow_inf_nan=False)
+    engine: Engine = Field(
+        default="local",
+        description="local, or ray: the neighbour search on the Ray cluster (DAPSEARCH_RAY_ADDRESS).",
+    )
+
+
+class ShardProgress(BaseModel):
+    """An ingest on Ray: its shards (byte ranges of the file), as they are embedded and committed."""
+
+    total: int = Field(description="Shards from where the job resumed to the end of the file.")
+    embedded: int = 0
+    reused: int = Field(default=0, description="Found written by an earlier run: not embedded again.")
+    merged: int = Field(default=0, description="Committed to the collection, in file order.")
+    retried: int = Field(default=0, description="Given to another actor after a worker was lost.")
 
 
 class JobProgress(BaseModel):
@@ -60,6 +76,7 @@ class JobProgress(BaseModel):
     bytes_done: int = 0
     bytes_total: int | None = None
     fraction: float = 0.0
+    shards: ShardProgress | None = Field(default=None, description="Ingest on Ray only.")
 
 
 class JobCounts(BaseModel):

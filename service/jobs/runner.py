@@ -8,6 +8,7 @@ import logging
 import queue
 import threading
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +16,14 @@ import anyio
 
 from core.clock import now_iso
 from core.errors import InputError
+from index.cluster import Engine
 from index.collection import Collection, SourceCheckpoint, collection_identity
-from index.ingest import Format, ingest, resume_point
+from index.ingest import Format, ShardCounts, ingest, resume_point
 from index.mining import mine
 from index.pairs import write_pairs
-from model.encoder import TextEncoder
+from index.ray_ingest import ingest_on_ray
+from index.ray_mining import RaySearch
+from model.encoder import Encoder, TextEncoder
 from service.collections import Collections
 from service.jobs.models import (
     ACTIVE,
@@ -34,6 +38,7 @@ from service.jobs.models import (
     JobProgress,
     JobState,
     MineParams,
+    ShardProgress,
     new_job_id,
 )
 from service.jobs.store import JobStore
@@ -77,10 +82,18 @@ class JobRunner:
     """Owns the job files, the queue and the worker thread; the admin router calls it."""
 
     def __init__(
-        self, settings: Settings, encoder: TextEncoder, collections: Collections, metrics: Metrics
+        self,
+        settings: Settings,
+        encoder: TextEncoder,
+        collections: Collections,
+        metrics: Metrics,
+        model: Encoder | None = None,
     ) -> None:
+        """``encoder`` embeds local jobs (the service's batcher); ``model`` is the encoder itself,
+        which Ray actors are made from (default: ``encoder``, when it is one)."""
         self.settings = settings
         self.encoder = encoder
+        self.model = model if model is not None or not isinstance(encoder, Encoder) else encoder
         self.collections = collections
         self.metrics = metrics
         self.store = JobStore(settings.jobs_dir)
@@ -228,6 +241,7 @@ class JobRunner:
         upload: bool,
         strict: bool = False,
         chunk_size: int = 256,
+        engine: Engine = "local",
     ) -> Job:
         """A new ingest job (not yet submitted)."""
         params = IngestParams(
@@ -236,6 +250,7 @@ class JobRunner:
             format=fmt,
             strict=strict,
             chunk_size=chunk_size,
+            engine=engine,
             collection_identity=collection_identity(self.settings.collections_dir, collection),
         )
         size = path.stat().st_size if path.is_file() else None
@@ -406,16 +421,39 @@ class JobRunner:
                 docs += n
                 with self._lock:
                     job.progress = JobProgress(
-                        docs=docs, bytes_done=reached, bytes_total=total, fraction=_fraction(reached, total)
+                        docs=docs,
+                        bytes_done=reached,
+                        bytes_total=total,
+                        fraction=_fraction(reached, total),
+                        shards=job.progress.shards,
                     )
                     job.counts.documents = docs
                 self._save_throttled(job_id)
                 self._check(job_id)
 
+            def shard_progress(counts: ShardCounts) -> None:
+                with self._lock:
+                    job.progress.shards = ShardProgress(**asdict(counts))
+                self._save_throttled(job_id)
+                self._check(job_id)
+
             try:
-                report = ingest(
-                    coll, self.encoder, path, params.format, params.chunk_size, params.strict, progress
-                )
+                if params.engine == "ray":
+                    options = self.settings.ray()
+                    report = ingest_on_ray(
+                        coll,
+                        self._ray_model(),
+                        path,
+                        params.format,
+                        params.strict,
+                        options,
+                        progress,
+                        shard_progress,
+                    )
+                else:
+                    report = ingest(
+                        coll, self.encoder, path, params.format, params.chunk_size, params.strict, progress
+                    )
             except (_Interrupted, InputError):
                 if not self._stopping.is_set() or self._cancelling(job_id):
                     self._final_counts(job_id, coll, path, base)
@@ -426,7 +464,13 @@ class JobRunner:
         with self._lock:
             job.counts = JobCounts(documents=done.documents, errors=done.errors)
             job.errors = _line_errors(done)
-            job.progress = JobProgress(docs=done.documents, bytes_done=total, bytes_total=total, fraction=1.0)
+            job.progress = JobProgress(
+                docs=done.documents,
+                bytes_done=total,
+                bytes_total=total,
+                fraction=1.0,
+                shards=None if report.shards is None else ShardProgress(**asdict(report.shards)),
+            )
         result = {
             "documents": done.documents,
             "collection_count": count,
@@ -434,6 +478,11 @@ class JobRunner:
             "lines": report.lines,
         }
         self._finish(job_id, "succeeded", result=result)
+
+    def _ray_model(self) -> Encoder:
+        if self.model is None:
+            raise InputError("this server cannot run jobs on Ray: it has no model directory to ship")
+        return self.model
 
     def _final_counts(self, job_id: str, coll: Collection, path: Path, base: SourceCheckpoint) -> None:
         """Exact counts of a job that ends early: what its committed chunks covered."""
@@ -473,8 +522,16 @@ class JobRunner:
             self._save_throttled(job_id)
             self._check(job_id)
 
+        search = RaySearch(self.settings.ray()) if params.engine == "ray" else None
         mined = mine(
-            src_vecs, tgt_vecs, params.k, params.score, params.strategy, params.threshold, progress=progress
+            src_vecs,
+            tgt_vecs,
+            params.k,
+            params.score,
+            params.strategy,
+            params.threshold,
+            progress=progress,
+            search=search,
         )
         self._check(job_id)
         out = self.pairs_path(job_id)

@@ -18,6 +18,7 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from core.errors import InputError
+from index.cluster import Engine
 from index.collection import NAME_RE, CollectionExists, ModelMismatch, UnknownCollection
 from index.index_choice import INDEX_PATTERN
 from index.ingest import Format, detect_format
@@ -73,6 +74,10 @@ class IngestPath(BaseModel):
         default=False, description="Fail at the first malformed line instead of skipping it."
     )
     chunk_size: int = Field(default=256, ge=1, le=MAX_CHUNK, description="Documents per committed chunk.")
+    engine: Engine = Field(
+        default="local",
+        description="local, or ray: embedded by actors on the Ray cluster (DAPSEARCH_RAY_ADDRESS).",
+    )
 
 
 class JobResponse(BaseModel):
@@ -213,6 +218,9 @@ async def add_documents(
     fmt: Annotated[Format | None, Query(alias="format", description="Upload format (jsonl or tsv).")] = None,
     strict: Annotated[bool, Query(description="Fail at the first malformed line.")] = False,
     chunk_size: Annotated[int, Query(ge=1, le=MAX_CHUNK, description="Documents per committed chunk.")] = 256,
+    engine: Annotated[
+        Engine, Query(description="local, or ray: embedded on the Ray cluster (DAPSEARCH_RAY_ADDRESS).")
+    ] = "local",
 ) -> JobResponse:
     """Queue an ingest job: the request body is the file (JSONL/TSV), or JSON naming a server-side file."""
     _known(collections, name)
@@ -221,7 +229,7 @@ async def add_documents(
         job = await _path_job(name, request, settings, jobs)
     else:
         upload_fmt = _upload_format(media, fmt)
-        job = await _upload_job(name, request, settings, jobs, upload_fmt, strict, chunk_size)
+        job = await _upload_job(name, request, settings, jobs, upload_fmt, strict, chunk_size, engine)
     return _job_created(await jobs.submit(job), response, jobs)
 
 
@@ -250,6 +258,7 @@ async def _upload_job(
     fmt: Format,
     strict: bool,
     chunk_size: int,
+    engine: Engine,
 ) -> Job:
     """Stream the body to ``<home>/uploads/<job id>.<fmt>``; 413 (and nothing kept) past the limit."""
     limit = settings.max_upload_bytes
@@ -281,7 +290,9 @@ async def _upload_job(
     except BaseException:
         part.unlink(missing_ok=True)
         raise
-    return jobs.ingest_job(job_id, name, final, fmt, upload=True, strict=strict, chunk_size=chunk_size)
+    return jobs.ingest_job(
+        job_id, name, final, fmt, upload=True, strict=strict, chunk_size=chunk_size, engine=engine
+    )
 
 
 async def _path_job(name: str, request: Request, settings: SettingsDep, jobs: JobRunner) -> Job:
@@ -311,7 +322,14 @@ async def _path_job(name: str, request: Request, settings: SettingsDep, jobs: Jo
     except InputError as exc:
         raise APIError(400, str(exc).replace("--format", "format"), "format") from exc
     return jobs.ingest_job(
-        new_job_id(), name, resolved, fmt, upload=False, strict=body.strict, chunk_size=body.chunk_size
+        new_job_id(),
+        name,
+        resolved,
+        fmt,
+        upload=False,
+        strict=body.strict,
+        chunk_size=body.chunk_size,
+        engine=body.engine,
     )
 
 

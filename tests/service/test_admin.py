@@ -743,6 +743,7 @@ async def test_mine_job_and_pairs_download(tmp_path: Path, tiny_model_dir: Path)
             "score": "absolute",
             "strategy": "max",
             "threshold": None,
+            "engine": "local",
         }
         pairs = job["result"]["pairs"]
         assert pairs == n and job["result"]["download"] == f"/admin/jobs/{job['id']}/pairs"

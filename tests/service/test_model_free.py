@@ -289,3 +289,56 @@ async def test_the_api_embeds_ingests_and_searches_without_a_model(tmp_path: Pat
         assert hit["id"] == "d7" and hit["score"] == pytest.approx(1.0, abs=1e-5)
         r = await client.post("/search", json={"collection": "nope", "query": "x"})
         assert r.status_code == 404 and r.json()["error"]["type"] == "not_found"
+
+
+async def _done(client: httpx.AsyncClient, job_id: str) -> dict[str, Any]:
+    with anyio.fail_after(120):
+        while (job := (await client.get(f"/admin/jobs/{job_id}")).json()["job"])["state"] != "succeeded":
+            assert job["state"] in ("queued", "running"), job
+            await anyio.sleep(0.05)
+    return dict(job)
+
+
+@pytest.mark.usefixtures("local_ray")
+async def test_admin_ingest_and_mining_jobs_run_on_ray_with_shard_progress(
+    tmp_path: Path, encoder: Encoder
+) -> None:
+    settings = settings_for(tmp_path, ray_shard_bytes=1024, ray_actors=2)
+    async with serve(settings, encoder) as (_, client):
+        for name in ("src", "ray"):
+            assert (await client.post("/admin/collections", json={"name": name})).status_code == 201
+        body = "".join(json.dumps({"id": f"d{i}", "text": f"document {i}"}) + "\n" for i in range(200))
+        jobs = {}
+        for name, engine in (("src", "local"), ("ray", "ray")):
+            r = await client.post(
+                f"/admin/collections/{name}/documents?engine={engine}",
+                content=body + "{broken\n",
+                headers={"Content-Type": "application/x-ndjson"},
+            )
+            assert r.status_code == 202, r.text
+            assert r.json()["job"]["params"]["engine"] == engine
+            jobs[name] = await _done(client, r.json()["job"]["id"])
+        on_ray = jobs["ray"]
+        assert on_ray["counts"] == jobs["src"]["counts"] == {"documents": 200, "errors": 1}
+        assert on_ray["errors"] == jobs["src"]["errors"]
+        shards = on_ray["progress"]["shards"]
+        assert shards["total"] > 5 and shards["merged"] == shards["embedded"] == shards["total"]
+        assert jobs["src"]["progress"]["shards"] is None
+
+        mined = {}
+        for engine in ("local", "ray"):
+            r = await client.post("/admin/mine", json={"source": "src", "target": "ray", "engine": engine})
+            assert r.status_code == 202, r.text
+            job = await _done(client, r.json()["job"]["id"])
+            mined[engine] = (await client.get(f"/admin/jobs/{job['id']}/pairs")).text
+        rows = {
+            e: sorted((line.split("\t") for line in text.splitlines()), key=lambda r: r[1:])
+            for e, text in mined.items()
+        }
+        assert len(rows["ray"]) == len(rows["local"]) >= 200  # the same pairs, scores to float rounding
+        assert [r[1:] for r in rows["ray"]] == [r[1:] for r in rows["local"]]
+        assert [float(r[0]) for r in rows["ray"]] == pytest.approx(
+            [float(r[0]) for r in rows["local"]], abs=1e-5
+        )
+        r = await client.post("/admin/mine", json={"source": "src", "target": "ray", "engine": "spark"})
+        assert r.status_code == 422 and "engine" in r.text
