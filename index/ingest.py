@@ -64,6 +64,7 @@ class ShardCounts:
     embedded: int = 0
     merged: int = 0
     retried: int = 0  # shards given to another actor after theirs was lost (a node removed, a crash)
+    embed_seconds: float = 0.0  # the actors' time on the shards this run embedded, summed
 
 
 def detect_format(path: Path, fmt: str | None) -> Format:

@@ -102,6 +102,7 @@ def ingest_on_ray(
             for index, result in pool.run(tasks):
                 write_shard(files[by_index[index].index], result)
                 counts.embedded, counts.retried = counts.embedded + 1, pool.retried
+                counts.embed_seconds += result.seconds
                 if shard_progress is not None:
                     shard_progress(counts)
                 merge_ready()

@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,7 @@ class ShardResult:
     vectors: np.ndarray
     errors: list[LineError]  # numbered from the shard's first line (1)
     lines: int
+    seconds: float = 0.0  # the actor's time to parse and embed it (not stored in the shard file)
 
 
 def _line_start_at_or_after(fh: io.BufferedReader, offset: int, size: int) -> int:
@@ -89,6 +91,7 @@ def read_shard_bytes(path: Path, shard: Shard) -> bytes:
 
 def embed_shard(encoder: Encoder, data: bytes, fmt: Format, start: int) -> ShardResult:
     """Parse and embed one shard's bytes (read at byte ``start`` of the file): what an actor runs."""
+    started = time.perf_counter()
     docs: list[Document] = []
     errors: list[LineError] = []
     lines = data.count(b"\n") + (0 if data.endswith(b"\n") or not data else 1)
@@ -102,7 +105,7 @@ def embed_shard(encoder: Encoder, data: bytes, fmt: Format, start: int) -> Shard
         if docs
         else np.zeros((0, encoder.dim), dtype=np.float32)
     )
-    return ShardResult(docs, vectors, errors, lines)
+    return ShardResult(docs, vectors, errors, lines, time.perf_counter() - started)
 
 
 def work_dir(root: Path, source: str, model_id: str, fmt: Format) -> Path:

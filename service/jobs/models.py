@@ -69,6 +69,7 @@ class ShardProgress(BaseModel):
     reused: int = Field(default=0, description="Found written by an earlier run: not embedded again.")
     merged: int = Field(default=0, description="Committed to the collection, in file order.")
     retried: int = Field(default=0, description="Given to another actor after a worker was lost.")
+    embed_seconds: float = Field(default=0.0, description="The actors' time on the shards embedded, summed.")
 
 
 class JobProgress(BaseModel):
