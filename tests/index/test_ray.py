@@ -4,6 +4,7 @@ resumed by shard files, and errors that keep their meaning across the cluster.""
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -263,3 +264,14 @@ def test_reindex_on_ray_resumes_and_copies_what_the_local_one_copies(tmp_path: P
         got, want = contents(a), contents(b)
     assert got[0] == want[0] and got[1] == want[1]
     np.testing.assert_allclose(got[2], want[2], atol=2e-5)
+
+
+def test_the_local_engine_never_imports_ray() -> None:
+    """The CLI, the app and every local path load without Ray: it is the extra's, on demand."""
+    code = (
+        "import sys, service.cli, service.app, index.ingest, index.reindex, index.mining, index.ray_ingest; "
+        "from service.settings import Settings; Settings().ray(); "
+        "assert 'ray' not in sys.modules, 'ray was imported'"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
