@@ -18,7 +18,7 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from core.errors import InputError
-from index.cluster import Engine
+from index.cluster import Engine, ray_module
 from index.collection import NAME_RE, CollectionExists, ModelMismatch, UnknownCollection
 from index.index_choice import INDEX_PATTERN
 from index.ingest import Format, detect_format
@@ -86,6 +86,15 @@ class JobResponse(BaseModel):
 
 class JobList(BaseModel):
     jobs: list[Job]
+
+
+def _engine(engine: Engine) -> None:
+    """A Ray job on a server without Ray is refused at submission, not failed later."""
+    if engine == "ray":
+        try:
+            ray_module()
+        except InputError as exc:
+            raise APIError(400, f"{exc} on the server", "engine") from None
 
 
 def _error(exc: InputError, param: str | None = None) -> APIError:
@@ -224,6 +233,7 @@ async def add_documents(
 ) -> JobResponse:
     """Queue an ingest job: the request body is the file (JSONL/TSV), or JSON naming a server-side file."""
     _known(collections, name)
+    _engine(engine)
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media == "application/json":
         job = await _path_job(name, request, settings, jobs)
@@ -321,6 +331,7 @@ async def _path_job(name: str, request: Request, settings: SettingsDep, jobs: Jo
         fmt = detect_format(resolved, body.format)
     except InputError as exc:
         raise APIError(400, str(exc).replace("--format", "format"), "format") from exc
+    _engine(body.engine)
     return jobs.ingest_job(
         new_job_id(),
         name,
@@ -341,6 +352,7 @@ async def mine_job(
     body: MineParams, response: Response, collections: CollectionsDep, jobs: JobsDep
 ) -> JobResponse:
     """Queue bitext mining between two collections' stored vectors; pairs come as a TSV file."""
+    _engine(body.engine)
     for param, name in (("source", body.source), ("target", body.target)):
         _known(collections, name, param)
         await _stats(collections, name, param)  # 409 when made with another model

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -342,3 +343,22 @@ async def test_admin_ingest_and_mining_jobs_run_on_ray_with_shard_progress(
         )
         r = await client.post("/admin/mine", json={"source": "src", "target": "ray", "engine": "spark"})
         assert r.status_code == 422 and "engine" in r.text
+
+
+async def test_a_ray_job_on_a_server_without_ray_is_refused_at_submission(
+    tmp_path: Path, encoder: Encoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with serve(settings_for(tmp_path), encoder) as (_, client):
+        assert (await client.post("/admin/collections", json={"name": "news"})).status_code == 201
+        monkeypatch.setitem(sys.modules, "ray", None)  # as if the extra were not installed
+        r = await client.post(
+            "/admin/collections/news/documents?engine=ray",
+            content=json.dumps({"id": "a", "text": "b"}) + "\n",
+            headers={"Content-Type": "application/x-ndjson"},
+        )
+        assert r.status_code == 400, r.text
+        error = r.json()["error"]
+        assert error["param"] == "engine" and "pip install 'dapsearch[ray]'" in error["message"]
+        r = await client.post("/admin/mine", json={"source": "news", "target": "news", "engine": "ray"})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "engine"
+        assert (await client.get("/admin/jobs")).json()["jobs"] == []  # nothing queued
