@@ -65,7 +65,7 @@ def ray_module() -> Any:
 
 
 def connect(address: str | None) -> Any:
-    """Ray, connected: to ``address`` (``auto``, ``host:port`` or ``ray://host:10001``), or to a new
+    """Ray, connected: to ``address`` (``auto``, or ``host:port`` of a node's Ray), or to a new
     local Ray with this machine's CPUs. A process already connected stays on its cluster."""
     ray = ray_module()
     if ray.is_initialized():

@@ -144,8 +144,8 @@ class Settings(BaseSettings):
     # --- scale-out (bulk work on Ray; docs/scaling.md)
     ray_address: str | None = Field(
         default=None,
-        description="Ray cluster for jobs and commands run with engine 'ray': auto, HOST:PORT or "
-        "ray://HOST:10001; unset: a local Ray with this machine's CPUs.",
+        description="Ray cluster for jobs and commands run with engine 'ray': auto or HOST:PORT of a "
+        "node's Ray; unset: a local Ray with this machine's CPUs.",
     )
     ray_actors: int | None = Field(
         default=None, ge=1, description="Embedding actors on Ray; default one per CPU of the cluster."

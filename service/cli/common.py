@@ -41,7 +41,7 @@ RayAddressOpt = Annotated[
     str | None,
     typer.Option(
         "--ray-address",
-        help="Ray cluster: auto, HOST:PORT or ray://HOST:10001 "
+        help="Ray cluster: auto or HOST:PORT of a node's Ray "
         "[default: DAPSEARCH_RAY_ADDRESS, else a local Ray with this machine's CPUs].",
     ),
 ]
