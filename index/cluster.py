@@ -74,7 +74,10 @@ def connect(address: str | None) -> Any:
         if address:
             ray.init(address=address, log_to_driver=False)
         else:
-            ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False)
+            # "local": a new Ray of our own, never a cluster `ray start` left running here
+            ray.init(
+                address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False
+            )
     except ConnectionError:
         raise InputError(f"cannot connect to the Ray cluster at {address}") from None
     return ray

@@ -168,8 +168,17 @@ def test_ingest_reindex_and_embed_on_a_ray_cluster_given_by_its_address(
     remote = subprocess.run(
         [*embed[:-1], str(tmp_path / "r.npy"), *on_ray], capture_output=True, text=True, env=env, timeout=300
     )
-    assert local.returncode == remote.returncode == 0, remote.stderr
-    np.testing.assert_allclose(np.load(tmp_path / "r.npy"), np.load(tmp_path / "v.npy"), atol=2e-5)
+    # No address: the command starts a Ray of its own beside the one running here.
+    own = subprocess.run(
+        [*embed[:-1], str(tmp_path / "o.npy"), "--engine", "ray", "--actors", "1"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert local.returncode == remote.returncode == own.returncode == 0, remote.stderr + own.stderr
+    for name in ("r.npy", "o.npy"):
+        np.testing.assert_allclose(np.load(tmp_path / name), np.load(tmp_path / "v.npy"), atol=2e-5)
 
     mine = [sys.executable, "-m", "service.cli", "mine", str(lines), str(lines), "--threshold", "1.0"]
     here = subprocess.run([*mine, "-o", str(tmp_path / "here.tsv")], capture_output=True, text=True, env=env)
