@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TextIO
+from typing import IO, Any, BinaryIO, TextIO, TypeVar
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -16,13 +16,35 @@ def atomic_write_text(path: Path, text: str) -> None:
         fh.write(text)
 
 
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    with atomic_binary_writer(path) as fh:
+        fh.write(data)
+
+
 @contextmanager
 def atomic_writer(path: Path) -> Iterator[TextIO]:
     """A text file that appears at ``path`` complete (temp file, fsync, rename) or not at all."""
+    with _atomic(path, lambda fd: os.fdopen(fd, "w", encoding="utf-8", newline="\n")) as fh:
+        yield fh
+
+
+@contextmanager
+def atomic_binary_writer(path: Path) -> Iterator[BinaryIO]:
+    """``atomic_writer`` for bytes."""
+    with _atomic(path, lambda fd: os.fdopen(fd, "wb")) as fh:
+        yield fh
+
+
+F = TypeVar("F", bound=IO[Any])
+
+
+@contextmanager
+def _atomic(path: Path, open_fd: Callable[[int], F]) -> Iterator[F]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
+        fh = open_fd(fd)
+        with fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())

@@ -23,6 +23,7 @@ from typing import Any, Literal, get_args
 import numpy as np
 
 from core.errors import InputError
+from core.files import atomic_write_bytes
 from index.ingest import Format
 from index.shards import ShardResult, embed_shard
 from model.artifact import MANIFEST, Backend, backend_files, read_manifest
@@ -144,11 +145,7 @@ class EncoderSpec:
             return directory
         files: dict[str, bytes] = ray_module().get(self.files)
         for name in sorted(files, key=lambda n: n == MANIFEST):
-            target = directory / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
-            partial.write_bytes(files[name])
-            os.replace(partial, target)
+            atomic_write_bytes(directory / name, files[name])
         return directory
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.files import atomic_binary_writer
 from index.collection import LineError
 from index.ingest import Format, file_mark, parse_lines
 from index.store import Document
@@ -125,11 +125,9 @@ def _as_bytes(value: object) -> np.ndarray:
 
 def write_shard(file: Path, result: ShardResult) -> None:
     """Write atomically: a shard file that exists is complete."""
-    file.parent.mkdir(parents=True, exist_ok=True)
     docs = [[d.id, d.text, d.lang, d.metadata] for d in result.docs]
     errors = [[e.line, e.reason] for e in result.errors]
-    partial = file.with_name(f".{file.name}.{os.getpid()}.partial")
-    with partial.open("wb") as fh:
+    with atomic_binary_writer(file) as fh:
         np.savez(
             fh,
             vectors=np.ascontiguousarray(result.vectors, dtype=np.float32),
@@ -137,9 +135,6 @@ def write_shard(file: Path, result: ShardResult) -> None:
             errors=_as_bytes(errors),
             lines=np.array([result.lines], dtype=np.int64),
         )
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(partial, file)
 
 
 def read_shard(file: Path) -> ShardResult:
