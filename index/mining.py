@@ -266,17 +266,17 @@ class IvfSearch:
     nprobe: int = 16
     sample: int = 100_000
 
+    def index_over(self, base: F32) -> faiss.Index:
+        """The IVF index one side is searched in."""
+        return train_ivf(base, self.nlist or ivf_nlist(len(base)), self.sample)
+
     def __call__(
         self, x: F32, y: F32, k: int, chunk_size: int, progress: Callable[[int], None] | None
     ) -> tuple[F32, I64, F32, I64]:
-        forward = ivf_knn(
-            train_ivf(y, self.nlist or ivf_nlist(len(y)), self.sample), y, x, k, self.nprobe, chunk_size
-        )
+        forward = ivf_knn(self.index_over(y), y, x, k, self.nprobe, chunk_size)
         if progress is not None:
             progress(x.shape[0])
-        backward = ivf_knn(
-            train_ivf(x, self.nlist or ivf_nlist(len(x)), self.sample), x, y, k, self.nprobe, chunk_size
-        )
+        backward = ivf_knn(self.index_over(x), x, y, k, self.nprobe, chunk_size)
         return *forward, *backward
 
 
@@ -379,7 +379,7 @@ def mine(
     kept (``None`` keeps all), sorted by score descending. ``progress`` is called with the number
     of source rows searched as the neighbour search advances. ``search`` finds the neighbours in
     both directions (default: exact, here; ``index.ray_mining`` runs it on a cluster, and
-    ``ivf_search`` approximates it).
+    ``IvfSearch`` approximates it).
     """
     if score not in SCORES:
         raise InputError(f"score must be one of {', '.join(SCORES)}; got {score!r}")

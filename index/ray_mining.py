@@ -28,17 +28,11 @@ from index.mining import (
     IvfSearch,
     exact_block,
     ivf_knn,
-    ivf_nlist,
-    train_ivf,
 )
 
 ROW_BLOCK = 16 * DEFAULT_CHUNK  # source rows per task
 COLUMN_BLOCK = 8 * TILE_COLUMNS  # target columns per task
 IN_FLIGHT_PER_CPU = 2  # tasks queued per cluster CPU: results stream back, memory stays bounded
-
-
-def _block(x: F32, y: F32, rows: tuple[int, int], cols: tuple[int, int], k: int, chunk: int) -> Any:
-    return exact_block(x, y, rows, cols, k, chunk)
 
 
 def _ivf_shard(
@@ -66,7 +60,7 @@ class RaySearch:
         if self.ivf is not None:
             return self._ivf(ray, x, y, k, chunk_size, limit, progress)
         rows_per = max(chunk_size, self.row_block // chunk_size * chunk_size)  # whole local row tiles
-        task = ray.remote(num_cpus=cpus)(_block)
+        task = ray.remote(num_cpus=cpus)(exact_block)
         x_ref, y_ref = ray.put(x), ray.put(y)
         merged = BlockMerge(len(x), len(y), k)
         row_tiles = [(r, min(r + rows_per, len(x))) for r in range(0, len(x), rows_per)]
@@ -88,8 +82,7 @@ class RaySearch:
         task = ray.remote(num_cpus=self.options.cpus_per_actor)(_ivf_shard)
         out: list[tuple[F32, I64]] = []
         for queries, base, report in ((x, y, progress), (y, x, None)):
-            nlist = self.ivf.nlist or ivf_nlist(len(base))
-            index_ref = ray.put(faiss.serialize_index(train_ivf(base, nlist, self.ivf.sample)))
+            index_ref = ray.put(faiss.serialize_index(self.ivf.index_over(base)))
             base_ref, queries_ref = ray.put(base), ray.put(queries)
             sims = np.empty((len(queries), min(k, len(base))), dtype=np.float32)
             ids = np.empty(sims.shape, dtype=np.int64)
