@@ -28,6 +28,7 @@ from index.ingest import (
 from index.shards import (
     DEFAULT_SHARD_BYTES,
     Shard,
+    ShardResult,
     plan,
     read_shard,
     read_shard_bytes,
@@ -67,8 +68,7 @@ def ingest_on_ray(
     counts = ShardCounts(total=len(shards), reused=sum(f.is_file() for f in files.values()))
     writer.report.shards = counts
 
-    def merge(shard: Shard) -> None:
-        result = read_shard(files[shard.index])
+    def merge(shard: Shard, result: ShardResult) -> None:
         base = writer.report.committed.line
         errors = [LineError(base + e.line, e.reason) for e in result.errors]
         if strict and errors:
@@ -85,10 +85,14 @@ def ingest_on_ray(
 
     following = 0
 
-    def merge_ready() -> None:
+    def merge_ready(just_written: dict[int, ShardResult] | None = None) -> None:
+        """Commit the shards now written, in order; the one just written comes from memory, the
+        others are read back from their files."""
         nonlocal following
         while following < len(shards) and files[shards[following].index].is_file():
-            merge(shards[following])
+            shard = shards[following]
+            result = (just_written or {}).get(shard.index)
+            merge(shard, result if result is not None else read_shard(files[shard.index]))
             following += 1
             if shard_progress is not None:
                 shard_progress(counts)
@@ -96,16 +100,15 @@ def ingest_on_ray(
     merge_ready()
     todo = [s for s in shards[following:] if not files[s.index].is_file()]
     if todo:
-        by_index = {s.index: s for s in todo}
         tasks = ((s.index, (read_shard_bytes(path, s), kind, s.start)) for s in todo)
         with EmbeddingPool(encoder, options, "embed_shard") as pool:
             for index, result in pool.run(tasks):
-                write_shard(files[by_index[index].index], result)
+                write_shard(files[index], result)
                 counts.embedded, counts.retried = counts.embedded + 1, pool.retried
                 counts.embed_seconds += result.seconds
                 if shard_progress is not None:
                     shard_progress(counts)
-                merge_ready()
+                merge_ready({index: result})
     merge_ready()
     if following < len(shards):  # a shard file vanished under us: say so, never skip it
         raise InputError(f"shard {shards[following].index} of {path.name} was not written; run again")
