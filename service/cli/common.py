@@ -7,15 +7,16 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any
 
+import numpy as np
 import typer
 from tqdm import tqdm
 
 from core.errors import InputError
-from index.cluster import RayOptions, parse_engine
+from index.cluster import RayOptions, embed_texts, parse_engine
 from model.artifact import BACKENDS, Backend, default_model_dir, read_manifest
 from model.backend_choice import choose_backend
 from model.cpu import cpu_features
-from model.encoder import Encoder
+from model.encoder import Encoder, Kind
 from service.settings import Settings
 
 app = typer.Typer(
@@ -62,6 +63,19 @@ def ray_options(
             raise InputError("--ray-address and --actors need --engine ray")
         return None
     return load_settings().ray(address, actors, shard_bytes)
+
+
+def embed_lines(
+    encoder: Encoder, lines: list[str], kind: Kind, ray: RayOptions | None, desc: str = "embedding"
+) -> tuple[np.ndarray, list[int]]:
+    """Vectors of ``lines`` and the indices of those cut at the model's length, behind a progress
+    bar: here, or on Ray's actors (the cut ones are then counted by the local tokenizer)."""
+    with bar(desc, total=len(lines), unit="text") as progress:
+        if ray is None:
+            result = encoder.encode(lines, kind, progress=progress.update)
+            return result.vectors, result.truncated
+        vectors = embed_texts(encoder, lines, kind, ray, progress.update)
+    return vectors, encoder.tokenizer.tokenize(lines, kind).truncated
 
 
 def load_settings() -> Settings:

@@ -9,7 +9,7 @@ import numpy as np
 import typer
 
 from core.errors import InputError
-from index.cluster import RayOptions, embed_texts
+from index.cluster import RayOptions
 from index.collection import Collection
 from index.mining import (
     DEFAULT_K,
@@ -33,6 +33,7 @@ from service.cli.common import (
     RayAddressOpt,
     app,
     bar,
+    embed_lines,
     load_encoder,
     load_settings,
     ray_options,
@@ -60,11 +61,7 @@ def _side(
     if encoder is None:
         encoder = load_encoder(None, batch_size=batch_size)
     lines = read_lines(spec)
-    with bar(f"embedding {label}", total=len(lines), unit="text") as progress:
-        if ray is None:
-            vectors = encoder.encode(lines, "passage", progress=progress.update).vectors
-        else:
-            vectors = embed_texts(encoder, lines, "passage", ray, progress.update)
+    vectors, _ = embed_lines(encoder, lines, "passage", ray, f"embedding {label}")
     return lines, vectors, encoder
 
 

@@ -12,7 +12,6 @@ import numpy as np
 import typer
 
 from core.errors import InputError
-from index.cluster import embed_texts
 from model.artifact import (
     BACKENDS,
     BASE_MODEL_NAME,
@@ -31,6 +30,7 @@ from service.cli.common import (
     app,
     bar,
     dequant_progress,
+    embed_lines,
     load_encoder,
     load_settings,
     model_dir_or_default,
@@ -279,13 +279,7 @@ def embed_cmd(
     lines = read_lines(source)
     encoder = load_encoder(model_dir, backend, batch_size)
     kind_value: Kind = "query" if kind == "query" else "passage"
-    with bar("embedding", total=len(lines), unit="text") as progress:
-        if ray is None:
-            result = encoder.encode(lines, kind_value, progress=progress.update)
-            vectors, truncated = result.vectors, result.truncated
-        else:
-            vectors = embed_texts(encoder, lines, kind_value, ray, progress.update)
-            truncated = encoder.tokenizer.tokenize(lines, kind_value).truncated
+    vectors, truncated = embed_lines(encoder, lines, kind_value, ray)
     if truncated:
         typer.echo(
             f"note: {len(truncated)} text(s) cut at {encoder.manifest.max_length} tokens "
