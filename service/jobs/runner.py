@@ -93,7 +93,9 @@ class JobRunner:
         which Ray actors are made from (default: ``encoder``, when it is one)."""
         self.settings = settings
         self.encoder = encoder
-        self.model = model if model is not None or not isinstance(encoder, Encoder) else encoder
+        if model is None and isinstance(encoder, Encoder):
+            model = encoder
+        self.model = model
         self.collections = collections
         self.metrics = metrics
         self.store = JobStore(settings.jobs_dir)
