@@ -24,6 +24,7 @@ import numpy as np
 
 from core.errors import InputError
 from core.files import atomic_write_bytes
+from index.cutting import CutOptions
 from index.ingest import Format
 from index.shards import ShardResult, embed_shard
 from model.artifact import MANIFEST, Backend, backend_files, read_manifest
@@ -167,8 +168,8 @@ class EmbeddingActor:
     def embed(self, texts: list[str], kind: Kind) -> np.ndarray:
         return self.encoder.embed(texts, kind)
 
-    def embed_shard(self, data: bytes, fmt: Format, start: int) -> ShardResult:
-        return embed_shard(self.encoder, data, fmt, start)
+    def embed_shard(self, data: bytes, fmt: Format, start: int, options: CutOptions) -> ShardResult:
+        return embed_shard(self.encoder, data, fmt, start, options)
 
 
 # ---------------------------------------------------------------------------------- the pool

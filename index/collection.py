@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
@@ -25,6 +24,7 @@ from pydantic import BaseModel, Field
 from core.clock import now_iso
 from core.errors import Conflict, InputError, NotFound
 from core.files import atomic_write_text
+from index.cutting import CutOptions
 from index.filters import Filter, filter_sql
 from index.index_choice import (
     AUTO,
@@ -34,8 +34,12 @@ from index.index_choice import (
     kind_of_factory,
     kind_of_index,
     make_index,
+    search_params,
 )
+from index.passages import DocPassages, PassageOptions
+from index.retrieval import DEFAULT_WEIGHT, MODES, Hit, Mode, Query, Searcher
 from index.snapshot import load_latest, replay, write_snapshot
+from index.sources import LineError, SourceCheckpoint, SourceCommit, SourceLog
 from index.store import DOCS, Document, Store, decode
 
 MANIFEST = "manifest.json"
@@ -58,6 +62,15 @@ class CollectionManifest(BaseModel):
     count: int = 0
     version: int = 0
     uuid: str | None = Field(default=None, description="Unique per creation, never reused by a name")
+    passages: PassageOptions | None = Field(
+        default=None, description="How documents are cut into passages; None: one vector per document"
+    )
+    lexical: bool = Field(default=False, description="Keeps a lexical (BM25) index of its passages")
+
+    @property
+    def modes(self) -> tuple[Mode, ...]:
+        """The search modes it can serve: a collection made before passages serves dense only."""
+        return MODES if self.lexical else ("dense",)
 
     @property
     def identity(self) -> str:
@@ -68,72 +81,6 @@ class CollectionManifest(BaseModel):
         return hashlib.sha256(f"{self.name}\0{self.created}".encode()).hexdigest()[:32]
 
 
-@dataclass(frozen=True)
-class LineError:
-    """A malformed input line, by its 1-based number."""
-
-    line: int
-    reason: str
-
-
-@dataclass(frozen=True)
-class SourceCheckpoint:
-    """What is committed for one ingest source: where to resume, and what the lines before held.
-
-    ``documents`` and ``errors`` count every line up to ``line`` since the source last started
-    from its beginning (a collection made before counts were kept counts from its upgrade);
-    ``error_lines`` are the first stored malformed lines after a given line.
-    """
-
-    offset: int = 0
-    line: int = 0
-    documents: int = 0
-    errors: int = 0
-    error_lines: tuple[LineError, ...] = ()
-
-    def continues(self, start: SourceCheckpoint) -> bool:
-        """Whether this was reached from ``start`` by ingesting on; not if the file was replaced
-        and the source started over since."""
-        return (
-            start.offset <= self.offset and start.documents <= self.documents and start.errors <= self.errors
-        )
-
-    def baseline(self, first: SourceCheckpoint | None) -> SourceCheckpoint:
-        """Where counts spanning several runs start: ``first`` (the first run's checkpoint) while
-        this continues it, else this one (never counted before, or started over)."""
-        return first if first is not None and self.continues(first) else self
-
-    def since(self, start: SourceCheckpoint) -> SourceCheckpoint:
-        """The counts and error lines committed after ``start`` (everything if started over)."""
-        base = start if self.continues(start) else SourceCheckpoint()
-        return SourceCheckpoint(
-            offset=self.offset,
-            line=self.line,
-            documents=self.documents - base.documents,
-            errors=self.errors - base.errors,
-            error_lines=tuple(e for e in self.error_lines if e.line > base.line),
-        )
-
-
-@dataclass(frozen=True)
-class SourceCommit:
-    """An ingest source's position after a chunk, committed in the chunk's own transaction.
-
-    ``mark`` fingerprints the file up to ``offset`` (a replaced file is not resumed); ``documents``
-    and ``errors`` are cumulative for the source; ``error_lines`` are malformed lines to keep;
-    ``restart`` drops what an earlier file under the same key left.
-    """
-
-    source: str
-    offset: int
-    line: int
-    mark: str | None = None
-    documents: int = 0
-    errors: int = 0
-    error_lines: Sequence[LineError] = ()
-    restart: bool = False
-
-
 class UnknownCollection(NotFound):
     """No collection of that name (a service answers 404)."""
 
@@ -142,17 +89,12 @@ class CollectionExists(Conflict):
     """Creating a collection under a name already taken (409)."""
 
 
+class ModeUnavailable(Conflict):
+    """A search mode the collection cannot serve (409): one made before lexical indexes."""
+
+
 class ModelMismatch(Conflict):
     """The collection's vectors come from another model than the caller's (409): never mix them."""
-
-
-@dataclass
-class Hit:
-    id: str
-    score: float
-    text: str
-    lang: str | None
-    metadata: dict[str, Any]
 
 
 def _check_name(name: str) -> str:
@@ -172,6 +114,8 @@ class Collection:
         self.manifest = manifest
         self.readonly = readonly
         self._store = Store(root / DOCS, readonly)
+        self._sources = SourceLog(self._store)
+        self._lexical_rows = 0  # rows of the lexical index at the index's version
         self._index: faiss.Index = make_index(effective_factory(manifest.index_factory, 0), manifest.dim)
         self._hidden: set[int] = set()  # rowids superseded in an index that cannot remove
         self._index_version = 0
@@ -184,17 +128,34 @@ class Collection:
 
     @classmethod
     def create(
-        cls, home_dir: Path, name: str, model_id: str, dim: int, index_factory: str | None = None
+        cls,
+        home_dir: Path,
+        name: str,
+        model_id: str,
+        dim: int,
+        index_factory: str | None = None,
+        passages: PassageOptions | None = None,
+        lexical: bool = True,
     ) -> Collection:
+        """A new, empty collection: documents cut into passages (``passages``, default options),
+        with a lexical index unless ``lexical`` is False."""
         root = Path(home_dir) / _check_name(name)
         if (root / MANIFEST).is_file():
             raise CollectionExists(f"collection {name!r} already exists")
         factory = check_index_factory(index_factory or AUTO, dim)
         make_index(factory, dim)  # validate before writing anything
         root.mkdir(parents=True, exist_ok=True)
-        Store.initialise(root / DOCS)
+        Store.initialise(root / DOCS, "passages", lexical)
         manifest = CollectionManifest(
-            name=name, model_id=model_id, dim=dim, index_factory=factory, created=now_iso(), uuid=uuid4().hex
+            format_version=2,
+            name=name,
+            model_id=model_id,
+            dim=dim,
+            index_factory=factory,
+            created=now_iso(),
+            uuid=uuid4().hex,
+            passages=passages or PassageOptions(),
+            lexical=lexical,
         )
         atomic_write_text(root / MANIFEST, manifest.model_dump_json(indent=2) + "\n")
         return cls(root, manifest, readonly=False)
@@ -232,6 +193,11 @@ class Collection:
         return self.manifest.name
 
     @property
+    def cut_options(self) -> CutOptions:
+        """How documents are prepared for this collection (passages, lexical terms)."""
+        return CutOptions(self.manifest.passages, self.manifest.lexical)
+
+    @property
     def version(self) -> int:
         """The committed version this process's index reflects."""
         return self._index_version
@@ -246,9 +212,11 @@ class Collection:
             if target == self._index_version:
                 return target
             gone, rows = self._store.changes_since(db, self._index_version)
+            if self._store.lexical:
+                self._lexical_rows = self._store.lexical_rows(db)
         replay(self._index, self._hidden, gone, rows)
         self._index_version = target
-        count = len(self)
+        count = self._store.vector_count()
         wanted = kind_of_factory(effective_factory(self.manifest.index_factory, count))
         if self._index.ntotal != count + len(self._hidden) or kind_of_index(self._index) != wanted:
             self.rebuild()  # drifted, or grown into another index type (auto, IVF now trainable)
@@ -258,11 +226,11 @@ class Collection:
         """Rebuild the index from the stored vectors: heals drift, drops hidden rows, trains IVF."""
         with self._store.read() as db:
             version = self._store.version(db)
-            count = self._store.count(db)
+            count = self._store.vector_count(db)
             index = make_index(effective_factory(self.manifest.index_factory, count), self.manifest.dim)
             if not index.is_trained:
                 index.train(self._store.sample_vectors(db, min(count, MAX_TRAIN_POINTS)))
-            for rows in self._store.pages("vector", batch=50_000, db=db):
+            for rows in self._store.vector_pages(50_000, db):
                 ids = np.array([r[0] for r in rows], dtype=np.int64)
                 index.add_with_ids(decode(r[1] for r in rows), ids)
         self._index, self._index_version, self._hidden = index, version, set()
@@ -274,24 +242,40 @@ class Collection:
             raise InputError(f"collection {self.name!r} is open read-only")
 
     def upsert(
-        self, docs: Sequence[Document], vectors: np.ndarray, source: SourceCommit | None = None
+        self,
+        docs: Sequence[Document],
+        vectors: np.ndarray,
+        source: SourceCommit | None = None,
+        passages: Sequence[DocPassages] | None = None,
     ) -> int:
         """Insert or replace documents by id in one transaction; returns the new version.
 
-        ``source`` records ingest progress (position, counts, malformed lines) in the same
-        transaction, so a resumed ingest starts exactly after the last committed chunk and knows
-        exactly what the lines before it held.
+        ``passages[i]`` are document i's passages and lexical terms, and ``vectors`` holds one
+        row per passage in order; without them each document is one passage (its whole text, one
+        vector) with no lexical terms. The documents, passages, vectors and lexical terms of a
+        document are replaced together. ``source`` records ingest progress (position, counts,
+        malformed lines) in the same transaction, so a resumed ingest starts exactly after the
+        last committed chunk and knows exactly what the lines before it held.
         """
         self._writable()
+        rows = (
+            [
+                [(s.start, s.end, p.terms[j] if p.terms is not None else None) for j, s in enumerate(p.spans)]
+                for p in passages
+            ]
+            if passages is not None
+            else [[(0, len(d.text), None)] for d in docs]
+        )
+        if len(rows) != len(docs) or (self._store.layout == "documents" and any(len(r) != 1 for r in rows)):
+            raise InputError("passages must be given for every document (one each in this collection)")
+        total = sum(len(r) for r in rows)
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        if vectors.shape != (len(docs), self.manifest.dim):
-            raise InputError(
-                f"expected vectors of shape ({len(docs)}, {self.manifest.dim}), got {vectors.shape}"
-            )
+        if vectors.shape != (total, self.manifest.dim):
+            raise InputError(f"expected vectors of shape ({total}, {self.manifest.dim}), got {vectors.shape}")
         with self._store.write() as (db, version):
-            self._store.insert(db, docs, vectors, version)
+            self._store.insert(db, docs, vectors, version, rows)
             if source is not None:
-                self._store.record_source(
+                self._sources.record_source(
                     db,
                     source.source,
                     (source.offset, source.line),
@@ -313,16 +297,16 @@ class Collection:
 
     def source_progress(self, source: str) -> tuple[int, int]:
         """(byte offset, line) committed for an ingest source; (0, 0) if never ingested."""
-        return self._store.source_progress(source)
+        return self._sources.source_progress(source)
 
     def source_mark(self, source: str) -> str | None:
         """The content mark committed with the source's progress (None: none recorded)."""
-        return self._store.source_mark(source)
+        return self._sources.source_mark(source)
 
     def source_checkpoint(self, source: str, errors_after: int = 0) -> SourceCheckpoint:
         """The committed checkpoint of an ingest source, with its first stored malformed lines
         after line ``errors_after``; an empty one if never ingested."""
-        found = self._store.source_counts(source, errors_after, MAX_STORED_ERRORS)
+        found = self._sources.source_counts(source, errors_after, MAX_STORED_ERRORS)
         if found is None:
             return SourceCheckpoint()
         (offset, line, documents, errors), lines = found
@@ -346,64 +330,57 @@ class Collection:
 
     # ------------------------------------------------------------------ reads
 
-    def search(self, queries: np.ndarray, k: int = 10, flt: Filter | None = None) -> list[list[Hit]]:
-        """Top-k documents per query by inner product (cosine on normalised vectors)."""
-        queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
-        if queries.shape[1] != self.manifest.dim:
-            raise InputError(f"query vectors have dim {queries.shape[1]}, collection has {self.manifest.dim}")
+    def search(
+        self,
+        queries: np.ndarray | Sequence[Query],
+        k: int = 10,
+        flt: Filter | None = None,
+        mode: Mode = "dense",
+        weight: float = DEFAULT_WEIGHT,
+    ) -> list[list[Hit]]:
+        """Top-k documents per query, each by its best passage: ``dense`` by inner product
+        (cosine on normalised vectors), ``lexical`` by normalised BM25, ``hybrid`` by cosine +
+        ``weight`` × lexical (index.retrieval). A matrix of query vectors searches dense."""
+        if isinstance(queries, np.ndarray):
+            queries = [Query(v) for v in np.atleast_2d(queries)]
         if k < 1:
             raise InputError("k must be at least 1")
-        if self._index.ntotal == 0:
-            return [[] for _ in range(len(queries))]
-        allowed = self._store.matching(*filter_sql(flt)) if flt is not None and not flt.is_empty() else None
+        if mode not in self.manifest.modes:
+            raise ModeUnavailable(
+                f"collection {self.name!r} has no lexical index, so it serves only dense search; "
+                f"re-index it ('dapsearch index reindex {self.name} NEW') for {mode} search"
+            )
+        vectors = [np.ascontiguousarray(q.vector, dtype=np.float32) for q in queries if q.vector is not None]
+        if any(v.shape != (self.manifest.dim,) for v in vectors) or (
+            mode != "lexical" and len(vectors) < len(queries)
+        ):
+            raise InputError(f"each query needs a vector of dim {self.manifest.dim}")
+        where = filter_sql(flt) if flt is not None and not flt.is_empty() else None
+        allowed = self._store.matching(*where) if where is not None else None
         if allowed is not None and allowed.size == 0:
-            return [[] for _ in range(len(queries))]
-        params = self._params(allowed, k)
-        kk = min(k, self._index.ntotal)
-        scores, rowids = self._index.search(queries, kk, params=params)
-        rows = self._store.fetch({int(r) for r in rowids.ravel() if r >= 0})
-        out: list[list[Hit]] = []
-        for q_scores, q_ids in zip(scores, rowids, strict=True):
-            hits = []
-            for score, rowid in zip(q_scores, q_ids, strict=True):
-                doc = rows.get(int(rowid))
-                if rowid >= 0 and doc is not None:
-                    hits.append(Hit(doc.id, float(score), doc.text, doc.lang, doc.metadata))
-            out.append(hits[:k])
-        return out
+            return [[] for _ in queries]
 
-    def _params(self, allowed: np.ndarray | None, k: int) -> faiss.SearchParameters | None:
-        keep: list[Any] = []
-        if allowed is not None:
-            keep.append(faiss.IDSelectorBatch(allowed))
-        if self._hidden:
-            keep.append(faiss.IDSelectorBatch(np.fromiter(self._hidden, dtype=np.int64)))
-            keep.append(faiss.IDSelectorNot(keep[-1]))
-        sel = None
-        if allowed is not None and self._hidden:
-            sel = faiss.IDSelectorAnd(keep[0], keep[-1])
-            keep.append(sel)
-        elif keep:
-            sel = keep[-1]
-        kind = kind_of_index(self._index)
-        if sel is None and kind == "Flat":
-            return None
-        params: Any
-        if kind == "HNSW":  # the default efSearch (16) loses recall at k=10, more so past rejected nodes
-            params = faiss.SearchParametersHNSW()
-            params.efSearch = max(self.manifest.ef_search, 4 * k)
-        elif kind == "IVF":
-            params = faiss.SearchParametersIVF()
-            params.nprobe = self.manifest.nprobe
-        else:
-            params = faiss.SearchParameters()
-        if sel is not None:
-            params.sel = sel
-        params._dapsearch_keep = keep  # selectors must outlive the search call
-        return params
+        def dense(matrix: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+            matrix = np.ascontiguousarray(matrix, dtype=np.float32)
+            n = max(1, min(n, self._index.ntotal))
+            result: tuple[np.ndarray, np.ndarray] = self._index.search(
+                matrix, n, params=self._search_params(allowed, n)
+            )
+            return result
+
+        searcher = Searcher(self._store, dense, int(self._index.ntotal), self._lexical_rows, where)
+        return searcher.run(list(queries), k, mode, weight)
+
+    def _search_params(self, allowed: np.ndarray | None, n: int) -> faiss.SearchParameters | None:
+        m = self.manifest
+        return search_params(self._index, allowed, self._hidden, n, m.nprobe, m.ef_search)
 
     def get(self, doc_id: str) -> Document | None:
         return self._store.get(doc_id)
+
+    def passage_spans(self, doc_id: str) -> list[tuple[int, int]]:
+        """(start, end) of a document's passages, in order."""
+        return self._store.passage_spans(doc_id)
 
     def documents(self, batch: int = 10_000) -> Iterator[Document]:
         """Every stored document, in insertion order, streamed."""
@@ -424,7 +401,7 @@ class Collection:
         ids: list[str] = []
         texts: list[str] = []
         chunks: list[np.ndarray] = []
-        for rows in self._store.pages("id, text, vector", batch=batch):
+        for rows in self._store.first_vectors(batch):
             ids += [r[1] for r in rows]
             texts += [r[2] for r in rows]
             chunks.append(decode(r[3] for r in rows))
@@ -441,6 +418,9 @@ class Collection:
             "count": len(self),
             "version": self._store.version(),
             "index_vectors": int(self._index.ntotal) - len(self._hidden),
+            "passages": self._store.vector_count(),
+            "modes": list(self.manifest.modes),
+            "passage_options": self.manifest.passages.model_dump() if self.manifest.passages else None,
             "languages": self._store.languages(),
         }
 

@@ -11,6 +11,7 @@ import re
 from typing import Any, Literal, get_args
 
 import faiss
+import numpy as np
 
 from core.errors import InputError
 
@@ -101,3 +102,38 @@ def make_index(factory: str, dim: int) -> faiss.Index:
     except RuntimeError as exc:  # FAISS's message names its C++ sources: not for the user
         raise InputError(f"index {factory[:80]!r} is not one a collection can use; use {INDEX_HELP}") from exc
     return index
+
+
+def search_params(
+    index: faiss.Index, allowed: np.ndarray | None, hidden: set[int], k: int, nprobe: int, ef_search: int
+) -> faiss.SearchParameters | None:
+    """FAISS parameters of one search: the ids it may return (``allowed`` by a filter, none of
+    ``hidden``) and the search depth of the index's kind."""
+    keep: list[Any] = []
+    if allowed is not None:
+        keep.append(faiss.IDSelectorBatch(allowed))
+    if hidden:
+        keep.append(faiss.IDSelectorBatch(np.fromiter(hidden, dtype=np.int64)))
+        keep.append(faiss.IDSelectorNot(keep[-1]))
+    sel = None
+    if allowed is not None and hidden:
+        sel = faiss.IDSelectorAnd(keep[0], keep[-1])
+        keep.append(sel)
+    elif keep:
+        sel = keep[-1]
+    kind = kind_of_index(index)
+    if sel is None and kind == "Flat":
+        return None
+    params: Any
+    if kind == "HNSW":  # the default efSearch (16) loses recall at k=10, more so past rejected nodes
+        params = faiss.SearchParametersHNSW()
+        params.efSearch = max(ef_search, 4 * k)
+    elif kind == "IVF":
+        params = faiss.SearchParametersIVF()
+        params.nprobe = nprobe
+    else:
+        params = faiss.SearchParameters()
+    if sel is not None:
+        params.sel = sel
+    params._dapsearch_keep = keep  # selectors must outlive the search call
+    return params

@@ -21,7 +21,10 @@ from typing import Any, Literal, get_args
 import numpy as np
 
 from core.errors import InputError
-from index.collection import MAX_STORED_ERRORS, Collection, LineError, SourceCheckpoint, SourceCommit
+from index.collection import MAX_STORED_ERRORS, Collection
+from index.cutting import Cutter
+from index.passages import DocPassages
+from index.sources import LineError, SourceCheckpoint, SourceCommit
 from index.store import Document
 from model.encoder import TextEncoder
 
@@ -55,6 +58,7 @@ class IngestReport:
     resumed: SourceCheckpoint = field(default_factory=SourceCheckpoint)
     committed: SourceCheckpoint = field(default_factory=SourceCheckpoint)
     shards: ShardCounts | None = None  # on Ray: the shards planned, found written, embedded
+    passages: int = 0  # passages this run stored (a long document has several)
 
 
 @dataclass
@@ -253,7 +257,15 @@ class SourceWriter:
         self._restart = start.offset == 0  # whatever an earlier file under this key left is dropped
         self._kept = 0  # malformed lines committed by this run
 
-    def commit(self, docs: list[Document], vectors: np.ndarray, bad: list[LineError], end: Record) -> None:
+    def commit(
+        self,
+        docs: list[Document],
+        vectors: np.ndarray,
+        bad: list[LineError],
+        end: Record,
+        passages: list[DocPassages] | None = None,
+    ) -> None:
+        """Commit ``docs`` (with ``passages``, one vector each) and the lines' errors up to ``end``."""
         stored = bad[: max(0, MAX_STORED_ERRORS - self._kept)]
         done = self.report.committed
         total = SourceCheckpoint(
@@ -272,9 +284,10 @@ class SourceWriter:
             error_lines=stored,
             restart=self._restart,
         )
-        self.report.version = self.collection.upsert(docs, vectors, commit)
+        self.report.version = self.collection.upsert(docs, vectors, commit, passages)
         self.report.committed = total
         self.report.documents += len(docs)
+        self.report.passages += len(vectors)
         self._restart, self._kept = False, self._kept + len(stored)
 
     def malformed(self, error: LineError) -> None:
@@ -303,19 +316,24 @@ def ingest(
     kind: Format = detect_format(path, fmt)
     start = resume_point(collection, path)
     writer = SourceWriter(collection, path, start)
+    cutter = Cutter(encoder.tokenizer, collection.cut_options)
     docs: list[Document] = []
+    lines: list[int] = []  # each document's line
     bad: list[LineError] = []  # this chunk's malformed lines
     last: Record | None = None
 
     def flush(end: Record) -> None:
-        vectors = (
-            encoder.embed([d.text for d in docs], "passage")
-            if docs
-            else np.zeros((0, collection.manifest.dim), dtype=np.float32)
-        )
-        writer.commit(docs, vectors, bad, end)
-        n = len(docs)
+        prepared, vectors = cutter.embed(encoder, docs)
+        for i, reason in prepared.refused:  # too long for the collection's passage maximum
+            if strict:
+                raise InputError(f"{path.name}:{lines[i]}: {reason}")
+            writer.malformed(LineError(lines[i], reason))
+            bad.append(LineError(lines[i], reason))
+        bad.sort(key=lambda e: e.line)
+        writer.commit(prepared.docs, vectors, bad, end, prepared.passages)
+        n = len(prepared.docs)
         docs.clear()
+        lines.clear()
         bad.clear()
         if progress is not None:
             progress(n, end.end_offset)
@@ -332,6 +350,7 @@ def ingest(
             continue
         assert record.doc is not None
         docs.append(record.doc)
+        lines.append(record.line)
         if len(docs) >= chunk_size:
             flush(record)
     if last is not None and (docs or bad):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from core.errors import InputError
 from index.cluster import EmbeddingPool, RayOptions
-from index.collection import Collection, LineError
+from index.collection import Collection
 from index.ingest import (
     IngestReport,
     Record,
@@ -37,6 +37,7 @@ from index.shards import (
     write_shard,
     written,
 )
+from index.sources import LineError
 from model.encoder import Encoder
 
 SHARDS = "shards"  # the folder in a collection's directory that holds its shard files
@@ -76,7 +77,7 @@ def ingest_on_ray(
         for error in errors:
             writer.malformed(error)
         end = Record(base + result.lines, shard.end, None)
-        writer.commit(result.docs, result.vectors, errors, end)
+        writer.commit(result.docs, result.vectors, errors, end, result.passages)
         writer.report.lines = end.line
         files[shard.index].unlink(missing_ok=True)
         counts.merged += 1
@@ -100,7 +101,8 @@ def ingest_on_ray(
     merge_ready()
     todo = [s for s in shards[following:] if not files[s.index].is_file()]
     if todo:
-        tasks = ((s.index, (read_shard_bytes(path, s), kind, s.start)) for s in todo)
+        cut = collection.cut_options
+        tasks = ((s.index, (read_shard_bytes(path, s), kind, s.start, cut)) for s in todo)
         with EmbeddingPool(encoder, options, "embed_shard") as pool:
             for index, result in pool.run(tasks):
                 write_shard(files[index], result)

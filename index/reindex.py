@@ -16,7 +16,9 @@ import numpy as np
 
 from core.errors import InputError
 from index.cluster import EmbeddingPool, RayOptions
-from index.collection import Collection, SourceCommit, list_collections
+from index.collection import Collection, list_collections
+from index.cutting import Cutter, Prepared
+from index.sources import SourceCommit
 from index.store import Document
 from model.encoder import Encoder
 
@@ -26,6 +28,7 @@ class ReindexReport:
     resumed: int  # documents an earlier, interrupted run had re-indexed
     documents: int  # documents this run re-embedded
     count: int  # documents in the target afterwards
+    refused: int = 0  # documents over the target's passage maximum, not carried over
 
 
 def _target(
@@ -75,42 +78,50 @@ def reindex(
         if progress is not None:
             progress(done, total)
         size = chunk_size if ray is None else ray.shard_texts
-        for chunk, position, vectors in _embedded(_chunks(source, after, size), encoder, ray):
-            dst.upsert(chunk, vectors, SourceCommit(key, position, 0))
-            done += len(chunk)
+        cutter = Cutter(encoder.tokenizer, dst.cut_options)
+        refused = 0
+        for chunk, position, vectors in _embedded(_chunks(source, after, size, cutter), encoder, ray):
+            dst.upsert(chunk.docs, vectors, SourceCommit(key, position, 0), chunk.passages)
+            done += len(chunk.docs) + len(chunk.refused)
+            refused += len(chunk.refused)
             if progress is not None:
                 progress(done, total)
         dst.checkpoint()
-        return ReindexReport(resumed=resumed, documents=done - resumed, count=len(dst))
+        return ReindexReport(
+            resumed=resumed, documents=done - resumed - refused, count=len(dst), refused=refused
+        )
 
 
-def _chunks(source: Collection, after: int, size: int) -> Iterator[tuple[list[Document], int]]:
-    """The source's documents after row ``after``, in chunks, each with its last row position."""
+def _chunks(source: Collection, after: int, size: int, cutter: Cutter) -> Iterator[tuple[Prepared, int]]:
+    """The source's documents after row ``after``, cut for the target, in chunks of about
+    ``size`` passages, each with its last row position."""
     chunk: list[Document] = []
     position = after
     for position, doc in source.scan(after):
         chunk.append(doc)
         if len(chunk) >= size:
-            yield chunk, position
+            yield cutter.prepare(chunk), position
             chunk = []
     if chunk:
-        yield chunk, position
+        yield cutter.prepare(chunk), position
 
 
 def _embedded(
-    chunks: Iterator[tuple[list[Document], int]], encoder: Encoder, ray: RayOptions | None
-) -> Iterator[tuple[list[Document], int, np.ndarray]]:
+    chunks: Iterator[tuple[Prepared, int]], encoder: Encoder, ray: RayOptions | None
+) -> Iterator[tuple[Prepared, int, np.ndarray]]:
     """Each chunk with its vectors, in order: embedded here, or by a pool of Ray actors."""
     if ray is None:
         for chunk, position in chunks:
-            yield chunk, position, encoder.embed([d.text for d in chunk], "passage")
+            texts = chunk.texts()
+            empty = np.zeros((0, encoder.dim), dtype=np.float32)
+            yield chunk, position, encoder.embed(texts, "passage") if texts else empty
         return
-    held: dict[int, tuple[list[Document], int]] = {}
+    held: dict[int, tuple[Prepared, int]] = {}
 
     def tasks() -> Iterator[tuple[int, tuple[Any, ...]]]:
         for i, (chunk, position) in enumerate(chunks):
             held[i] = (chunk, position)
-            yield i, ([d.text for d in chunk], "passage")
+            yield i, (chunk.texts(), "passage")
 
     with EmbeddingPool(encoder, ray, "embed") as pool:
         for i, vectors in enumerate(pool.ordered(tasks())):

@@ -20,8 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from core.files import atomic_binary_writer
-from index.collection import LineError
+from index.cutting import CutOptions, Cutter
 from index.ingest import Format, file_mark, parse_lines
+from index.passages import DocPassages, Span
+from index.sources import LineError
 from index.store import Document
 from model.encoder import Encoder
 
@@ -50,6 +52,7 @@ class ShardResult:
     errors: list[LineError]  # numbered from the shard's first line (1)
     lines: int
     seconds: float = 0.0  # the actor's time to parse and embed it (not stored in the shard file)
+    passages: list[DocPassages] | None = None  # each document's passages (None: one each, whole)
 
 
 def _line_start_at_or_after(fh: io.BufferedReader, offset: int, size: int) -> int:
@@ -89,10 +92,12 @@ def read_shard_bytes(path: Path, shard: Shard) -> bytes:
         return fh.read(shard.end - shard.start)
 
 
-def embed_shard(encoder: Encoder, data: bytes, fmt: Format, start: int) -> ShardResult:
-    """Parse and embed one shard's bytes (read at byte ``start`` of the file): what an actor runs."""
+def embed_shard(encoder: Encoder, data: bytes, fmt: Format, start: int, options: CutOptions) -> ShardResult:
+    """Parse, cut into passages (as the collection's ``options`` say) and embed one shard's bytes
+    (read at byte ``start`` of the file): what an actor runs."""
     started = time.perf_counter()
     docs: list[Document] = []
+    numbers: list[int] = []
     errors: list[LineError] = []
     lines = data.count(b"\n") + (0 if data.endswith(b"\n") or not data else 1)
     for record in parse_lines(io.BytesIO(data), fmt, start, 0, file_start=start == 0):
@@ -100,12 +105,12 @@ def embed_shard(encoder: Encoder, data: bytes, fmt: Format, start: int) -> Shard
             errors.append(LineError(record.line, record.error or "malformed"))
         else:
             docs.append(record.doc)
-    vectors = (
-        encoder.embed([d.text for d in docs], "passage")
-        if docs
-        else np.zeros((0, encoder.dim), dtype=np.float32)
-    )
-    return ShardResult(docs, vectors, errors, lines, time.perf_counter() - started)
+            numbers.append(record.line)
+    prepared, vectors = Cutter(encoder.tokenizer, options).embed(encoder, docs)
+    errors += [LineError(numbers[i], reason) for i, reason in prepared.refused]
+    errors.sort(key=lambda e: e.line)
+    seconds = time.perf_counter() - started
+    return ShardResult(prepared.docs, vectors, errors, lines, seconds, prepared.passages)
 
 
 def work_dir(root: Path, source: str, model_id: str, fmt: Format) -> Path:
@@ -125,7 +130,12 @@ def _as_bytes(value: object) -> np.ndarray:
 
 def write_shard(file: Path, result: ShardResult) -> None:
     """Write atomically: a shard file that exists is complete."""
-    docs = [[d.id, d.text, d.lang, d.metadata] for d in result.docs]
+    docs = [[d.id, d.text, d.lang, d.metadata, d.lang_detected] for d in result.docs]
+    passages = (
+        None
+        if result.passages is None
+        else [[[[s.start, s.end] for s in p.spans], p.terms] for p in result.passages]
+    )
     errors = [[e.line, e.reason] for e in result.errors]
     with atomic_binary_writer(file) as fh:
         np.savez(
@@ -133,15 +143,22 @@ def write_shard(file: Path, result: ShardResult) -> None:
             vectors=np.ascontiguousarray(result.vectors, dtype=np.float32),
             docs=_as_bytes(docs),
             errors=_as_bytes(errors),
+            passages=_as_bytes(passages),
             lines=np.array([result.lines], dtype=np.int64),
         )
 
 
 def read_shard(file: Path) -> ShardResult:
     with np.load(file, allow_pickle=False) as data:
-        docs = [Document(i, t, lang, meta) for i, t, lang, meta in json.loads(data["docs"].tobytes())]
+        docs = [Document(*row) for row in json.loads(data["docs"].tobytes())]
         errors = [LineError(int(n), str(r)) for n, r in json.loads(data["errors"].tobytes())]
-        return ShardResult(docs, np.array(data["vectors"]), errors, int(data["lines"][0]))
+        found = json.loads(data["passages"].tobytes()) if "passages" in data.files else None
+        passages = (
+            None
+            if found is None
+            else [DocPassages([Span(int(a), int(b)) for a, b in spans], terms) for spans, terms in found]
+        )
+        return ShardResult(docs, np.array(data["vectors"]), errors, int(data["lines"][0]), 0.0, passages)
 
 
 def written(folder: Path) -> Iterator[Path]:

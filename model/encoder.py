@@ -86,6 +86,16 @@ class TextTokenizer:
         pad = self._tok.token_to_id("<pad>")
         self.pad_id = 0 if pad is None else pad
 
+    def plain(self) -> Any:
+        """A copy of the ``tokenizers.Tokenizer`` that never truncates nor pads: for cutting long
+        texts into passages and for lexical terms, which need every token and its offsets."""
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_str(self._tok.to_str())
+        tok.no_truncation()
+        tok.no_padding()
+        return tok
+
     def tokenize(self, texts: Sequence[str], kind: Kind) -> Tokenized:
         """Tokenize with the kind's prefix; trailing whitespace is dropped as sentencepiece does."""
         prefix = self.manifest.prefix(kind)
@@ -142,6 +152,14 @@ class TextEncoder(Protocol):
 
     @property
     def model_id(self) -> str: ...
+
+    @property
+    def dim(self) -> int: ...
+
+    @property
+    def tokenizer(self) -> TextTokenizer:
+        """The model's tokenizer: documents are cut into passages it never truncates."""
+        ...
 
     def embed(self, texts: Sequence[str], kind: Kind = "query") -> np.ndarray: ...
 

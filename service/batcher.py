@@ -284,6 +284,7 @@ class BulkEncoder:
         self.loop = loop
         self.model_id = batcher.encoder.model_id
         self.dim = batcher.encoder.dim
+        self.tokenizer = batcher.encoder.tokenizer
 
     def embed(self, texts: Sequence[str], kind: Kind = "query") -> np.ndarray:
         """(n, dim) float32, L2-normalised; blocks the calling thread (never the loop's)."""

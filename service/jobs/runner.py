@@ -17,12 +17,13 @@ import anyio
 from core.clock import now_iso
 from core.errors import InputError
 from index.cluster import Engine
-from index.collection import Collection, SourceCheckpoint, collection_identity
+from index.collection import Collection, collection_identity
 from index.ingest import Format, ShardCounts, ingest, resume_point
 from index.mining import mine
 from index.pairs import write_pairs
 from index.ray_ingest import ingest_on_ray
 from index.ray_mining import RaySearch
+from index.sources import SourceCheckpoint
 from model.encoder import Encoder, TextEncoder
 from service.collections import Collections
 from service.jobs.models import (

@@ -9,8 +9,8 @@ from functools import partial
 import anyio
 from fastapi import APIRouter
 
-from index.collection import Hit
 from index.filters import Filter
+from index.retrieval import Hit
 from service.deps import CacheDep, CollectionsDep, EmbedderDep, MetricsDep, SettingsDep
 from service.errors import APIError
 from service.schemas import SearchHit, SearchRequest, SearchResponse

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from index.collection import MAX_STORED_ERRORS, Collection, LineError, SourceCheckpoint
+from index.collection import MAX_STORED_ERRORS, Collection
 from index.ingest import committed, ingest, resume_point, source_key
+from index.sources import LineError, SourceCheckpoint
 from model.encoder import Encoder
 
 

@@ -1,0 +1,171 @@
+"""The lexical channel: BM25 over the encoder's own subword tokens, in SQLite FTS5.
+
+Why subword tokens: they need no word segmenter for any script the model covers (FTS5's
+``unicode61`` keeps a whole CJK run as one token and splits Thai and Devanagari at every
+combining mark), and a word inside a compound or an inflected form shares its pieces with the
+query. Texts are lower-cased by the tokenizer's own normaliser, so offsets still point into the
+original text. Each passage's term ids are stored in an FTS5 table in the collection's own
+database, written in the same transaction as the passage: the lexical index can never drift
+from the vectors. Queries are built from term ids only, so nothing a user types is ever FTS
+syntax.
+
+Scores are normalised per query to [0, 1] by the query's BM25 upper bound
+(Σ idf·(k1 + 1) over its terms): a query with little lexical mass in a collection (a question in
+another language) keeps a small lexical score instead of being inflated to full weight, which
+is what keeps cross-lingual retrieval intact in hybrid mode.
+"""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from index.passages import Span
+from model.encoder import TextTokenizer
+
+K1 = 1.2  # FTS5's bm25() constants
+TABLE = "lexical"
+SCHEMA = f"""
+CREATE VIRTUAL TABLE IF NOT EXISTS {TABLE} USING fts5(terms, tokenize = 'ascii');
+CREATE VIRTUAL TABLE IF NOT EXISTS {TABLE}_vocab USING fts5vocab({TABLE}, 'row');
+"""
+MAX_QUERY_TERMS = 64  # the rarest terms of a long query are the ones that rank
+
+
+class Lexicon:
+    """A text's lexical terms (lower-cased subword ids) and where they occur."""
+
+    def __init__(self, tokenizer: TextTokenizer) -> None:
+        from tokenizers import normalizers
+
+        tok = tokenizer.plain()
+        lower = normalizers.Lowercase()
+        tok.normalizer = lower if tok.normalizer is None else normalizers.Sequence([tok.normalizer, lower])
+        self._tok = tok
+        size = tok.get_vocab_size(with_added_tokens=True)
+        useful = np.zeros(size, dtype=bool)
+        for piece, index in tok.get_vocab(with_added_tokens=False).items():
+            # Pieces without a letter or digit (punctuation, emoji, the bare word marker) carry
+            # no lexical meaning and would match nearly every passage; nor do <s>, <unk>, ...
+            special = piece.startswith("<") and piece.endswith(">")
+            useful[index] = not special and any(ch.isalnum() for ch in piece)
+        self._useful = useful
+
+    def _encode(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        enc = self._tok.encode(text, add_special_tokens=False)
+        return list(enc.ids), list(enc.offsets)
+
+    def _is_term(self, token: int) -> bool:
+        return 0 <= token < len(self._useful) and bool(self._useful[token])
+
+    def terms(self, text: str, spans: Sequence[Span]) -> list[list[int]]:
+        """The terms of each passage of ``text`` (one tokenisation of the whole text)."""
+        ids, offsets = self._encode(text)
+        out: list[list[int]] = [[] for _ in spans]
+        j = 0
+        for i, span in enumerate(spans):
+            # Passages overlap: restart from the first token at or after this passage's start.
+            while j > 0 and offsets[j - 1][0] >= span.start:
+                j -= 1
+            while j < len(ids) and offsets[j][0] < span.start:
+                j += 1
+            k = j
+            while k < len(ids) and offsets[k][0] < span.end:
+                if self._is_term(ids[k]):
+                    out[i].append(ids[k])
+                k += 1
+        return out
+
+    def query_terms(self, text: str) -> list[int]:
+        """A query's distinct terms, in order of first occurrence."""
+        ids, _ = self._encode(text)
+        return list(dict.fromkeys(t for t in ids if self._is_term(t)))
+
+    def highlight(self, text: str, terms: Iterable[int]) -> list[tuple[int, int]]:
+        """Character spans of ``text`` made of query terms (adjacent pieces merged into one)."""
+        wanted = set(terms)
+        if not wanted:
+            return []
+        ids, offsets = self._encode(text)
+        spans: list[list[int]] = []
+        for token, (start, end) in zip(ids, offsets, strict=True):
+            if token not in wanted:
+                continue
+            while start < end and text[start].isspace():
+                start += 1
+            if spans and spans[-1][1] >= start:
+                spans[-1][1] = max(spans[-1][1], end)
+            elif start < end:
+                spans.append([start, end])
+        return [(s, e) for s, e in spans]
+
+
+def document(terms: Sequence[int]) -> str:
+    """The FTS5 row of a passage: its term ids as words."""
+    return " ".join(map(str, terms))
+
+
+def add(db: sqlite3.Connection, rows: Iterable[tuple[int, Sequence[int]]]) -> None:
+    """Index passages (row id = the passage's id) inside the caller's write transaction."""
+    db.executemany(f"INSERT INTO {TABLE} (rowid, terms) VALUES (?, ?)", [(p, document(t)) for p, t in rows])
+
+
+def remove(db: sqlite3.Connection, pids: Sequence[int]) -> None:
+    db.executemany(f"DELETE FROM {TABLE} WHERE rowid = ?", [(p,) for p in pids])
+
+
+class LexicalQuery:
+    """A query's terms weighed against one collection snapshot: what MATCHes and its bound."""
+
+    def __init__(self, db: sqlite3.Connection, terms: Sequence[int], rows: int) -> None:
+        found: dict[str, int] = {}
+        keys = [str(t) for t in terms]
+        if keys and rows:
+            marks = ",".join("?" * len(keys))
+            found = dict(db.execute(f"SELECT term, doc FROM {TABLE}_vocab WHERE term IN ({marks})", keys))
+        weights = {key: _idf(rows, found.get(key, 0)) for key in keys}
+        self.bound = sum(w * (K1 + 1) for w in weights.values())
+        # Terms in at least half the passages weigh nothing in FTS5's bm25 (idf clamped to 1e-6):
+        # leaving them out of MATCH changes no score and spares ranking most of the collection.
+        present = sorted((k for k in keys if found.get(k, 0) and weights[k] > 1e-6), key=weights.__getitem__)
+        self._present = present[-MAX_QUERY_TERMS:]
+        self.match = " OR ".join(f'"{k}"' for k in self._present)
+
+    def weighted_terms(self) -> list[int]:
+        """The query's terms that weigh in this collection (those MATCH looks for)."""
+        return [int(k) for k in self._present]
+
+    def top(
+        self, db: sqlite3.Connection, limit: int, where: str = "", args: Sequence[Any] = ()
+    ) -> list[tuple[int, float]]:
+        """The ``limit`` best passages as (passage id, normalised score), best first; ``where``
+        restricts passage ids (an SQL condition on ``rowid``)."""
+        if not self.match:
+            return []
+        extra = f" AND {where}" if where else ""
+        rows = db.execute(
+            f"SELECT rowid, bm25({TABLE}) FROM {TABLE} WHERE {TABLE} MATCH ?{extra} ORDER BY rank LIMIT ?",
+            [self.match, *args, limit],
+        )
+        return [(int(pid), -float(score) / self.bound) for pid, score in rows]
+
+    def scores(self, db: sqlite3.Connection, pids: Sequence[int]) -> dict[int, float]:
+        """Normalised scores of given passages (absent: no term matched, score 0)."""
+        if not self.match or not pids:
+            return {}
+        marks = ",".join("?" * len(pids))
+        rows = db.execute(
+            f"SELECT rowid, bm25({TABLE}) FROM {TABLE} WHERE {TABLE} MATCH ? AND rowid IN ({marks})",
+            [self.match, *pids],
+        )
+        return {int(pid): -float(score) / self.bound for pid, score in rows}
+
+
+def _idf(rows: int, df: int) -> float:
+    """FTS5's idf: log((N − n + 0.5) / (n + 0.5)), at least 1e-6."""
+    value = math.log((rows - df + 0.5) / (df + 0.5))
+    return max(value, 1e-6)

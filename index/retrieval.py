@@ -1,0 +1,180 @@
+"""Dense, lexical and hybrid retrieval of documents by their best passage.
+
+A collection stores passages; users get documents. Each mode ranks passages, keeps every
+document's best one, and returns the top k documents, each with the passage that won.
+
+Hybrid scores are ``cosine + weight · lexical``, where the lexical score is BM25 divided by the
+query's own upper bound (``index.lexical``): both stay on an absolute scale. Rank fusion and
+per-query min-max normalisation were measured and rejected: a question in another language has
+almost no lexical mass in a collection, and normalising it per query turns noise into a
+full-weight signal that wrecks cross-lingual retrieval (bench/RESULTS.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args
+
+import numpy as np
+
+from index.lexical import LexicalQuery
+from index.store import Store, StoredPassage
+
+Mode = Literal["dense", "lexical", "hybrid"]
+MODES: tuple[Mode, ...] = get_args(Mode)
+DEFAULT_WEIGHT = 0.2  # the lexical weight of hybrid mode (tuned on search-dev, bench/RESULTS.md)
+CANDIDATES = 3  # passages per wanted document each channel proposes to hybrid fusion
+
+# Runs a FAISS search: (query vectors (n, dim), passages wanted) -> (scores, FAISS ids), both (n, m).
+DenseSearch = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class Query:
+    """One query: its vector (None in lexical mode) and its lexical terms."""
+
+    vector: np.ndarray | None
+    terms: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Hit:
+    """A document found, by its best passage (characters ``start:end`` of its text)."""
+
+    id: str
+    score: float
+    text: str
+    lang: str | None
+    metadata: dict[str, Any]
+    start: int = 0
+    end: int = 0
+    lang_detected: bool = False
+    dense: float | None = None
+    lexical: float | None = None
+    terms: list[int] = field(default_factory=list)  # the query terms that weigh in this collection
+
+
+@dataclass
+class Searcher:
+    """One search over one collection snapshot: the store, the FAISS search, the filter."""
+
+    store: Store
+    dense_search: DenseSearch
+    vectors: int  # passages in the index
+    lexical_rows: int  # passages in the lexical index
+    where: tuple[str, list[Any]] | None = None  # a filter as SQL on docs (index.filters)
+
+    def run(self, queries: Sequence[Query], k: int, mode: Mode, weight: float) -> list[list[Hit]]:
+        if mode == "dense":
+            return self._dense(queries, k)
+        return [self._one(q, k, mode, weight) for q in queries]
+
+    # ------------------------------------------------------------------ dense
+
+    def _dense(self, queries: Sequence[Query], k: int) -> list[list[Hit]]:
+        if not queries or self.vectors == 0:
+            return [[] for _ in queries]
+        matrix = np.stack([q.vector for q in queries if q.vector is not None])
+        wanted = min(self.vectors, max(2 * k, k + 16))
+        out: list[list[Hit]] = []
+        scores, ids = self.dense_search(matrix, wanted)
+        for i, query in enumerate(queries):
+            row_scores, row_ids, n = scores[i], ids[i], wanted
+            while True:
+                pairs = [(int(p), float(s)) for p, s in zip(row_ids, row_scores, strict=True) if p >= 0]
+                hits = self._group(pairs, dict(pairs), {}, k, weight=0.0)
+                found = len(pairs)
+                if len(hits) >= k or n >= self.vectors or found < n:
+                    break  # enough documents, or every passage (the filter admits) was ranked
+                n = min(self.vectors, n * 4)
+                row_scores, row_ids = (a[0] for a in self.dense_search(matrix[i : i + 1], n))
+            out.append(self._finish(hits, query, "dense"))
+        return out
+
+    # ------------------------------------------------------------------ lexical and hybrid
+
+    def _lexical(self, query: Query, n: int) -> tuple[LexicalQuery, list[tuple[int, float]]]:
+        db = self.store.connection()
+        lq = LexicalQuery(db, query.terms, self.lexical_rows)
+        if self.where is None:
+            return lq, lq.top(db, n)
+        sql, args = self.where
+        return lq, lq.top(db, n, f"rowid IN ({self.store.matching_sql(sql)})", args)
+
+    def _one(self, query: Query, k: int, mode: Mode, weight: float) -> list[Hit]:
+        n = min(max(self.vectors, 1), CANDIDATES * k + 30)
+        lq, lexical = self._lexical(query, n)
+        if mode == "lexical":
+            while True:
+                scores = dict(lexical)
+                hits = self._group(lexical, {}, scores, k, weight=1.0)
+                if len(hits) >= k or len(lexical) < n:
+                    break
+                n *= 4
+                lq, lexical = self._lexical(query, n)
+            return self._finish(hits, query, mode, lq)
+        assert query.vector is not None
+        dense: dict[int, float] = {}
+        if self.vectors:
+            scores_, ids = self.dense_search(query.vector[None, :], n)
+            dense = {int(p): float(s) for p, s in zip(ids[0], scores_[0], strict=True) if p >= 0}
+        lex = dict(lexical)
+        missing = [p for p in lex if p not in dense]
+        if missing:
+            stored = self.store.vectors_of(missing)
+            dense.update({p: float(v @ query.vector) for p, v in stored.items()})
+        unscored = [p for p in dense if p not in lex]
+        lex.update(lq.scores(self.store.connection(), unscored))
+        fused = sorted(dense, key=lambda p: dense[p] + weight * lex.get(p, 0.0), reverse=True)
+        pairs = [(p, dense[p] + weight * lex.get(p, 0.0)) for p in fused]
+        return self._finish(self._group(pairs, dense, lex, k, weight), query, mode, lq)
+
+    # ------------------------------------------------------------------ grouping
+
+    def _group(
+        self,
+        pairs: list[tuple[int, float]],
+        dense: dict[int, float],
+        lexical: dict[int, float],
+        k: int,
+        weight: float,
+    ) -> list[Hit]:
+        """The best passage of each document, best documents first, at most k (``pairs`` sorted
+        best first)."""
+        found = self.store.passages_of(p for p, _ in pairs)
+        seen: set[int] = set()
+        hits: list[Hit] = []
+        for pid, score in pairs:
+            passage: StoredPassage | None = found.get(pid)
+            if passage is None or passage.doc_rid in seen:
+                continue  # deleted since the index was searched, or its document has a better one
+            seen.add(passage.doc_rid)
+            doc = passage.doc
+            hits.append(
+                Hit(
+                    doc.id,
+                    score,
+                    doc.text,
+                    doc.lang,
+                    doc.metadata,
+                    passage.start,
+                    passage.end,
+                    doc.lang_detected,
+                    dense.get(pid) if weight < 1.0 else None,
+                    lexical.get(pid, 0.0) if weight > 0.0 else None,
+                )
+            )
+            if len(hits) == k:
+                break
+        return hits
+
+    def _finish(self, hits: list[Hit], query: Query, mode: Mode, lq: LexicalQuery | None = None) -> list[Hit]:
+        """Hits with the query terms worth highlighting: those that weigh in this collection (a
+        term in half the passages or more weighs nothing, as in BM25)."""
+        if lq is None and self.store.lexical and query.terms and hits:
+            lq = LexicalQuery(self.store.connection(), query.terms, self.lexical_rows)
+        terms = lq.weighted_terms() if lq is not None else list(query.terms)
+        for hit in hits:
+            hit.terms = terms
+        return hits
