@@ -345,11 +345,7 @@ class Collection:
             queries = [Query(v) for v in np.atleast_2d(queries)]
         if k < 1:
             raise InputError("k must be at least 1")
-        if mode not in self.manifest.modes:
-            raise ModeUnavailable(
-                f"collection {self.name!r} has no lexical index, so it serves only dense search; "
-                f"re-index it ('dapsearch index reindex {self.name} NEW') for {mode} search"
-            )
+        self.check_mode(mode)
         vectors = [np.ascontiguousarray(q.vector, dtype=np.float32) for q in queries if q.vector is not None]
         if any(v.shape != (self.manifest.dim,) for v in vectors) or (
             mode != "lexical" and len(vectors) < len(queries)
@@ -370,6 +366,14 @@ class Collection:
 
         searcher = Searcher(self._store, dense, int(self._index.ntotal), self._lexical_rows, where)
         return searcher.run(list(queries), k, mode, weight)
+
+    def check_mode(self, mode: Mode) -> None:
+        """Raise ModeUnavailable (409) for a mode this collection cannot serve, naming the fix."""
+        if mode not in self.manifest.modes:
+            raise ModeUnavailable(
+                f"collection {self.name!r} has no lexical index, so it serves only dense search; "
+                f"re-index it ('dapsearch index reindex {self.name} NEW') for {mode} search"
+            )
 
     def _search_params(self, allowed: np.ndarray | None, n: int) -> faiss.SearchParameters | None:
         m = self.manifest

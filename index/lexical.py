@@ -33,6 +33,7 @@ SCHEMA = f"""
 CREATE VIRTUAL TABLE IF NOT EXISTS {TABLE} USING fts5(terms, tokenize = 'ascii');
 CREATE VIRTUAL TABLE IF NOT EXISTS {TABLE}_vocab USING fts5vocab({TABLE}, 'row');
 """
+SMALL_COLLECTION = 1000  # passages: below this, even the commonest terms are matched
 MAX_QUERY_TERMS = 64  # the rarest terms of a long query are the ones that rank
 
 
@@ -130,8 +131,12 @@ class LexicalQuery:
         weights = {key: _idf(rows, found.get(key, 0)) for key in keys}
         self.bound = sum(w * (K1 + 1) for w in weights.values())
         # Terms in at least half the passages weigh nothing in FTS5's bm25 (idf clamped to 1e-6):
-        # leaving them out of MATCH changes no score and spares ranking most of the collection.
-        present = sorted((k for k in keys if found.get(k, 0) and weights[k] > 1e-6), key=weights.__getitem__)
+        # in a large collection, leaving them out of MATCH changes no score and spares ranking
+        # most of it; in a small one they still match (a word in one of two documents).
+        common = 1e-6 if rows > SMALL_COLLECTION else 0.0
+        present = sorted(
+            (k for k in keys if found.get(k, 0) and weights[k] > common), key=weights.__getitem__
+        )
         self._present = present[-MAX_QUERY_TERMS:]
         self.match = " OR ".join(f'"{k}"' for k in self._present)
 

@@ -137,7 +137,10 @@ class Splitter:
         """The characters of tokens ``begin:end``, shortened until the model takes them whole (a
         substring can tokenize into a few more tokens than its share of the whole text)."""
         while True:
-            span = Span(offsets[begin][0], offsets[end - 1][1])
+            start, stop = offsets[begin][0], offsets[end - 1][1]
+            while start < stop and text[start].isspace():  # a word piece's offsets hold its space
+                start += 1
+            span = Span(start, stop)
             count = len(self._tok.encode(self._prefix + text[span.start : span.end].strip()).ids)
             if count <= self.limit or end - begin <= 1:
                 return span

@@ -24,12 +24,13 @@ import numpy as np
 from index.collection import (
     MANIFEST,
     Collection,
-    Hit,
     UnknownCollection,
     collection_identity,
     list_collections,
 )
 from index.filters import Filter
+from index.passages import PassageOptions
+from index.retrieval import DEFAULT_WEIGHT, Hit, Mode, Query
 
 
 class Collections:
@@ -106,7 +107,13 @@ class Collections:
             raise UnknownCollection(f"unknown collection {name!r}") from exc
 
     def search(
-        self, name: str, queries: np.ndarray, k: int, flt: Filter | None
+        self,
+        name: str,
+        queries: Sequence[Query] | np.ndarray,
+        k: int,
+        flt: Filter | None,
+        mode: Mode = "dense",
+        weight: float = DEFAULT_WEIGHT,
     ) -> tuple[str, int, list[list[Hit]]]:
         """(identity and version searched, hits per query)."""
         # OpenMP threads for one query cost more in synchronisation than they save (measured: exact
@@ -114,7 +121,17 @@ class Collections:
         # a server gets its parallelism from concurrent requests. Per thread, so set on each call.
         faiss.omp_set_num_threads(self.search_threads)
         with self.reading(name) as coll:
-            return coll.manifest.identity, coll.version, coll.search(queries, k, flt)
+            return coll.manifest.identity, coll.version, coll.search(queries, k, flt, mode, weight)
+
+    def describe(self, name: str, mode: Mode | None) -> tuple[str, int, Mode]:
+        """(identity, committed version, the search mode to run): ``mode`` None is the best the
+        collection serves (hybrid with a lexical index); a mode it cannot serve raises 409."""
+        with self.reading(name) as coll:
+            modes = coll.manifest.modes
+            chosen: Mode = mode or ("hybrid" if "hybrid" in modes else "dense")
+            if chosen not in modes:
+                coll.check_mode(chosen)
+            return coll.manifest.identity, coll.version, chosen
 
     def version(self, name: str) -> tuple[str, int]:
         """The collection's identity (unique per creation) and its committed version."""
@@ -125,9 +142,16 @@ class Collections:
         with self.reading(name) as coll:
             return dict(coll.stats())
 
-    def create(self, name: str, dim: int, index_factory: str | None = None) -> dict[str, Any]:
+    def create(
+        self,
+        name: str,
+        dim: int,
+        index_factory: str | None = None,
+        passages: PassageOptions | None = None,
+        lexical: bool = True,
+    ) -> dict[str, Any]:
         """Create an empty collection bound to the serving model; returns its stats."""
-        Collection.create(self.root, name, self.model_id, dim, index_factory).close()
+        Collection.create(self.root, name, self.model_id, dim, index_factory, passages, lexical).close()
         return self.stats(name)
 
     def delete(self, name: str) -> None:

@@ -17,6 +17,7 @@ from pydantic import (
 )
 
 from index.mining import Score, Strategy
+from index.retrieval import DEFAULT_WEIGHT, Mode
 from model.encoder import Kind
 
 EncodingFormat = Literal["float", "base64"]
@@ -146,8 +147,34 @@ class SearchRequest(BaseModel):
     queries: list[StrictStr] | None = Field(
         None, min_length=1, description="Several queries, one result list each."
     )
-    k: int = Field(10, ge=1, description="Hits per query.")
+    k: int = Field(10, ge=1, description="Documents per query (each found by its best passage).")
     filter: SearchFilter | None = None
+    mode: Mode | None = Field(
+        None,
+        description="'dense' (embeddings), 'lexical' (BM25 over the model's subword terms) or 'hybrid' "
+        "(cosine + lexical_weight × BM25 normalised by the query's upper bound). Default: hybrid where "
+        "the collection has a lexical index, else dense.",
+    )
+    lexical_weight: float = Field(
+        DEFAULT_WEIGHT, ge=0.0, le=10.0, description="The weight of the lexical score in hybrid mode."
+    )
+    scores: bool = Field(False, description="Give each hit its dense and lexical scores.")
+    highlight: bool = Field(
+        False, description="Give each hit the character spans of its passage that match query terms."
+    )
+
+
+class HitPassage(BaseModel):
+    text: str = Field(description="The passage of the document that matched best.")
+    start: int = Field(description="Its first character in the document's text.")
+    end: int = Field(description="One past its last character in the document's text.")
+
+
+class HitScores(BaseModel):
+    dense: float | None = Field(description="Cosine of query and passage (None in lexical mode).")
+    lexical: float | None = Field(
+        description="BM25 ÷ the query's BM25 upper bound, 0 to 1 (None in dense mode)."
+    )
 
 
 class SearchHit(BaseModel):
@@ -156,12 +183,19 @@ class SearchHit(BaseModel):
     text: str
     lang: str | None
     metadata: dict[str, Any]
+    lang_detected: bool = Field(False, description="'lang' was detected from the text, not given.")
+    passage: HitPassage
+    scores: HitScores | None = None
+    highlights: list[tuple[int, int]] | None = Field(
+        None, description="[start, end) character spans of passage.text holding query terms."
+    )
 
 
 class SearchResponse(BaseModel):
     collection: str
     version: int = Field(description="The committed collection version these results come from.")
     model: str
+    mode: Mode = Field(description="The search mode that ran.")
     results: list[list[SearchHit]]
 
 

@@ -9,6 +9,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from index.cluster import RayOptions
+from index.passages import PassageOptions
 from model.artifact import Bundled, default_model_dir
 from model.backend_choice import BackendRequest
 
@@ -112,6 +113,28 @@ class Settings(BaseSettings):
     search_threads: int = Field(
         default=1, ge=1, description="FAISS threads per /search call (requests run in parallel instead)."
     )
+    passage_tokens: int = Field(
+        default=256,
+        ge=32,
+        le=512,
+        description="Most tokens per passage of a new collection's documents (the 'passage: ' prefix "
+        "and special tokens included; documents longer are cut into several passages).",
+    )
+    passage_overlap: int = Field(
+        default=32, ge=0, le=256, description="Tokens a passage repeats from the end of the one before."
+    )
+    max_passages: int = Field(
+        default=256,
+        ge=1,
+        description="Most passages one document of a new collection may have; a longer document is a "
+        "malformed line of its ingest, never cut silently.",
+    )
+
+    def passage_options(self) -> PassageOptions:
+        """The passage options new collections are created with."""
+        return PassageOptions(
+            tokens=self.passage_tokens, overlap=self.passage_overlap, max_passages=self.max_passages
+        )
 
     # --- cache
     redis_url: str | None = Field(

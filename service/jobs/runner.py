@@ -465,7 +465,7 @@ class JobRunner:
             count = len(coll)
             done = resume_point(coll, path, base.line).since(base)
         with self._lock:
-            job.counts = JobCounts(documents=done.documents, errors=done.errors)
+            job.counts = JobCounts(documents=done.documents, errors=done.errors, passages=report.passages)
             job.errors = _line_errors(done)
             job.progress = JobProgress(
                 docs=done.documents,
@@ -476,6 +476,7 @@ class JobRunner:
             )
         result = {
             "documents": done.documents,
+            "passages": report.passages,
             "collection_count": count,
             "version": report.version,
             "lines": report.lines,

@@ -8,6 +8,7 @@ Uploads are streamed to disk chunk by chunk, so a multi-gigabyte body never sits
 from __future__ import annotations
 
 import os
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -56,6 +57,9 @@ class CreateCollection(BaseModel):
         default="auto",
         description="auto, Flat, HNSW<M> or IVF<n>,<codec>.",
         json_schema_extra={"pattern": INDEX_PATTERN},
+    )
+    lexical: bool = Field(
+        default=True, description="Keep a lexical (BM25) index of the passages: lexical and hybrid search."
     )
 
 
@@ -159,7 +163,7 @@ _CREATED_LINKS = {
 
 @router.post("/collections", status_code=201, responses={201: {"links": _CREATED_LINKS}})
 async def create_collection(
-    body: CreateCollection, collections: CollectionsDep, encoder: EncoderDep
+    body: CreateCollection, collections: CollectionsDep, encoder: EncoderDep, settings: SettingsDep
 ) -> dict[str, Any]:
     if not NAME_RE.fullmatch(body.name):
         raise APIError(
@@ -169,7 +173,10 @@ async def create_collection(
             "name",
         )
     try:
-        return await anyio.to_thread.run_sync(collections.create, body.name, encoder.dim, body.index)
+        create = partial(
+            collections.create, body.name, encoder.dim, body.index, settings.passage_options(), body.lexical
+        )
+        return await anyio.to_thread.run_sync(create)
     except CollectionExists as exc:
         raise APIError(409, str(exc), "name") from exc
     except InputError as exc:

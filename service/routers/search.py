@@ -1,4 +1,5 @@
-"""``POST /search``: queries in any language against a collection, with filters."""
+"""``POST /search``: queries in any language against a collection: dense, lexical or hybrid,
+with filters; each hit is a document with the passage that matched best."""
 
 from __future__ import annotations
 
@@ -7,13 +8,16 @@ import json
 from functools import partial
 
 import anyio
+import numpy as np
 from fastapi import APIRouter
 
+from index.cutting import lexicon_of
 from index.filters import Filter
-from index.retrieval import Hit
-from service.deps import CacheDep, CollectionsDep, EmbedderDep, MetricsDep, SettingsDep
+from index.lexical import Lexicon
+from index.retrieval import Hit, Query
+from service.deps import CacheDep, CollectionsDep, EmbedderDep, EncoderDep, MetricsDep, SettingsDep
 from service.errors import APIError
-from service.schemas import SearchHit, SearchRequest, SearchResponse
+from service.schemas import HitPassage, HitScores, SearchHit, SearchRequest, SearchResponse
 from service.validation import check_texts
 
 router = APIRouter(tags=["search"])
@@ -21,27 +25,49 @@ router = APIRouter(tags=["search"])
 
 def _result_key(model_id: str, body: SearchRequest, queries: list[str], identity: str, version: int) -> str:
     """Keyed by the collection's identity and committed version: any write makes older entries
-    unreachable, and so does deleting the collection (a re-created one has another identity)."""
+    unreachable, and so does deleting the collection (a re-created one has another identity);
+    and by everything in the request that changes the answer (mode, weight, scores, highlights)."""
     spec = json.dumps(
-        [queries, body.k, body.filter.model_dump() if body.filter else None],
+        [
+            queries,
+            body.k,
+            body.filter.model_dump() if body.filter else None,
+            body.mode,
+            body.lexical_weight,
+            body.scores,
+            body.highlight,
+        ],
         sort_keys=True,
         ensure_ascii=False,
     )
     digest = hashlib.sha256(spec.encode("utf-8", "surrogatepass")).hexdigest()
-    return f"dapsearch:v2:search:{model_id}:{identity}:{version}:{digest}"
+    return f"dapsearch:v3:search:{model_id}:{identity}:{version}:{digest}"
 
 
-def _hits(rows: list[list[Hit]]) -> list[list[SearchHit]]:
-    return [
-        [SearchHit(id=h.id, score=h.score, text=h.text, lang=h.lang, metadata=h.metadata) for h in row]
-        for row in rows
-    ]
+def _hit(hit: Hit, body: SearchRequest, lexicon: Lexicon) -> SearchHit:
+    passage = hit.text[hit.start : hit.end]
+    return SearchHit(
+        id=hit.id,
+        score=hit.score,
+        text=hit.text,
+        lang=hit.lang,
+        metadata=hit.metadata,
+        lang_detected=hit.lang_detected,
+        passage=HitPassage(text=passage, start=hit.start, end=hit.end),
+        scores=HitScores(dense=hit.dense, lexical=hit.lexical) if body.scores else None,
+        highlights=lexicon.highlight(passage, hit.terms) if body.highlight else None,
+    )
+
+
+def _hits(rows: list[list[Hit]], body: SearchRequest, lexicon: Lexicon) -> list[list[SearchHit]]:
+    return [[_hit(h, body, lexicon) for h in row] for row in rows]
 
 
 @router.post("/search", response_model=SearchResponse, operation_id="search")
 async def search(
     body: SearchRequest,
     embedder: EmbedderDep,
+    encoder: EncoderDep,
     collections: CollectionsDep,
     cache: CacheDep,
     metrics: MetricsDep,
@@ -50,25 +76,32 @@ async def search(
     if (body.query is None) == (body.queries is None):
         raise APIError(422, "give exactly one of 'query' or 'queries'", "query")
     queries = [body.query] if body.query is not None else list(body.queries or [])
-    check_texts(queries, settings, "queries" if body.queries is not None else "query")
+    param = "queries" if body.queries is not None else "query"
+    check_texts(queries, settings, param)
     if body.k > settings.max_k:
         raise APIError(422, f"k must be at most {settings.max_k}", "k")
-    # Unknown collection → 404 before any model work.
-    identity, version = await anyio.to_thread.run_sync(partial(collections.version, body.collection))
+    # Unknown collection → 404, and a mode it cannot serve → 409, before any model work.
+    identity, version, mode = await anyio.to_thread.run_sync(
+        partial(collections.describe, body.collection, body.mode)
+    )
     key = _result_key(embedder.model_id, body, queries, identity, version)
     cached = await cache.get_many([key])
     if cached[0] is not None:
         metrics.cache_hits.labels("search").inc()
         return SearchResponse.model_validate_json(cached[0])
     metrics.cache_misses.labels("search").inc()
-    param = "queries" if body.queries is not None else "query"
-    vectors = (await embedder.embed(queries, "query", param)).vectors
+    lexicon = lexicon_of(encoder.tokenizer)
+    terms = await anyio.to_thread.run_sync(lambda: [lexicon.query_terms(q) for q in queries])
+    vectors: list[np.ndarray | None] = [None] * len(queries)
+    if mode != "lexical":  # lexical search needs no model work
+        vectors = list((await embedder.embed(queries, "query", param)).vectors)
     flt = Filter(lang=body.filter.lang, metadata=body.filter.metadata) if body.filter else None
-    searched_identity, searched, rows = await anyio.to_thread.run_sync(
-        partial(collections.search, body.collection, vectors, body.k, flt)
-    )
+    prepared = [Query(v, t) for v, t in zip(vectors, terms, strict=True)]
+    run = partial(collections.search, body.collection, prepared, body.k, flt, mode, body.lexical_weight)
+    searched_identity, searched, rows = await anyio.to_thread.run_sync(run)
+    results = await anyio.to_thread.run_sync(_hits, rows, body, lexicon)
     response = SearchResponse(
-        collection=body.collection, version=searched, model=embedder.model_id, results=_hits(rows)
+        collection=body.collection, version=searched, model=embedder.model_id, mode=mode, results=results
     )
     if (searched_identity, searched) == (identity, version):
         await cache.set_many({key: response.model_dump_json().encode()})
