@@ -83,9 +83,6 @@ class JobProgress(BaseModel):
 class JobCounts(BaseModel):
     documents: int = 0
     errors: int = 0
-    passages: int | None = Field(
-        default=None, description="Passages the documents were cut into (set when the ingest ends)."
-    )
 
 
 class JobLineError(BaseModel):

@@ -465,7 +465,7 @@ class JobRunner:
             count = len(coll)
             done = resume_point(coll, path, base.line).since(base)
         with self._lock:
-            job.counts = JobCounts(documents=done.documents, errors=done.errors, passages=report.passages)
+            job.counts = JobCounts(documents=done.documents, errors=done.errors)
             job.errors = _line_errors(done)
             job.progress = JobProgress(
                 docs=done.documents,
