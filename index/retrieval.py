@@ -19,7 +19,7 @@ from typing import Any, Literal, get_args
 import numpy as np
 
 from index.lexical import LexicalQuery
-from index.store import Store, StoredPassage
+from index.store import Store
 
 Mode = Literal["dense", "lexical", "hybrid"]
 MODES: tuple[Mode, ...] = get_args(Mode)
@@ -68,7 +68,15 @@ class Searcher:
     def run(self, queries: Sequence[Query], k: int, mode: Mode, weight: float) -> list[list[Hit]]:
         if mode == "dense":
             return self._dense(queries, k)
-        return [self._one(q, k, mode, weight) for q in queries]
+        n = min(max(self.vectors, 1), CANDIDATES * k + 30)
+        dense: list[dict[int, float]] = [{} for _ in queries]
+        if mode == "hybrid" and self.vectors and queries:  # one FAISS call for every query
+            scores, ids = self.dense_search(np.stack([q.vector for q in queries if q.vector is not None]), n)
+            dense = [
+                {int(p): float(s) for p, s in zip(row_ids, row, strict=True) if p >= 0}
+                for row_ids, row in zip(ids, scores, strict=True)
+            ]
+        return [self._one(q, k, mode, weight, n, d) for q, d in zip(queries, dense, strict=True)]
 
     # ------------------------------------------------------------------ dense
 
@@ -102,8 +110,10 @@ class Searcher:
         sql, args = self.where
         return lq, lq.top(db, n, f"rowid IN ({self.store.matching_sql(sql)})", args)
 
-    def _one(self, query: Query, k: int, mode: Mode, weight: float) -> list[Hit]:
-        n = min(max(self.vectors, 1), CANDIDATES * k + 30)
+    def _one(
+        self, query: Query, k: int, mode: Mode, weight: float, n: int, dense: dict[int, float]
+    ) -> list[Hit]:
+        """Lexical or hybrid search of one query; ``dense``: its n best passages by cosine."""
         lq, lexical = self._lexical(query, n)
         if mode == "lexical":
             while True:
@@ -115,10 +125,6 @@ class Searcher:
                 lq, lexical = self._lexical(query, n)
             return self._finish(hits, query, mode, lq)
         assert query.vector is not None
-        dense: dict[int, float] = {}
-        if self.vectors:
-            scores_, ids = self.dense_search(query.vector[None, :], n)
-            dense = {int(p): float(s) for p, s in zip(ids[0], scores_[0], strict=True) if p >= 0}
         lex = dict(lexical)
         missing = [p for p in lex if p not in dense]
         if missing:
@@ -142,15 +148,22 @@ class Searcher:
     ) -> list[Hit]:
         """The best passage of each document, best documents first, at most k (``pairs`` sorted
         best first)."""
-        found = self.store.passages_of(p for p, _ in pairs)
-        seen: set[int] = set()
-        hits: list[Hit] = []
+        places = self.store.passage_places(p for p, _ in pairs)
+        chosen: dict[int, tuple[int, float]] = {}  # document row id -> (its best passage, score)
         for pid, score in pairs:
-            passage: StoredPassage | None = found.get(pid)
-            if passage is None or passage.doc_rid in seen:
+            place = places.get(pid)
+            if place is None or place[0] in chosen:
                 continue  # deleted since the index was searched, or its document has a better one
-            seen.add(passage.doc_rid)
-            doc = passage.doc
+            chosen[place[0]] = (pid, score)
+            if len(chosen) == k:
+                break
+        docs = self.store.documents_by_rid(chosen)
+        hits: list[Hit] = []
+        for rid, (pid, score) in chosen.items():
+            doc = docs.get(rid)
+            if doc is None:
+                continue
+            _, start, end = places[pid]
             hits.append(
                 Hit(
                     doc.id,
@@ -158,15 +171,13 @@ class Searcher:
                     doc.text,
                     doc.lang,
                     doc.metadata,
-                    passage.start,
-                    passage.end,
+                    start,
+                    end,
                     doc.lang_detected,
                     dense.get(pid) if weight < 1.0 else None,
                     lexical.get(pid, 0.0) if weight > 0.0 else None,
                 )
             )
-            if len(hits) == k:
-                break
         return hits
 
     def _finish(self, hits: list[Hit], query: Query, mode: Mode, lq: LexicalQuery | None = None) -> list[Hit]:

@@ -101,16 +101,6 @@ class Document:
     lang_detected: bool = False  # ``lang`` was detected from the text, not given
 
 
-@dataclass(frozen=True)
-class StoredPassage:
-    """A passage as a search returns it: its document and its characters in the document."""
-
-    doc_rid: int
-    doc: Document
-    start: int
-    end: int
-
-
 def decode(blobs: Iterable[bytes]) -> np.ndarray:
     """Stored float32 vector blobs back into one (n, dim) matrix."""
     data = list(blobs)
@@ -251,7 +241,8 @@ class Store:
                 ).lastrowid
                 if words is not None and self.lexical:
                     terms.append((int(pid or 0), words))
-        lexical.add(db, terms)
+        if terms:
+            lexical.add(db, terms)
 
     def tombstone(self, db: sqlite3.Connection, ids: Sequence[str], version: int) -> int:
         """Delete the documents of ``ids`` (with their passages and lexical terms) inside a write
@@ -340,20 +331,18 @@ class Store:
         """How many documents ``scan`` yields up to and including ``position``."""
         return int(self._db.execute("SELECT count(*) FROM docs WHERE rid <= ?", (position,)).fetchone()[0])
 
-    def passages_of(self, ids: Iterable[int]) -> dict[int, StoredPassage]:
-        """Passages by FAISS id, each with its document (the first layout: the whole text)."""
-        columns = ", ".join(f"d.{c}" if c != "0" else c for c in self._doc_columns.split(", "))
+    def passage_places(self, ids: Iterable[int]) -> dict[int, tuple[int, int, int]]:
+        """(document row id, start, end) of passages by FAISS id (the first layout: whole texts):
+        enough to rank documents by their best passage before reading any document."""
         if self.layout == "passages":
-            sql = (
-                f"SELECT p.pid, p.doc, p.start, p.end, {columns} FROM passages p "
-                "JOIN docs d ON d.rid = p.doc WHERE p.pid IN ({})"
-            )
+            sql = "SELECT pid, doc, start, end FROM passages WHERE pid IN ({})"
         else:
-            sql = f"SELECT d.rid, d.rid, 0, length(d.text), {columns} FROM docs d WHERE d.rid IN ({{}})"
-        return {
-            int(r[0]): StoredPassage(int(r[1]), _document(r[4:]), int(r[2]), int(r[3]))
-            for r in in_batches(self._db, sql, list(ids))
-        }
+            sql = "SELECT rid, rid, 0, length(text) FROM docs WHERE rid IN ({})"
+        return {int(r[0]): (int(r[1]), int(r[2]), int(r[3])) for r in in_batches(self._db, sql, list(ids))}
+
+    def documents_by_rid(self, rids: Iterable[int]) -> dict[int, Document]:
+        sql = f"SELECT rid, {self._doc_columns} FROM docs WHERE rid IN ({{}})"
+        return {int(r[0]): _document(r[1:]) for r in in_batches(self._db, sql, list(rids))}
 
     def get(self, doc_id: str) -> Document | None:
         row = self._db.execute(f"SELECT {self._doc_columns} FROM docs WHERE id = ?", (doc_id,)).fetchone()
