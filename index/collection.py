@@ -115,7 +115,8 @@ class Collection:
         self.readonly = readonly
         self._store = Store(root / DOCS, readonly)
         self._sources = SourceLog(self._store)
-        self._lexical_rows = 0  # rows of the lexical index at the index's version
+        self._lexical_rows = 0  # rows of the lexical index at version ``_lexical_at``
+        self._lexical_at = -1
         self._index: faiss.Index = make_index(effective_factory(manifest.index_factory, 0), manifest.dim)
         self._hidden: set[int] = set()  # rowids superseded in an index that cannot remove
         self._index_version = 0
@@ -209,11 +210,11 @@ class Collection:
         """Apply writes committed since this index's version (by this or another process)."""
         with self._store.read() as db:
             target = self._store.version(db)
+            if self._store.lexical and self._lexical_at != target:  # BM25's N, once per version
+                self._lexical_rows, self._lexical_at = self._store.lexical_rows(db), target
             if target == self._index_version:
                 return target
             gone, rows = self._store.changes_since(db, self._index_version)
-            if self._store.lexical:
-                self._lexical_rows = self._store.lexical_rows(db)
         replay(self._index, self._hidden, gone, rows)
         self._index_version = target
         count = self._store.vector_count()

@@ -35,6 +35,7 @@ CREATE VIRTUAL TABLE IF NOT EXISTS {TABLE}_vocab USING fts5vocab({TABLE}, 'row')
 """
 SMALL_COLLECTION = 1000  # passages: below this, even the commonest terms are matched
 MAX_QUERY_TERMS = 64  # the rarest terms of a long query are the ones that rank
+MIN_FRAGMENT = 3  # characters a highlighted run inside a word needs
 
 
 class Lexicon:
@@ -87,22 +88,27 @@ class Lexicon:
         return list(dict.fromkeys(t for t in ids if self._is_term(t)))
 
     def highlight(self, text: str, terms: Iterable[int]) -> list[tuple[int, int]]:
-        """Character spans of ``text`` made of query terms (adjacent pieces merged into one)."""
+        """Character spans of ``text`` made of query terms, adjacent pieces merged into one. A run
+        of pieces inside a word counts when it starts a word or is at least MIN_FRAGMENT long:
+        "Bahnhof" in "Hauptbahnhof" does, a stray one-letter piece of another word does not."""
         wanted = set(terms)
         if not wanted:
             return []
-        ids, offsets = self._encode(text)
-        spans: list[list[int]] = []
-        for token, (start, end) in zip(ids, offsets, strict=True):
+        enc = self._tok.encode(text, add_special_tokens=False)
+        runs: list[list[int]] = []  # [start, end, starts a word]
+        for token, piece, (start, end) in zip(enc.ids, enc.tokens, enc.offsets, strict=True):
             if token not in wanted:
+                runs.append([-1, -1, 0])  # a break between runs
                 continue
             while start < end and text[start].isspace():
                 start += 1
-            if spans and spans[-1][1] >= start:
-                spans[-1][1] = max(spans[-1][1], end)
-            elif start < end:
-                spans.append([start, end])
-        return [(s, e) for s, e in spans]
+            if start >= end:
+                continue
+            if runs and runs[-1][1] >= start:
+                runs[-1][1] = max(runs[-1][1], end)
+            else:
+                runs.append([start, end, int(piece.startswith(("▁", "Ġ")))])
+        return [(s, e) for s, e, word in runs if s >= 0 and (word or e - s >= MIN_FRAGMENT)]
 
 
 def document(terms: Sequence[int]) -> str:

@@ -43,6 +43,18 @@ def real_model_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def dap_model_dir() -> Path:
+    """The served default, multilingual-e5-small-dap, with both int8 graphs (``auto`` serves one
+    of them, by CPU)."""
+    from model.build import ensure_model
+
+    directory = default_model_dir(data_home(), "dap")
+    for backend in ("onnx-int8", "openvino-int8"):
+        ensure_model(directory, backend, bundled="dap")
+    return directory
+
+
+@pytest.fixture(scope="session")
 def real_encoders(real_model_dir: Path) -> dict[str, Encoder]:
     """One encoder per backend, plus ``served``: the one ``auto`` picks here (what the API runs)."""
     from model.artifact import read_manifest

