@@ -11,10 +11,12 @@ import typer
 
 from core.errors import InputError
 from index.collection import Collection, list_collections
+from index.cutting import lexicon_of
 from index.filters import Filter
 from index.ingest import ShardCounts, ingest, resume_point
 from index.ray_ingest import ingest_on_ray
 from index.reindex import reindex
+from index.retrieval import DEFAULT_WEIGHT, MODES, Mode, Query
 from model.artifact import BACKENDS
 from service.cli.common import (
     ActorsOpt,
@@ -47,15 +49,25 @@ def create(
         str,
         typer.Option("--index", help="auto (Flat, then HNSW32 past 200k), Flat, HNSW<M> or IVF<n>,Flat|SQ8."),
     ] = "auto",
+    lexical: Annotated[
+        bool,
+        typer.Option(
+            "--lexical/--no-lexical", help="Keep a lexical (BM25) index for lexical and hybrid search."
+        ),
+    ] = True,
     model_dir: ModelDirOpt = None,
 ) -> None:
-    """Create an empty collection bound to the model that will embed its documents."""
+    """Create an empty collection bound to the model that will embed its documents; documents are
+    cut into passages as DAPSEARCH_PASSAGE_TOKENS, _OVERLAP and DAPSEARCH_MAX_PASSAGES say."""
     from model.artifact import read_manifest
 
     manifest = read_manifest(model_dir_or_default(model_dir))
-    coll = Collection.create(load_settings().collections_dir, name, manifest.id, manifest.dim, index)
+    settings = load_settings()
+    coll = Collection.create(
+        settings.collections_dir, name, manifest.id, manifest.dim, index, settings.passage_options(), lexical
+    )
     coll.close()
-    typer.echo(f"created collection {name!r} ({index}, model {manifest.id})")
+    typer.echo(f"created collection {name!r} ({index}, {'lexical, ' if lexical else ''}model {manifest.id})")
 
 
 @index_app.command("list")
@@ -153,14 +165,26 @@ def search_cmd(
     meta: Annotated[
         list[str] | None, typer.Option("--meta", help="KEY=VALUE metadata filter (repeatable).")
     ] = None,
+    mode: Annotated[
+        str | None, typer.Option(help="dense, lexical or hybrid [default: hybrid where the collection can].")
+    ] = None,
+    weight: Annotated[
+        float, typer.Option(min=0.0, help="The lexical weight of hybrid search.")
+    ] = DEFAULT_WEIGHT,
     model_dir: ModelDirOpt = None,
     backend: BackendOpt = None,
 ) -> None:
-    """Search a collection; prints JSON lines (id, score, lang, text, metadata)."""
+    """Search a collection; prints JSON lines (id, score, lang, text, metadata, the best passage)."""
+    if mode is not None and mode not in MODES:
+        raise InputError(f"--mode must be one of {', '.join(MODES)}, not {mode!r}")
     encoder = load_encoder(model_dir, backend)
     with _open(name, encoder.model_id, readonly=True) as coll:
+        chosen: Mode = "hybrid" if "hybrid" in coll.manifest.modes else "dense"
+        chosen = next((m for m in MODES if m == mode), chosen)
         flt = Filter(lang=lang, metadata=_parse_meta(meta or []))
-        hits = coll.search(encoder.embed([query], "query"), k, flt)[0]
+        vector = encoder.embed([query], "query")[0] if chosen != "lexical" else None
+        terms = lexicon_of(encoder.tokenizer).query_terms(query)
+        hits = coll.search([Query(vector, terms)], k, flt, chosen, weight)[0]
     for hit in hits:
         row = {
             "id": hit.id,
@@ -168,6 +192,7 @@ def search_cmd(
             "lang": hit.lang,
             "text": hit.text,
             "metadata": hit.metadata,
+            "passage": {"start": hit.start, "end": hit.end, "text": hit.text[hit.start : hit.end]},
         }
         sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
 
@@ -227,4 +252,10 @@ def reindex_cmd(
 
         report = reindex(src, home, target, encoder, index, chunk_size, advance, ray)
         count = report.count
+    if report.refused:
+        typer.echo(
+            f"{report.refused} documents have more passages than DAPSEARCH_MAX_PASSAGES allows and "
+            "were not carried over",
+            err=True,
+        )
     typer.echo(f"re-indexed {count} documents from {name!r} into {target!r} ({encoder.model_id})")
