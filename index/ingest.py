@@ -307,9 +307,9 @@ def ingest(
     fmt: str | None = None,
     chunk_size: int = 256,
     strict: bool = False,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[int, int, int], None] | None = None,
 ) -> IngestReport:
-    """Embed (as passages) and upsert every document of ``path``; ``progress(docs, bytes)``
+    """Embed (as passages) and upsert every document of ``path``; ``progress(docs, bytes, passages)``
     after each commit (an exception it raises stops the ingest there, all of it committed)."""
     path = Path(path)
     check_input(collection, encoder, path)
@@ -331,12 +331,12 @@ def ingest(
             bad.append(LineError(lines[i], reason))
         bad.sort(key=lambda e: e.line)
         writer.commit(prepared.docs, vectors, bad, end, prepared.passages)
-        n = len(prepared.docs)
+        n, passages = len(prepared.docs), len(vectors)
         docs.clear()
         lines.clear()
         bad.clear()
         if progress is not None:
-            progress(n, end.end_offset)
+            progress(n, end.end_offset, passages)
 
     for record in read_records(path, kind, start.offset, start.line):
         writer.report.lines = record.line

@@ -50,10 +50,10 @@ def ingest_on_ray(
     fmt: str | None = None,
     strict: bool = False,
     options: RayOptions | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[int, int, int], None] | None = None,
     shard_progress: Callable[[ShardCounts], None] | None = None,
 ) -> IngestReport:
-    """``index.ingest.ingest`` on Ray: ``progress(docs, bytes)`` after each committed shard,
+    """``index.ingest.ingest`` on Ray: ``progress(docs, bytes, passages)`` after each committed shard,
     ``shard_progress(counts)`` after each shard written or committed."""
     options = options or RayOptions()
     path = Path(path)
@@ -82,7 +82,7 @@ def ingest_on_ray(
         files[shard.index].unlink(missing_ok=True)
         counts.merged += 1
         if progress is not None:
-            progress(len(result.docs), shard.end)
+            progress(len(result.docs), shard.end, len(result.vectors))
 
     following = 0
 

@@ -109,11 +109,13 @@ def ingest_cmd(
         with bar("ingesting", total=total, unit="B", unit_scale=True, initial=min(start, total)) as progress:
             docs = 0
 
-            def advance(n: int, offset: int) -> None:
-                nonlocal docs
-                docs += n
+            passages = 0
+
+            def advance(n: int, offset: int, cut: int) -> None:
+                nonlocal docs, passages
+                docs, passages = docs + n, passages + cut
                 progress.update(offset - progress.n)
-                progress.set_postfix(docs=docs)
+                progress.set_postfix(docs=docs, passages=passages)
 
             if ray is None:
                 report = ingest(coll, encoder, source, fmt, chunk_size, strict, advance)
@@ -138,7 +140,7 @@ def ingest_cmd(
             err=True,
         )
     typer.echo(
-        f"ingested {report.documents} documents into {name!r}{resumed}; "
+        f"ingested {report.documents} documents ({report.passages} passages) into {name!r}{resumed}; "
         f"{report.error_count} malformed lines skipped; {count} documents, version {report.version}"
     )
 

@@ -78,6 +78,10 @@ class JobProgress(BaseModel):
     bytes_total: int | None = None
     fraction: float = 0.0
     shards: ShardProgress | None = Field(default=None, description="Ingest on Ray only.")
+    passages: int = Field(
+        default=0,
+        description="Ingest: passages committed by this run of the job (long documents have several).",
+    )
 
 
 class JobCounts(BaseModel):

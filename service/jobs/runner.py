@@ -419,7 +419,7 @@ class JobRunner:
                 job.errors = _line_errors(done)
             self._save(job_id)
 
-            def progress(n: int, reached: int) -> None:
+            def progress(n: int, reached: int, passages: int) -> None:
                 nonlocal docs
                 docs += n
                 with self._lock:
@@ -429,6 +429,7 @@ class JobRunner:
                         bytes_total=total,
                         fraction=_fraction(reached, total),
                         shards=job.progress.shards,
+                        passages=job.progress.passages + passages,
                     )
                     job.counts.documents = docs
                 self._save_throttled(job_id)
@@ -473,6 +474,7 @@ class JobRunner:
                 bytes_total=total,
                 fraction=1.0,
                 shards=None if report.shards is None else ShardProgress(**asdict(report.shards)),
+                passages=job.progress.passages,
             )
         result = {
             "documents": done.documents,

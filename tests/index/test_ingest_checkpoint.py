@@ -24,10 +24,10 @@ class Stop(Exception):
     pass
 
 
-def _stop_after(chunks: int) -> Callable[[int, int], None]:
+def _stop_after(chunks: int) -> Callable[[int, int, int], None]:
     seen = 0
 
-    def progress(_docs: int, _offset: int) -> None:
+    def progress(_docs: int, _offset: int, _passages: int) -> None:
         nonlocal seen
         seen += 1
         if seen == chunks:

@@ -30,7 +30,8 @@ def tokenizer(real_model_dir: Path) -> TextTokenizer:
 
 def _random_vectors(n: int, dim: int = 384, seed: int = 0) -> np.ndarray:
     v = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
-    return v / np.linalg.norm(v, axis=1, keepdims=True)
+    out: np.ndarray = v / np.linalg.norm(v, axis=1, keepdims=True)
+    return out
 
 
 def _store(coll: Collection, tokenizer: TextTokenizer, docs: list[Document]) -> None:

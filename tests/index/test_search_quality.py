@@ -65,13 +65,14 @@ def test_hybrid_beats_dense_in_language_and_keeps_cross_lingual(tmp_path: Path, 
     en_coll = _collection(tmp_path, "en", encoder, [Document(i, t, "en") for i, t in english.items()])
     scores: dict[str, dict[Mode, list[float]]] = defaultdict(lambda: defaultdict(list))
     en_queries = _queries(encoder, [q for q, _ in en_questions])
-    for mode in ("dense", "hybrid"):
+    modes: tuple[Mode, ...] = ("dense", "hybrid")
+    for mode in modes:
         scores["mono+en"][mode].append(_r1(en_coll, en_queries, [p for _, p in en_questions], mode))
     for lang in LANGS:
         paragraphs, questions = _read(lang)
         coll = _collection(tmp_path, lang, encoder, [Document(i, t, lang) for i, t in paragraphs.items()])
         queries, gold = _queries(encoder, [q for q, _ in questions]), [p for _, p in questions]
-        for mode in ("dense", "hybrid"):
+        for mode in modes:
             scores["mono+en"][mode].append(_r1(coll, queries, gold, mode))
             scores["cross"][mode].append(_r1(en_coll, queries, gold, mode))
         coll.close()

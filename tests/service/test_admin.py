@@ -664,7 +664,7 @@ async def test_crashed_jobs_resume_or_fail_with_a_reason(tmp_path: Path, tiny_mo
 
     chunks = 0
 
-    def die_after_two_chunks(_docs: int, _offset: int) -> None:
+    def die_after_two_chunks(_docs: int, _offset: int, _passages: int) -> None:
         nonlocal chunks
         chunks += 1
         if chunks == 2:
