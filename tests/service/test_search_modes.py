@@ -106,7 +106,7 @@ async def test_every_mode_finds_documents_by_their_best_passage(tmp_path: Path, 
 async def test_modes_never_share_a_cached_answer(tmp_path: Path, encoder: Encoder) -> None:
     async with serve(settings_for(tmp_path), encoder) as (_, client):
         await _ingest(client, "c")
-        answers = {}
+        answers: dict[str, list[dict[str, Any]]] = {}
         for mode in ("dense", "lexical", "hybrid"):
             for _ in range(2):  # the second is served from the cache
                 r = await client.post(
