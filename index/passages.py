@@ -63,6 +63,9 @@ class Splitter:
         self._prefix = prefix
         overhead = len(self._tok.encode(prefix).ids)  # the prefix and the special tokens
         self.budget = max(8, limit - overhead)
+        # A model with a short maximum length gets a proportionate overlap: passages always
+        # advance by at least a quarter of their length.
+        self.overlap = min(options.overlap, self.budget // 4)
         # No token covers 64 characters, so a text this long needs more passages than allowed:
         # refused before tokenizing megabytes.
         self.max_chars = options.max_passages * self.budget * 64
@@ -124,9 +127,9 @@ class Splitter:
 
     def _next_begin(self, begin: int, end: int, starts: set[int], words: list[bool]) -> int:
         """The next passage repeats about ``overlap`` tokens, from a sentence or word start."""
-        if self.options.overlap == 0:
+        if self.overlap == 0:
             return end
-        low = max(begin + 1, end - self.options.overlap)
+        low = max(begin + 1, end - self.overlap)
         for good in (starts.__contains__, words.__getitem__):
             for j in range(low, end):
                 if good(j):
