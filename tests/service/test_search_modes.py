@@ -15,18 +15,15 @@ import pytest
 from index.collection import MANIFEST, CollectionManifest
 from index.store import DOCS, Store
 from model.encoder import Encoder
-from tests.service.test_model_free import serve, settings_for
+from tests.service.test_model_free import anyio_backend, serve, settings_for
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
+__all__ = ["anyio_backend"]  # the same event loop fixture as the other model-free tests
 
 
 @pytest.fixture(scope="module")
 def encoder() -> Encoder:
+    """Long enough a maximum length that a sentence is one passage and the long text several."""
     return Encoder.dummy(dim=32, max_length=64, batch_size=8)
 
 
