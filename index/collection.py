@@ -36,6 +36,7 @@ from index.index_choice import (
     make_index,
     search_params,
 )
+from index.lexical import totals as lexical_totals
 from index.passages import DocPassages, PassageOptions
 from index.retrieval import DEFAULT_WEIGHT, MODES, Hit, Mode, Query, Searcher
 from index.snapshot import load_latest, replay, write_snapshot
@@ -44,6 +45,7 @@ from index.store import DOCS, Document, Store, decode
 
 MANIFEST = "manifest.json"
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # always fullmatch: "$" allows a final \n
+MAX_KNOWN_TERMS = 200_000  # document frequencies kept between searches of one version
 MAX_STORED_ERRORS = 100  # malformed lines kept per ingest run of a source; the counts cover all
 
 
@@ -115,8 +117,9 @@ class Collection:
         self.readonly = readonly
         self._store = Store(root / DOCS, readonly)
         self._sources = SourceLog(self._store)
-        self._lexical_rows = 0  # rows of the lexical index at version ``_lexical_at``
+        self._lexical = (0, 0.0)  # (passages, mean terms) of the lexical index at ``_lexical_at``
         self._lexical_at = -1
+        self._frequencies: dict[str, int] = {}  # document frequency by term, at ``_lexical_at``
         self._index: faiss.Index = make_index(effective_factory(manifest.index_factory, 0), manifest.dim)
         self._hidden: set[int] = set()  # rowids superseded in an index that cannot remove
         self._index_version = 0
@@ -211,7 +214,8 @@ class Collection:
         with self._store.read() as db:
             target = self._store.version(db)
             if self._store.lexical and self._lexical_at != target:  # BM25's N, once per version
-                self._lexical_rows, self._lexical_at = self._store.lexical_rows(db), target
+                self._lexical, self._lexical_at = lexical_totals(db), target
+                self._frequencies = {}
             if target == self._index_version:
                 return target
             gone, rows = self._store.changes_since(db, self._index_version)
@@ -338,6 +342,7 @@ class Collection:
         flt: Filter | None = None,
         mode: Mode = "dense",
         weight: float = DEFAULT_WEIGHT,
+        highlight: bool = False,
     ) -> list[list[Hit]]:
         """Top-k documents per query, each by its best passage: ``dense`` by inner product
         (cosine on normalised vectors), ``lexical`` by normalised BM25, ``hybrid`` by cosine +
@@ -365,7 +370,11 @@ class Collection:
             )
             return result
 
-        searcher = Searcher(self._store, dense, int(self._index.ntotal), self._lexical_rows, where)
+        if len(self._frequencies) > MAX_KNOWN_TERMS:
+            self._frequencies = {}
+        searcher = Searcher(
+            self._store, dense, int(self._index.ntotal), self._lexical, where, self._frequencies, highlight
+        )
         return searcher.run(list(queries), k, mode, weight)
 
     def check_mode(self, mode: Mode) -> None:

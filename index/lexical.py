@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import sqlite3
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -27,7 +28,7 @@ import numpy as np
 from index.passages import Span
 from model.encoder import TextTokenizer
 
-K1 = 1.2  # FTS5's bm25() constants
+K1, B = 1.2, 0.75  # FTS5's bm25() constants
 TABLE = "lexical"
 SCHEMA = f"""
 CREATE VIRTUAL TABLE IF NOT EXISTS {TABLE} USING fts5(terms, tokenize = 'ascii');
@@ -35,6 +36,7 @@ CREATE VIRTUAL TABLE IF NOT EXISTS {TABLE}_vocab USING fts5vocab({TABLE}, 'row')
 """
 SMALL_COLLECTION = 1000  # passages: below this, even the commonest terms are matched
 MAX_QUERY_TERMS = 64  # the rarest terms of a long query are the ones that rank
+POSTINGS_BUDGET = 5_000  # passages FTS5 may rank to find one query's lexical candidates
 MIN_FRAGMENT = 3  # characters a highlighted run inside a word needs
 
 
@@ -125,55 +127,125 @@ def remove(db: sqlite3.Connection, pids: Sequence[int]) -> None:
     db.executemany(f"DELETE FROM {TABLE} WHERE rowid = ?", [(p,) for p in pids])
 
 
-class LexicalQuery:
-    """A query's terms weighed against one collection snapshot: what MATCHes and its bound."""
+def totals(db: sqlite3.Connection) -> tuple[int, float]:
+    """(passages, mean terms per passage) as FTS5's bm25() sees them: its averages record."""
+    row = db.execute(f"SELECT block FROM {TABLE}_data WHERE id = 1").fetchone()
+    if row is None or not row[0]:
+        return 0, 0.0
+    rows, at = _varint(row[0], 0)
+    tokens, _ = _varint(row[0], at)
+    return rows, tokens / rows if rows else 0.0
 
-    def __init__(self, db: sqlite3.Connection, terms: Sequence[int], rows: int) -> None:
-        found: dict[str, int] = {}
+
+class LexicalQuery:
+    """A query's terms weighed against one collection snapshot.
+
+    Scores are BM25 exactly as FTS5's bm25() computes it over every term of the query (its idf,
+    k1 = 1.2, b = 0.75, its mean passage length), divided by the query's upper bound. Finding
+    candidates is the expensive part: a term in a tenth of 300k passages makes FTS5 rank 30k
+    rows. So candidates come from the query's rarest terms, up to POSTINGS_BUDGET postings (a
+    passage that holds only common terms scores near nothing), and each candidate is then
+    scored on all terms from its stored row.
+    """
+
+    def __init__(
+        self,
+        db: sqlite3.Connection,
+        terms: Sequence[int],
+        rows: int,
+        mean_length: float,
+        known: dict[str, int] | None = None,
+    ) -> None:
+        """``known``: document frequencies already read at this snapshot, filled in here."""
+        known = {} if known is None else known
         keys = [str(t) for t in terms]
-        if keys and rows:
-            marks = ",".join("?" * len(keys))
-            found = dict(db.execute(f"SELECT term, doc FROM {TABLE}_vocab WHERE term IN ({marks})", keys))
+        if rows:
+            # One seek per term (fts5vocab scans its whole vocabulary for IN (...), and a range
+            # seeks faster than its term = ?).
+            sql = f"SELECT doc FROM {TABLE}_vocab WHERE term >= ? AND term <= ?"
+            for key in keys:
+                if key not in known:
+                    row = db.execute(sql, (key, key)).fetchone()
+                    known[key] = int(row[0]) if row is not None else 0
+        found = {key: known[key] for key in keys if known.get(key)}
         weights = {key: _idf(rows, found.get(key, 0)) for key in keys}
         self.bound = sum(w * (K1 + 1) for w in weights.values())
-        # Terms in at least half the passages weigh nothing in FTS5's bm25 (idf clamped to 1e-6):
-        # in a large collection, leaving them out of MATCH changes no score and spares ranking
-        # most of it; in a small one they still match (a word in one of two documents).
+        self._mean = mean_length or 1.0
+        # Terms in at least half the passages weigh nothing (idf clamped to 1e-6) in a large
+        # collection; in a small one they still match (a word in one of two documents).
         common = 1e-6 if rows > SMALL_COLLECTION else 0.0
-        present = sorted(
-            (k for k in keys if found.get(k, 0) and weights[k] > common), key=weights.__getitem__
-        )
-        self._present = present[-MAX_QUERY_TERMS:]
-        self.match = " OR ".join(f'"{k}"' for k in self._present)
+        present = sorted((k for k in keys if found.get(k, 0) and weights[k] > common), key=found.__getitem__)
+        self._weights = {k: weights[k] for k in present[:MAX_QUERY_TERMS]}
+        rare: list[str] = []
+        postings = 0
+        for key in self._weights:  # rarest first
+            postings += found[key]
+            if rare and postings > POSTINGS_BUDGET:
+                break
+            rare.append(key)
+        self._rare = rare
+        self._cheap = bool(rare) and found[rare[0]] <= POSTINGS_BUDGET
 
     def weighted_terms(self) -> list[int]:
-        """The query's terms that weigh in this collection (those MATCH looks for)."""
-        return [int(k) for k in self._present]
+        """The query's terms that weigh in this collection."""
+        return [int(k) for k in self._weights]
 
     def top(
-        self, db: sqlite3.Connection, limit: int, where: str = "", args: Sequence[Any] = ()
+        self,
+        db: sqlite3.Connection,
+        limit: int,
+        where: str = "",
+        args: Sequence[Any] = (),
+        exhaustive: bool = True,
     ) -> list[tuple[int, float]]:
-        """The ``limit`` best passages as (passage id, normalised score), best first; ``where``
-        restricts passage ids (an SQL condition on ``rowid``)."""
-        if not self.match:
+        """About the ``limit`` best passages as (passage id, normalised score), best first;
+        ``where`` restricts passage ids (an SQL condition on ``rowid``). Not ``exhaustive``
+        (hybrid, whose dense candidates are scored anyway): nothing when even the rarest term is
+        common."""
+        if not self._rare or not (exhaustive or self._cheap):
             return []
         extra = f" AND {where}" if where else ""
-        rows = db.execute(
-            f"SELECT rowid, bm25({TABLE}) FROM {TABLE} WHERE {TABLE} MATCH ?{extra} ORDER BY rank LIMIT ?",
-            [self.match, *args, limit],
+        match = " OR ".join(f'"{k}"' for k in self._rare)
+        found = db.execute(
+            f"SELECT rowid FROM {TABLE} WHERE {TABLE} MATCH ?{extra} ORDER BY rank LIMIT ?",
+            [match, *args, limit],
         )
-        return [(int(pid), -float(score) / self.bound) for pid, score in rows]
+        scores = self.scores(db, [int(r[0]) for r in found])
+        return sorted(scores.items(), key=lambda item: item[1], reverse=True)
 
     def scores(self, db: sqlite3.Connection, pids: Sequence[int]) -> dict[int, float]:
-        """Normalised scores of given passages (absent: no term matched, score 0)."""
-        if not self.match or not pids:
+        """Normalised BM25 of given passages over every query term (absent: no term, score 0)."""
+        if not self._weights or not pids:
             return {}
-        marks = ",".join("?" * len(pids))
-        rows = db.execute(
-            f"SELECT rowid, bm25({TABLE}) FROM {TABLE} WHERE {TABLE} MATCH ? AND rowid IN ({marks})",
-            [self.match, *pids],
-        )
-        return {int(pid): -float(score) / self.bound for pid, score in rows}
+        out: dict[int, float] = {}
+        # The stored rows, from FTS5's own content table: a plain B-tree lookup by row id.
+        sql = f"SELECT id, c0 FROM {TABLE}_content WHERE id IN ({{}})"
+        for start in range(0, len(pids), 500):
+            chunk = pids[start : start + 500]
+            for pid, text in db.execute(sql.format(",".join("?" * len(chunk))), chunk):
+                words = text.split()
+                counts = Counter(words)
+                norm = K1 * (1 - B + B * len(words) / self._mean)
+                score = 0.0
+                for key, weight in self._weights.items():
+                    tf = counts.get(key, 0)
+                    if tf:
+                        score += weight * tf * (K1 + 1) / (tf + norm)
+                if score > 0:
+                    out[int(pid)] = score / self.bound
+        return out
+
+
+def _varint(data: bytes, at: int) -> tuple[int, int]:
+    """SQLite's variable-length integer at ``at``: (value, the offset after it)."""
+    value = 0
+    for _ in range(8):
+        byte = data[at]
+        at += 1
+        value = (value << 7) | (byte & 0x7F)
+        if not byte & 0x80:
+            return value, at
+    return (value << 8) | data[at], at + 1
 
 
 def _idf(rows: int, df: int) -> float:

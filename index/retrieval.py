@@ -62,8 +62,10 @@ class Searcher:
     store: Store
     dense_search: DenseSearch
     vectors: int  # passages in the index
-    lexical_rows: int  # passages in the lexical index
+    lexical: tuple[int, float]  # the lexical index's passages and mean terms per passage
     where: tuple[str, list[Any]] | None = None  # a filter as SQL on docs (index.filters)
+    known: dict[str, int] = field(default_factory=dict)  # document frequencies read at this snapshot
+    highlight: bool = False  # dense hits, too, carry the query terms that weigh here
 
     def run(self, queries: Sequence[Query], k: int, mode: Mode, weight: float) -> list[list[Hit]]:
         if mode == "dense":
@@ -102,19 +104,20 @@ class Searcher:
 
     # ------------------------------------------------------------------ lexical and hybrid
 
-    def _lexical(self, query: Query, n: int) -> tuple[LexicalQuery, list[tuple[int, float]]]:
+    def _lexical(self, query: Query, n: int, mode: Mode) -> tuple[LexicalQuery, list[tuple[int, float]]]:
         db = self.store.connection()
-        lq = LexicalQuery(db, query.terms, self.lexical_rows)
+        lq = LexicalQuery(db, query.terms, *self.lexical, self.known)
+        exhaustive = mode == "lexical"  # hybrid scores its dense candidates lexically anyway
         if self.where is None:
-            return lq, lq.top(db, n)
+            return lq, lq.top(db, n, exhaustive=exhaustive)
         sql, args = self.where
-        return lq, lq.top(db, n, f"rowid IN ({self.store.matching_sql(sql)})", args)
+        return lq, lq.top(db, n, f"rowid IN ({self.store.matching_sql(sql)})", args, exhaustive)
 
     def _one(
         self, query: Query, k: int, mode: Mode, weight: float, n: int, dense: dict[int, float]
     ) -> list[Hit]:
         """Lexical or hybrid search of one query; ``dense``: its n best passages by cosine."""
-        lq, lexical = self._lexical(query, n)
+        lq, lexical = self._lexical(query, n, mode)
         if mode == "lexical":
             while True:
                 scores = dict(lexical)
@@ -122,7 +125,7 @@ class Searcher:
                 if len(hits) >= k or len(lexical) < n:
                     break
                 n *= 4
-                lq, lexical = self._lexical(query, n)
+                lq, lexical = self._lexical(query, n, mode)
             return self._finish(hits, query, mode, lq)
         assert query.vector is not None
         lex = dict(lexical)
@@ -183,8 +186,8 @@ class Searcher:
     def _finish(self, hits: list[Hit], query: Query, mode: Mode, lq: LexicalQuery | None = None) -> list[Hit]:
         """Hits with the query terms worth highlighting: those that weigh in this collection (a
         term in half the passages or more weighs nothing, as in BM25)."""
-        if lq is None and self.store.lexical and query.terms and hits:
-            lq = LexicalQuery(self.store.connection(), query.terms, self.lexical_rows)
+        if lq is None and self.highlight and self.store.lexical and query.terms and hits:
+            lq = LexicalQuery(self.store.connection(), query.terms, *self.lexical, self.known)
         terms = lq.weighted_terms() if lq is not None else list(query.terms)
         for hit in hits:
             hit.terms = terms

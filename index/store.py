@@ -369,10 +369,6 @@ class Store:
         rows = self._db.execute(self.matching_sql(where), list(args))
         return np.array([r[0] for r in rows], dtype=np.int64)
 
-    def lexical_rows(self, db: sqlite3.Connection) -> int:
-        """Passages in the lexical index (BM25's N), counted on its size table."""
-        return int(db.execute(f"SELECT COUNT(*) FROM {lexical.TABLE}_docsize").fetchone()[0])
-
     def connection(self) -> sqlite3.Connection:
         """The connection, for the lexical channel's statements (index.lexical)."""
         return self._db

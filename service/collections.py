@@ -114,6 +114,7 @@ class Collections:
         flt: Filter | None,
         mode: Mode = "dense",
         weight: float = DEFAULT_WEIGHT,
+        highlight: bool = False,
     ) -> tuple[str, int, list[list[Hit]]]:
         """(identity and version searched, hits per query)."""
         # OpenMP threads for one query cost more in synchronisation than they save (measured: exact
@@ -121,7 +122,7 @@ class Collections:
         # a server gets its parallelism from concurrent requests. Per thread, so set on each call.
         faiss.omp_set_num_threads(self.search_threads)
         with self.reading(name) as coll:
-            return coll.manifest.identity, coll.version, coll.search(queries, k, flt, mode, weight)
+            return coll.manifest.identity, coll.version, coll.search(queries, k, flt, mode, weight, highlight)
 
     def describe(self, name: str, mode: Mode | None) -> tuple[str, int, Mode]:
         """(identity, committed version, the search mode to run): ``mode`` None is the best the

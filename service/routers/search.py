@@ -97,7 +97,9 @@ async def search(
         vectors = list((await embedder.embed(queries, "query", param)).vectors)
     flt = Filter(lang=body.filter.lang, metadata=body.filter.metadata) if body.filter else None
     prepared = [Query(v, t) for v, t in zip(vectors, terms, strict=True)]
-    run = partial(collections.search, body.collection, prepared, body.k, flt, mode, body.lexical_weight)
+    run = partial(
+        collections.search, body.collection, prepared, body.k, flt, mode, body.lexical_weight, body.highlight
+    )
     searched_identity, searched, rows = await anyio.to_thread.run_sync(run)
     results = await anyio.to_thread.run_sync(_hits, rows, body, lexicon)
     response = SearchResponse(

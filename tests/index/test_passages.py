@@ -209,3 +209,84 @@ def test_a_collection_opened_from_its_snapshot_matches_lexically(
     reader = Collection.open(tmp_path, "c", readonly=True)
     after = reader.search([Query(None, lexicon_of(tokenizer).query_terms("giraffe"))], 1, mode="lexical")[0]
     assert [(h.id, h.score) for h in after] == [(h.id, h.score) for h in before] and after[0].id == "a"
+
+
+def test_lexical_scores_are_fts5_bm25_over_every_query_term(tmp_path: Path, tokenizer: TextTokenizer) -> None:
+    """Candidates come from the rarest terms, but each is scored as FTS5's bm25() scores it with
+    every term of the query."""
+    from index.lexical import TABLE, LexicalQuery, totals
+
+    coll = Collection.create(tmp_path, "c", "m@1", 384)
+    words = [
+        "river",
+        "bridge",
+        "station",
+        "market",
+        "harbour",
+        "castle",
+        "garden",
+        "tower",
+        "museum",
+        "library",
+        "forest",
+        "mountain",
+        "valley",
+        "island",
+        "desert",
+        "village",
+        "city",
+        "street",
+        "square",
+        "church",
+        "school",
+        "hospital",
+        "factory",
+        "farm",
+        "meadow",
+        "lake",
+        "ocean",
+        "beach",
+        "cliff",
+        "cave",
+        "glacier",
+        "volcano",
+        "canyon",
+        "prairie",
+        "swamp",
+        "jungle",
+        "orchard",
+        "vineyard",
+        "quarry",
+        "mine",
+        "port",
+        "airport",
+        "railway",
+        "highway",
+        "tunnel",
+        "canal",
+        "dam",
+        "lighthouse",
+        "windmill",
+        "barn",
+        "stable",
+        "palace",
+        "temple",
+        "fortress",
+        "monastery",
+        "cathedral",
+        "theatre",
+        "stadium",
+    ]
+    rng = np.random.default_rng(1)
+    texts = [" ".join(rng.choice(words, size=int(rng.integers(3, 30)))) for _ in range(1500)]
+    _store(coll, tokenizer, [Document(f"d{i}", t, "en") for i, t in enumerate(texts)])
+    terms = lexicon_of(tokenizer).query_terms("river castle museum")
+    db = sqlite3.connect(tmp_path / "c" / DOCS)
+    lq = LexicalQuery(db, terms, *totals(db))
+    match = " OR ".join(f'"{t}"' for t in lq.weighted_terms())
+    expected = dict(db.execute(f"SELECT rowid, -bm25({TABLE}) FROM {TABLE} WHERE {TABLE} MATCH ?", [match]))
+    got = lq.scores(db, list(expected))
+    assert got.keys() == expected.keys() and len(got) > 100
+    for pid, score in expected.items():
+        assert got[pid] == pytest.approx(score / lq.bound, rel=1e-9)
+    assert [p for p, _ in lq.top(db, 20)] == sorted(expected, key=lambda p: -expected[p])[:20]
