@@ -93,13 +93,13 @@ class Searcher:
             row_scores, row_ids, n = scores[i], ids[i], wanted
             while True:
                 pairs = [(int(p), float(s)) for p, s in zip(row_ids, row_scores, strict=True) if p >= 0]
-                hits = self._group(pairs, dict(pairs), {}, k, weight=0.0)
+                hits = self._group(pairs, dict(pairs), {}, k, "dense")
                 found = len(pairs)
                 if len(hits) >= k or n >= self.vectors or found < n:
                     break  # enough documents, or every passage (the filter admits) was ranked
                 n = min(self.vectors, n * 4)
                 row_scores, row_ids = (a[0] for a in self.dense_search(matrix[i : i + 1], n))
-            out.append(self._finish(hits, query, "dense"))
+            out.append(self._finish(hits, query))
         return out
 
     # ------------------------------------------------------------------ lexical and hybrid
@@ -120,13 +120,12 @@ class Searcher:
         lq, lexical = self._lexical(query, n, mode)
         if mode == "lexical":
             while True:
-                scores = dict(lexical)
-                hits = self._group(lexical, {}, scores, k, weight=1.0)
+                hits = self._group(lexical, {}, dict(lexical), k, mode)
                 if len(hits) >= k or len(lexical) < n:
                     break
                 n *= 4
                 lq, lexical = self._lexical(query, n, mode)
-            return self._finish(hits, query, mode, lq)
+            return self._finish(hits, query, lq)
         assert query.vector is not None
         lex = dict(lexical)
         missing = [p for p in lex if p not in dense]
@@ -135,9 +134,9 @@ class Searcher:
             dense.update({p: float(v @ query.vector) for p, v in stored.items()})
         unscored = [p for p in dense if p not in lex]
         lex.update(lq.scores(self.store.connection(), unscored))
-        fused = sorted(dense, key=lambda p: dense[p] + weight * lex.get(p, 0.0), reverse=True)
-        pairs = [(p, dense[p] + weight * lex.get(p, 0.0)) for p in fused]
-        return self._finish(self._group(pairs, dense, lex, k, weight), query, mode, lq)
+        fused = {p: score + weight * lex.get(p, 0.0) for p, score in dense.items()}
+        pairs = sorted(fused.items(), key=lambda item: item[1], reverse=True)
+        return self._finish(self._group(pairs, dense, lex, k, mode), query, lq)
 
     # ------------------------------------------------------------------ grouping
 
@@ -147,10 +146,10 @@ class Searcher:
         dense: dict[int, float],
         lexical: dict[int, float],
         k: int,
-        weight: float,
+        mode: Mode,
     ) -> list[Hit]:
         """The best passage of each document, best documents first, at most k (``pairs`` sorted
-        best first)."""
+        best first), with the component scores ``mode`` has (dense: no lexical, and the reverse)."""
         places = self.store.passage_places(p for p, _ in pairs)
         chosen: dict[int, tuple[int, float]] = {}  # document row id -> (its best passage, score)
         for pid, score in pairs:
@@ -177,13 +176,13 @@ class Searcher:
                     start,
                     end,
                     doc.lang_detected,
-                    dense.get(pid) if weight < 1.0 else None,
-                    lexical.get(pid, 0.0) if weight > 0.0 else None,
+                    dense.get(pid) if mode != "lexical" else None,
+                    lexical.get(pid, 0.0) if mode != "dense" else None,
                 )
             )
         return hits
 
-    def _finish(self, hits: list[Hit], query: Query, mode: Mode, lq: LexicalQuery | None = None) -> list[Hit]:
+    def _finish(self, hits: list[Hit], query: Query, lq: LexicalQuery | None = None) -> list[Hit]:
         """Hits with the query terms worth highlighting: those that weigh in this collection (a
         term in half the passages or more weighs nothing, as in BM25)."""
         if lq is None and self.highlight and self.store.lexical and query.terms and hits:

@@ -91,7 +91,9 @@ async def search(
         return SearchResponse.model_validate_json(cached[0])
     metrics.cache_misses.labels("search").inc()
     lexicon = lexicon_of(encoder.tokenizer)
-    terms = await anyio.to_thread.run_sync(lambda: [lexicon.query_terms(q) for q in queries])
+    terms: list[list[int]] = [[] for _ in queries]
+    if mode != "dense" or body.highlight:  # a plain dense search needs no lexical terms
+        terms = await anyio.to_thread.run_sync(lambda: [lexicon.query_terms(q) for q in queries])
     vectors: list[np.ndarray | None] = [None] * len(queries)
     if mode != "lexical":  # lexical search needs no model work
         vectors = list((await embedder.embed(queries, "query", param)).vectors)

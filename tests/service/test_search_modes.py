@@ -98,6 +98,21 @@ async def test_every_mode_finds_documents_by_their_best_passage(tmp_path: Path, 
         assert (await client.post("/search", json={"collection": "c", "query": "x"})).json()[
             "mode"
         ] == "hybrid"
+        # Hybrid reports both components whatever its weight (0 and >= 1 once lost one).
+        for weight in (0.0, 1.0, 2.5):
+            r = await client.post(
+                "/search",
+                json={
+                    "collection": "c",
+                    "query": "Xylophone Quintet",
+                    "mode": "hybrid",
+                    "lexical_weight": weight,
+                    "scores": True,
+                },
+            )
+            assert r.status_code == 200, r.text
+            for hit in r.json()["results"][0]:
+                assert hit["scores"]["dense"] is not None and hit["scores"]["lexical"] is not None, weight
 
 
 async def test_modes_never_share_a_cached_answer(tmp_path: Path, encoder: Encoder) -> None:
