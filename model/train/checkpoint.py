@@ -1,5 +1,6 @@
 """What a checkpoint needs besides tensors: every RNG's state (so a resumed run draws the same
-numbers) and replacing a directory whole (a crash never leaves half a checkpoint)."""
+numbers), replacing a directory whole (a crash never leaves half a checkpoint), and the run's
+best model written as a built model directory."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from model.artifact import Manifest
+from model.train.config import TrainConfig
 
 
 def rng_state() -> dict[str, Any]:
@@ -39,3 +43,46 @@ def replace_dir(staging: Path, final: Path) -> None:
         final.rename(old)
     staging.rename(final)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def write_best(
+    encoder: Any,
+    cfg: TrainConfig,
+    manifest: Manifest,
+    step: int,
+    best_score: float | None,
+    elapsed_s: float,
+) -> None:
+    """The encoder alone (no RTL head) as a complete built model directory: ``cfg.out / best``."""
+    from model.build import build_from_checkpoint
+
+    out = cfg.out
+    raw = out / "best.hf.tmp"
+    shutil.rmtree(raw, ignore_errors=True)
+    encoder.save_pretrained(raw, safe_serialization=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (cfg.model_dir / name).is_file():
+            shutil.copy2(cfg.model_dir / name, raw / name)
+    losses = "TR+RTL" if cfg.rtl else "TR"
+    if cfg.objective == "locked":
+        losses = "locked English tower" + (" + RTL" if cfg.rtl else "")
+    build_from_checkpoint(
+        raw,
+        out / "best",
+        manifest.pooling,
+        name=cfg.name or f"{manifest.name}-dap",
+        query_prefix=manifest.query_prefix,
+        passage_prefix=manifest.passage_prefix,
+        max_length=manifest.max_length,
+        force=True,
+        provenance={
+            "source": "dapsearch train",
+            "base_model": manifest.id,
+            "run": str(out.resolve()),
+            "step": str(step),
+            "dev_p1": f"{best_score:.2f}" if best_score is not None else "",
+            "losses": losses,
+            "wall_time_s": f"{elapsed_s:.0f}",
+        },
+    )
+    shutil.rmtree(raw, ignore_errors=True)

@@ -16,6 +16,7 @@ from model.train.mixture import BatchLanguages
 Direction = Literal["xx2en", "en2xx", "both"]
 Precision = Literal["auto", "fp32", "bf16"]
 Kind = Literal["query", "passage"]
+Objective = Literal["dap", "locked"]
 DEV_FOLDERS = ("dev", "dev-short")  # looked for in every --data folder when no --dev is given
 
 
@@ -47,6 +48,17 @@ class TrainConfig(BaseModel):
     weight_decay: float = Field(0.0, ge=0)
     grad_clip: float = Field(1.0, gt=0)
     temperature: float = Field(0.05, gt=0)
+    objective: Objective = Field(
+        "dap",
+        description="dap: translation ranking both ways (+ RTL, + distillation); locked: every language "
+        "moved onto the frozen base's English embeddings (model/train/locked.py), + RTL.",
+    )
+    ranking_weight: float = Field(0.2, ge=0, description="locked: λ of the ranking terms against t(en).")
+    passage_share: float = Field(0.5, ge=0, le=1, description="locked: share of batches under passage:.")
+    paragraph_share: float = Field(
+        0.5, ge=0, le=1, description="locked: share of the passage: batches joined into pseudo-paragraphs."
+    )
+    paragraph_pairs: int = Field(4, ge=2, description="locked: pairs of one language per pseudo-paragraph.")
     tr_direction: Direction = "both"
     margin: float = Field(0.0, ge=0, description="Additive margin on the true pair's cosine (LaBSE: 0.3).")
     distill_weight: float = Field(0.0, ge=0, description="Weight of 1 - cos(embedding, frozen base's).")
@@ -81,6 +93,8 @@ class StepStats:
     tr: float
     rtl: float
     distill: float = 0.0
+    english: float = 0.0  # locked: 1 - cos(s(en), t(en))
+    transfer: float = 0.0  # locked: 1 - cos(s(xx), t(en))
 
 
 def distillation_loss(student: torch.Tensor, base: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,17 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from core.errors import InputError
+
+
+def choose_device(name: str) -> torch.device:
+    """``auto`` is CUDA where there is one; asking for CUDA without one is the user's error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda but no CUDA device is available")
+    return torch.device(name)
+
 
 def rank_and_size() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():

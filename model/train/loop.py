@@ -17,7 +17,7 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from core.files import atomic_write_text
 from model.artifact import read_manifest
 from model.torch_model import load_transformer
 from model.train.budget import PROBE_STEPS, Budget, scaled_warmup
-from model.train.checkpoint import replace_dir, rng_state, set_rng_state
+from model.train.checkpoint import replace_dir, rng_state, set_rng_state, write_best
 from model.train.config import (
     DEV_FOLDERS,
     Interrupted,
@@ -42,12 +42,14 @@ from model.train.config import (
     cpu_has_native_bf16,
     distillation_loss,
 )
-from model.train.corpus import Pair, read_dev, read_pairs
+from model.train.corpus import Pair, read_dev
 from model.train.dap_model import DapModel, Tokenizer, dev_accuracy, freeze, set_dropout
-from model.train.distributed import average_gradients, init_distributed, rank_and_size
+from model.train.distributed import average_gradients, choose_device, init_distributed, rank_and_size
+from model.train.locked import batch_shape, locked_loss, pseudo_paragraphs
 from model.train.losses import translation_ranking_loss
 from model.train.mixture import MixtureStream, find_corpora
-from model.train.rtl import EnglishVocab, RTLHead, rtl_labels
+from model.train.rtl import EnglishVocab, RTLHead, rtl_labels, run_english_vocab
+from model.train.summary import describe_run
 
 
 class Trainer:
@@ -64,7 +66,7 @@ class Trainer:
             if cfg.time_budget is not None
             else None
         )
-        self.device = self._device(cfg.device)
+        self.device = choose_device(cfg.device)
         self.distributed = init_distributed(self.device)
         self.rank, self.world = rank_and_size()
         if cfg.batch_size % self.world:
@@ -74,6 +76,9 @@ class Trainer:
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.manifest = read_manifest(cfg.model_dir)
         self.tokenizer = Tokenizer(cfg.model_dir, self.manifest, cfg.max_length)
+        self.paragraph_tokenizer = Tokenizer(
+            cfg.model_dir, self.manifest, cfg.max_length * cfg.paragraph_pairs
+        )
         self.corpora = find_corpora(cfg.data, cfg.langs)
         self.langs = sorted(self.corpora)
         self.dev_dirs = self._dev_dirs()
@@ -117,7 +122,7 @@ class Trainer:
             set_dropout(rtl, cfg.dropout)
         self.model = DapModel(encoder, self.manifest.pooling, rtl).to(self.device)
         self.teacher: DapModel | None = None
-        if cfg.distill_weight > 0:
+        if cfg.distill_weight > 0 or cfg.objective == "locked":
             teacher = load_transformer(cfg.model_dir)
             teacher.requires_grad_(False)
             self.teacher = DapModel(teacher, self.manifest.pooling, None).to(self.device).eval()
@@ -129,14 +134,6 @@ class Trainer:
         self.best_step: int | None = None
 
     # ------------------------------------------------------------------ setup
-
-    @staticmethod
-    def _device(name: str) -> torch.device:
-        if name == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        if name == "cuda" and not torch.cuda.is_available():
-            raise InputError("--device cuda but no CUDA device is available")
-        return torch.device(name)
 
     def _dev_dirs(self) -> list[Path]:
         if self.cfg.dev is not None:
@@ -159,33 +156,9 @@ class Trainer:
 
     def describe(self) -> list[str]:
         """What the run trains on and selects by, printed at start-up."""
-        files = sum(len(c) for c in self.corpora.values())
-        shares = sorted(self.stream.shares.items(), key=lambda kv: -kv[1])
-        lines = [
-            f"data: {files} files in {', '.join(str(d) for d in self.cfg.data)}; "
-            f"{len(self.langs)} languages sampled p ∝ n^{self.cfg.lang_alpha:g} "
-            f"({self.cfg.batch_languages} batches): "
-            + ", ".join(f"{lang} {share * 100:.1f}%" for lang, share in shares),
-        ]
-        if self.cfg.source_weights:
-            weights = ", ".join(f"{k}={v:g}" for k, v in sorted(self.cfg.source_weights.items()))
-            lines.append(f"source weights: {weights}")
-        if self.dev:
-            sets = "; ".join(
-                f"{d} ({len(self.dev[d.name])} languages, up to {self.cfg.eval_pairs} pairs each)"
-                for d in self.dev_dirs
-                if d.name in self.dev
-            )
-            lines.append(f"dev (model selection: mean P@1 over the sets): {sets}")
-        else:
-            lines.append("no dev set: the final model is written to OUT/best")
-        lines.append(f"precision: {'bf16 autocast' if self.bf16 else 'fp32'} on {self.device}")
-        if self.cfg.time_budget is not None:
-            lines.append(
-                f"time budget: {self.cfg.time_budget:g} min (the last step is fitted after "
-                f"{PROBE_STEPS} steps and after each evaluation; at most {self.cfg.steps} steps)"
-            )
-        return lines
+        return describe_run(
+            self.cfg, self.corpora, self.stream.shares, self.dev, self.dev_dirs, self.bf16, self.device
+        )
 
     @staticmethod
     def _seed_everything(seed: int) -> None:
@@ -202,27 +175,30 @@ class Trainer:
 
     def _english_vocab(self) -> EnglishVocab:
         """English-side token ids of the training files, computed once and cached in the run dir."""
-        path = self.cfg.out / "en_vocab.txt"
-        if path.is_file():
-            return EnglishVocab.load(path)
-        texts: Iterator[Pair] = (
-            pair
-            for lang, corpora in self.corpora.items()
-            for c in corpora
-            for pair in read_pairs(c.path, lang)
-        )
         kind = self.cfg.en_kind
-        vocab = EnglishVocab.collect(
-            texts, lambda batch: self.tokenizer.encode_batch(batch, kind), always=self.tokenizer.specials
+        return run_english_vocab(
+            self.cfg.out / "en_vocab.txt",
+            self.corpora,
+            lambda batch: self.tokenizer.encode_batch(batch, kind),
+            self.tokenizer.specials,
+            write=self.rank == 0,
         )
-        if self.rank == 0:
-            self.cfg.out.mkdir(parents=True, exist_ok=True)
-            vocab.save(path)
-        return vocab
 
     # ------------------------------------------------------------------ one step
 
     def train_step(self, batch: list[Pair]) -> StepStats:
+        loss, stats = self._locked(batch) if self.cfg.objective == "locked" else self._dap(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        average_gradients(self.params)
+        torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        stats.loss = float(loss.detach())
+        return stats
+
+    def _dap(self, batch: list[Pair]) -> tuple[torch.Tensor, StepStats]:
+        """Translation ranking (+ RTL, + distillation to the base), ``query:`` on the X side."""
         cfg = self.cfg
         src_ids, src_mask = self.tokenizer.encode([p.src for p in batch], self.device)
         en_ids, en_mask = self.tokenizer.encode([p.en for p in batch], self.device, cfg.en_kind)
@@ -232,14 +208,8 @@ class Trainer:
         tr = translation_ranking_loss(
             src_emb.float(), en_emb.float(), cfg.temperature, cfg.tr_direction, cfg.margin
         )
-        loss = tr
-        rtl_value = distill_value = 0.0
-        if self.model.rtl is not None and cfg.rtl_weight > 0:
-            labels = rtl_labels(en_ids, en_mask, self.vocab.to_compact)
-            with self._autocast():
-                rtl = self.model.rtl(src_states, src_mask, en_ids, en_mask, labels).float()
-            loss = loss + cfg.rtl_weight * rtl
-            rtl_value = float(rtl.detach())
+        loss, stats = tr, StepStats(0.0, float(tr.detach()), 0.0)
+        loss = loss + self._rtl(src_states, src_mask, en_ids, en_mask, stats)
         if self.teacher is not None:
             with torch.no_grad(), self._autocast():
                 src_base, _ = self.teacher.embed(src_ids, src_mask)
@@ -248,14 +218,49 @@ class Trainer:
                 torch.cat([src_emb, en_emb]).float(), torch.cat([src_base, en_base]).float()
             )
             loss = loss + cfg.distill_weight * distill
-            distill_value = float(distill.detach())
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[no-untyped-call]
-        average_gradients(self.params)
-        torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
-        self.optimizer.step()
-        self.scheduler.step()
-        return StepStats(float(loss.detach()), float(tr.detach()), rtl_value, distill_value)
+            stats.distill = float(distill.detach())
+        return loss, stats
+
+    def _locked(self, batch: list[Pair]) -> tuple[torch.Tensor, StepStats]:
+        """The locked English tower (``model/train/locked.py``), + RTL on sentence batches."""
+        cfg = self.cfg
+        shape = batch_shape(cfg.seed, self.step, cfg.passage_share, cfg.paragraph_share)
+        tokenizer = self.tokenizer
+        if shape.paragraphs:
+            batch, tokenizer = pseudo_paragraphs(batch, cfg.paragraph_pairs), self.paragraph_tokenizer
+        src_ids, src_mask = tokenizer.encode([p.src for p in batch], self.device, shape.kind)
+        en_ids, en_mask = tokenizer.encode([p.en for p in batch], self.device, shape.kind)
+        assert self.teacher is not None
+        with self._autocast():
+            src_emb, src_states = self.model.embed(src_ids, src_mask)
+            en_emb, _ = self.model.embed(en_ids, en_mask)
+            with torch.no_grad():
+                target, _ = self.teacher.embed(en_ids, en_mask)
+        parts = locked_loss(
+            src_emb.float(), en_emb.float(), target.float(), cfg.temperature, cfg.ranking_weight
+        )
+        stats = StepStats(0.0, parts.ranking, 0.0, english=parts.english, transfer=parts.transfer)
+        loss = parts.total
+        if not shape.paragraphs:  # the RTL head reads sentences (its targets are at most max_length)
+            loss = loss + self._rtl(src_states, src_mask, en_ids, en_mask, stats)
+        return loss, stats
+
+    def _rtl(
+        self,
+        src_states: torch.Tensor,
+        src_mask: torch.Tensor,
+        en_ids: torch.Tensor,
+        en_mask: torch.Tensor,
+        stats: StepStats,
+    ) -> torch.Tensor | float:
+        """The weighted RTL loss (0 without the head), its value recorded in ``stats``."""
+        if self.model.rtl is None or self.cfg.rtl_weight <= 0:
+            return 0.0
+        labels = rtl_labels(en_ids, en_mask, self.vocab.to_compact)
+        with self._autocast():
+            rtl: torch.Tensor = self.model.rtl(src_states, src_mask, en_ids, en_mask, labels).float()
+        stats.rtl = float(rtl.detach())
+        return self.cfg.rtl_weight * rtl
 
     def _autocast(self) -> Any:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
@@ -314,39 +319,10 @@ class Trainer:
 
     def save_best(self) -> None:
         """The encoder alone (no RTL head) as a complete built model directory: out/best."""
-        if self.rank != 0:
-            return
-        from model.build import build_from_checkpoint
-
-        out = self.cfg.out
-        raw = out / "best.hf.tmp"
-        shutil.rmtree(raw, ignore_errors=True)
-        encoder: Any = self.model.encoder
-        encoder.save_pretrained(raw, safe_serialization=True)
-        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-            if (self.cfg.model_dir / name).is_file():
-                shutil.copy2(self.cfg.model_dir / name, raw / name)
-        m = self.manifest
-        build_from_checkpoint(
-            raw,
-            out / "best",
-            m.pooling,
-            name=self.cfg.name or f"{m.name}-dap",
-            query_prefix=m.query_prefix,
-            passage_prefix=m.passage_prefix,
-            max_length=m.max_length,
-            force=True,
-            provenance={
-                "source": "dapsearch train",
-                "base_model": m.id,
-                "run": str(out.resolve()),
-                "step": str(self.step),
-                "dev_p1": f"{self.best_score:.2f}" if self.best_score is not None else "",
-                "losses": "TR+RTL" if self.cfg.rtl else "TR",
-                "wall_time_s": f"{self.elapsed():.0f}",
-            },
-        )
-        shutil.rmtree(raw, ignore_errors=True)
+        if self.rank == 0:
+            write_best(
+                self.model.encoder, self.cfg, self.manifest, self.step, self.best_score, self.elapsed()
+            )
 
     # ------------------------------------------------------------------ the loop
 
@@ -414,6 +390,8 @@ class Trainer:
                     "tr": stats.tr,
                     "rtl": stats.rtl,
                     "distill": stats.distill,
+                    "english": stats.english,
+                    "transfer": stats.transfer,
                     "lr": float(self.scheduler.get_last_lr()[0]),
                     "pairs_per_s": pairs_done / max(time.perf_counter() - started, 1e-9),
                     "planned": self.planned,

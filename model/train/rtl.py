@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import copy
 import itertools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
@@ -38,7 +38,7 @@ from torch.nn import functional as F
 
 from core.errors import InputError
 from core.files import atomic_write_text
-from model.train.corpus import Pair
+from model.train.corpus import Pair, read_pairs
 
 if TYPE_CHECKING:
     from transformers import BertModel
@@ -292,3 +292,23 @@ class EnglishVocab:
             for ids in encode_batch(batch):
                 seen.update(ids)
         return cls(np.fromiter(sorted(seen), dtype=np.int64, count=len(seen)))
+
+
+def run_english_vocab(
+    path: Path,
+    corpora: Mapping[str, Sequence[Any]],
+    encode: Callable[[list[str]], list[list[int]]],
+    always: Sequence[int],
+    write: bool,
+) -> EnglishVocab:
+    """The English side's token ids over every training file (``corpora``: language → corpora with
+    a ``path``), read from ``path`` when an earlier start of the run wrote it, else collected and
+    written there (by one process: ``write``)."""
+    if path.is_file():
+        return EnglishVocab.load(path)
+    texts = (pair for lang, found in corpora.items() for c in found for pair in read_pairs(c.path, lang))
+    vocab = EnglishVocab.collect(texts, encode, always=always)
+    if write:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        vocab.save(path)
+    return vocab

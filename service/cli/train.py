@@ -93,6 +93,26 @@ def train_cmd(
     lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate (AdamW).")] = 5e-5,
     warmup: Annotated[int, typer.Option(min=0, help="Linear warm-up steps, then linear decay.")] = 100,
     temperature: Annotated[float, typer.Option(min=1e-4, help="InfoNCE temperature.")] = 0.05,
+    objective: Annotated[
+        str,
+        typer.Option(
+            help="dap: translation ranking both ways | locked: every language moved onto the frozen "
+            "base's English embeddings (keeps English and same-language search)."
+        ),
+    ] = "dap",
+    ranking_weight: Annotated[
+        float, typer.Option(min=0.0, help="locked: weight λ of the ranking terms against the base's English.")
+    ] = 0.2,
+    passage_share: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="locked: share of batches under the passage: prefix.")
+    ] = 0.5,
+    paragraph_share: Annotated[
+        float,
+        typer.Option(min=0.0, max=1.0, help="locked: share of passage: batches joined as pseudo-paragraphs."),
+    ] = 0.5,
+    paragraph_pairs: Annotated[
+        int, typer.Option(min=2, help="locked: pairs of one language joined per pseudo-paragraph.")
+    ] = 4,
     tr_direction: Annotated[str, typer.Option(help="both | xx2en (the paper) | en2xx.")] = "both",
     margin: Annotated[float, typer.Option(min=0.0, help="Additive margin on true pairs' cosine.")] = 0.0,
     rtl_weight: Annotated[float, typer.Option(min=0.0, help="Weight of the RTL loss.")] = 0.1,
@@ -172,6 +192,8 @@ def train_cmd(
     for d in data:
         if not d.is_dir():
             raise InputError(f"data directory not found: {d}")
+    if objective not in ("dap", "locked"):
+        raise InputError("--objective must be dap or locked")
     if tr_direction not in ("both", "xx2en", "en2xx"):
         raise InputError("--tr-direction must be both, xx2en or en2xx")
     if en_kind not in ("query", "passage"):
@@ -200,6 +222,11 @@ def train_cmd(
         lr=v["lr"],
         warmup=v["warmup"],
         temperature=temperature,
+        objective=objective,
+        ranking_weight=ranking_weight,
+        passage_share=passage_share,
+        paragraph_share=paragraph_share,
+        paragraph_pairs=paragraph_pairs,
         tr_direction=tr_direction,
         margin=margin,
         rtl=not no_rtl,
