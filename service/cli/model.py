@@ -150,15 +150,24 @@ def model_pack(
 def model_interpolate(
     base: Annotated[Path, typer.Option("--base", help="The model training started from.")],
     trained: Annotated[Path, typer.Option("--trained", help="The trained model (e.g. runs/dap/best).")],
-    alpha: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of the trained weights.")],
     out: Annotated[Path, typer.Option("--out", help="Output model directory.")],
+    alpha: Annotated[
+        float | None, typer.Option(min=0.0, max=1.0, help="Share of the trained weights (every tensor).")
+    ] = None,
+    alphas: Annotated[
+        str | None,
+        typer.Option(help="One share per group instead: embeddings=A,1-4=A,5-8=A,9-12=A (layers 1-based)."),
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing directory.")] = False,
 ) -> None:
     """θ = α·θ_trained + (1 − α)·θ_base, written as a built model directory."""
-    from model.interpolate import interpolate
+    from model.interpolate import describe_alphas, interpolate, parse_alphas
 
-    manifest = interpolate(base, trained, alpha, out, force)
-    typer.echo(f"built {manifest.id} ({alpha:g} x trained + {1 - alpha:g} x base) in {out}")
+    if (alpha is None) == (alphas is None):
+        raise InputError("give one of --alpha (one share) or --alphas (a share per group of layers)")
+    share = alpha if alpha is not None else parse_alphas(alphas or "")
+    manifest = interpolate(base, trained, share, out, force)
+    typer.echo(f"built {manifest.id} ({describe_alphas(share)} x trained, the rest base) in {out}")
 
 
 @model_app.command("export")
