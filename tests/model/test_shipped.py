@@ -228,6 +228,17 @@ def test_the_bundled_dap_model_is_built_from_the_package_tensors(
     assert made.id.startswith("multilingual-e5-small-dap@") and plain.id.startswith("multilingual-e5-small@")
     assert made.provenance["dap_tensors_sha256"] == sha256(shipped) and made.provenance["dap_steps"] == "5"
     assert "dap_tensors" not in plain.provenance
+    # A release with other tensors: the old build is replaced, under a new model id.
+    newer = tmp_path / "pkg2" / "multilingual-e5-small-dap.safetensors"
+    pack(trained, newer, {"steps": "6"})
+    monkeypatch.setattr(model.shipped, "shipped_tensors_path", lambda: newer)
+    assert ensure_model(dap, "torch", bundled="dap") == ["build"]
+    rebuilt = read_manifest(dap)
+    assert (
+        rebuilt.provenance["dap_tensors_sha256"] == sha256(newer) and rebuilt.provenance["dap_steps"] == "6"
+    )
+    assert ensure_model(dap, "torch", bundled="dap") == []
+    assert ensure_model(base, "torch") == []  # the base never follows the DAP tensors
     monkeypatch.setattr(model.shipped, "shipped_tensors_path", lambda: tmp_path / "gone.safetensors")
     with pytest.raises(InputError, match="missing"):
         ensure_model(tmp_path / "other", "torch", bundled="dap")
@@ -258,3 +269,39 @@ def test_cli_builds_the_base_on_request_and_info_shows_the_provenance(tmp_path: 
         env=env,
     )
     assert both.returncode == 2 and "--base" in both.stderr
+
+
+def test_per_group_interpolation_weighs_each_group_of_layers(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from model.interpolate import merge_group, parse_alphas
+
+    trained = tmp_path / "trained"
+    shutil.copytree(tiny_model_dir, trained)
+    state = load_file(str(trained / "model.safetensors"))
+    keys = {k: state[k] for k in state if state[k].dtype == np.float32}
+    save_file(
+        {k: (v + 1.0 if k in keys else v) for k, v in state.items()},
+        str(trained / "model.safetensors"),
+        {"format": "pt"},
+    )
+    base = load_file(str(tiny_model_dir / "model.safetensors"))
+    alphas = parse_alphas("embeddings=0.1,1-4=0.2,5-8=0.3,9-12=0.4")
+    m = interpolate(tiny_model_dir, trained, alphas, tmp_path / "mixed")
+    mixed = load_file(str(tmp_path / "mixed" / "model.safetensors"))
+    layers = 1 + max(int(k.split(".")[2]) for k in keys if k.startswith("encoder.layer."))
+    for key in keys:
+        np.testing.assert_allclose(mixed[key], base[key] + alphas[merge_group(key, layers)], atol=1e-6)
+    assert "embeddings=0.1" in m.provenance["interpolation"]
+    assert {merge_group(f"encoder.layer.{i}.output.dense.weight") for i in range(12)} == {
+        "1-4",
+        "5-8",
+        "9-12",
+    }
+    assert (
+        merge_group("encoder.layer.4.x") == "5-8"
+        and merge_group("embeddings.LayerNorm.weight") == "embeddings"
+    )
+    for bad in ("embeddings=0.1", "embeddings=2,1-4=0,5-8=0,9-12=0", "x=1"):
+        with pytest.raises(InputError):
+            parse_alphas(bad)
