@@ -102,7 +102,7 @@ def train_cmd(
     ] = "dap",
     ranking_weight: Annotated[
         float, typer.Option(min=0.0, help="locked: weight λ of the ranking terms against the base's English.")
-    ] = 0.2,
+    ] = 0.02,
     passage_share: Annotated[
         float, typer.Option(min=0.0, max=1.0, help="locked: share of batches under the passage: prefix.")
     ] = 0.5,
