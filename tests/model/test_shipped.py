@@ -305,3 +305,27 @@ def test_per_group_interpolation_weighs_each_group_of_layers(tiny_model_dir: Pat
     for bad in ("embeddings=0.1", "embeddings=2,1-4=0,5-8=0,9-12=0", "x=1"):
         with pytest.raises(InputError):
             parse_alphas(bad)
+
+
+def test_cli_interpolate_takes_one_alpha_or_one_per_group(tiny_model_dir: Path, tmp_path: Path) -> None:
+    cli = [sys.executable, "-m", "service.cli", "model", "interpolate", "--base", str(tiny_model_dir)]
+    cli += ["--trained", str(tiny_model_dir), "--out"]
+    neither = subprocess.run([*cli, str(tmp_path / "a")], capture_output=True, text=True)
+    both = subprocess.run(
+        [*cli, str(tmp_path / "b"), "--alpha", "0.3", "--alphas", "embeddings=1"],
+        capture_output=True,
+        text=True,
+    )
+    short = subprocess.run(
+        [*cli, str(tmp_path / "c"), "--alphas", "embeddings=1,1-4=1"], capture_output=True, text=True
+    )
+    for result in (neither, both):
+        assert result.returncode == 2 and "give one of --alpha" in result.stderr, result.stderr
+    assert short.returncode == 2 and "needs every group" in short.stderr, short.stderr
+    ok = subprocess.run(
+        [*cli, str(tmp_path / "d"), "--alphas", "embeddings=1,1-4=0.5,5-8=0.5,9-12=0"],
+        capture_output=True,
+        text=True,
+    )
+    assert ok.returncode == 0 and "embeddings=1,1-4=0.5" in ok.stdout, ok.stderr
+    assert not (tmp_path / "a").exists() and (tmp_path / "d" / "manifest.json").is_file()
