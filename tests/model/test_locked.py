@@ -63,7 +63,7 @@ def test_pseudo_paragraphs_join_one_language_in_the_same_order_on_both_sides() -
     assert pseudo_paragraphs(one, 4) == one  # a single paragraph would leave the ranking no negative
 
 
-def test_a_locked_run_keeps_english_near_the_base_and_resumes_exactly(
+def test_a_locked_run_trains_against_the_frozen_base_and_resumes_exactly(
     data_dir: Path,  # noqa: F811
     tiny_model_dir: Path,
     tmp_path: Path,
@@ -74,6 +74,7 @@ def test_a_locked_run_keeps_english_near_the_base_and_resumes_exactly(
     result = straight.run()
     train = [h for h in result.history if "loss" in h]
     assert all(h["english"] >= 0 and h["transfer"] > 0 and h["tr"] > 0 for h in train)
+    assert train[0]["english"] < train[0]["transfer"]  # English starts on its target, X does not
     assert any(h["rtl"] > 0 for h in train) and any(h["rtl"] == 0 for h in train)  # none on paragraphs
     assert (tmp_path / "a" / "best" / "manifest.json").is_file()
 
