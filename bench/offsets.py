@@ -31,7 +31,7 @@ from machine import cpu_flags, cpu_model
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from evaluation.search import read_search_dev  # noqa: E402
+from evaluation.search import rank_metrics, read_search_dev  # noqa: E402
 from model.encoder import Encoder, Kind  # noqa: E402
 from model.train.corpus import read_dev  # noqa: E402
 from model.train.dev import retrieval_p1  # noqa: E402
@@ -83,12 +83,6 @@ class Shifted:
         return np.asarray(moved / np.linalg.norm(moved, axis=1, keepdims=True), dtype=np.float32)
 
 
-def r1(queries: np.ndarray, passages: np.ndarray, answers: Sequence[int]) -> float:
-    sims = queries @ passages.T
-    gold = np.asarray(answers)
-    return float(((sims > sims[np.arange(len(gold)), gold][:, None]).sum(axis=1) == 0).mean() * 100)
-
-
 def measure(shifted: Shifted, shift: bool, limit: int) -> dict[str, Any]:
     row: dict[str, Any] = {}
     for name in ("dev", "dev-short"):
@@ -105,10 +99,12 @@ def measure(shifted: Shifted, shift: bool, limit: int) -> dict[str, Any]:
     mono, cross = [], []
     for lang, item in data.items():
         queries = shifted.embed(item.queries, lang, "query", shift)
-        mono.append(r1(queries, shifted.embed(item.passages, lang, "passage", shift), item.answers))
+        passages = shifted.embed(item.passages, lang, "passage", shift)
+        mono.append(rank_metrics(queries, passages, item.answers)[0])
         if lang != "en":
             position = {pid: i for i, pid in enumerate(english.passage_ids)}
-            cross.append(r1(queries, en_passages, [position[item.passage_ids[a]] for a in item.answers]))
+            answers = [position[item.passage_ids[a]] for a in item.answers]
+            cross.append(rank_metrics(queries, en_passages, answers)[0])
     langs = list(data)
     row["search_mono"] = float(np.mean([m for lang, m in zip(langs, mono, strict=True) if lang != "en"]))
     row["search_cross"] = float(np.mean(cross))

@@ -71,7 +71,7 @@ def read_search_dev(directory: Path, langs: Sequence[str] | None = None) -> dict
     return out
 
 
-def _rank_metrics(queries: np.ndarray, passages: np.ndarray, answers: Sequence[int]) -> tuple[float, float]:
+def rank_metrics(queries: np.ndarray, passages: np.ndarray, answers: Sequence[int]) -> tuple[float, float]:
     """R@1 and MRR@10 (%) of the right paragraph among all of them, by cosine."""
     sims = queries @ passages.T
     gold = np.asarray(answers)
@@ -92,11 +92,11 @@ def search_scores(
         if progress is not None:
             progress(f"{memo.encoder.model_id}: search {lang}")
         queries = memo.embed(item.queries, "query")
-        mono = _rank_metrics(queries, memo.embed(item.passages, "passage"), item.answers)
+        mono = rank_metrics(queries, memo.embed(item.passages, "passage"), item.answers)
         cross: tuple[float | None, float | None] = (None, None)
         if lang != "en":
             position = {pid: i for i, pid in enumerate(en.passage_ids)}
             answers = [position[item.passage_ids[a]] for a in item.answers]
-            cross = _rank_metrics(queries, en_passages, answers)
+            cross = rank_metrics(queries, en_passages, answers)
         out[lang] = SearchScores(mono[0], mono[1], cross[0], cross[1])
     return out

@@ -64,6 +64,11 @@ def describe_alphas(alpha: float | Mapping[str, float]) -> str:
     return ",".join(f"{group}={alpha[group]:g}" for group in MERGE_GROUPS)
 
 
+def _shares(alpha: float | Mapping[str, float]) -> Mapping[str, float]:
+    """α per group: one number stands for every group."""
+    return dict.fromkeys(MERGE_GROUPS, float(alpha)) if isinstance(alpha, int | float) else alpha
+
+
 def interpolate_states(
     base: dict[str, np.ndarray], trained: dict[str, np.ndarray], alpha: float | Mapping[str, float]
 ) -> dict[str, np.ndarray]:
@@ -74,12 +79,13 @@ def interpolate_states(
         )
     found = [int(m.group(1)) for m in map(_LAYER.search, base) if m is not None]
     layers = max(found) + 1 if found else 12
+    shares = _shares(alpha)
     out: dict[str, np.ndarray] = {}
     for key in sorted(base):
         a, b = trained[key], base[key]
         if a.shape != b.shape:
             raise InputError(f"{key}: shapes {a.shape} and {b.shape} differ")
-        share = alpha if isinstance(alpha, int | float) else alpha[merge_group(key, layers)]
+        share = shares[merge_group(key, layers)]
         if np.issubdtype(a.dtype, np.floating):
             out[key] = (share * a.astype(np.float64) + (1 - share) * b.astype(np.float64)).astype(a.dtype)
         else:
@@ -99,8 +105,7 @@ def interpolate(
 
     from model.build import build_from_checkpoint
 
-    shares = [alpha] if isinstance(alpha, int | float) else list(alpha.values())
-    if not all(0.0 <= a <= 1.0 for a in shares):
+    if not all(0.0 <= a <= 1.0 for a in _shares(alpha).values()):
         raise InputError(f"--alpha must be between 0 and 1, not {describe_alphas(alpha)}")
     base_m, trained_m = read_manifest(base_dir), read_manifest(trained_dir)
     if (base_m.architecture, base_m.dim) != (trained_m.architecture, trained_m.dim):

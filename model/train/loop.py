@@ -11,6 +11,7 @@ and exits. The best model by dev P@1 is written as a complete built model direct
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -76,9 +77,6 @@ class Trainer:
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.manifest = read_manifest(cfg.model_dir)
         self.tokenizer = Tokenizer(cfg.model_dir, self.manifest, cfg.max_length)
-        self.paragraph_tokenizer = Tokenizer(
-            cfg.model_dir, self.manifest, cfg.max_length * cfg.paragraph_pairs
-        )
         self.corpora = find_corpora(cfg.data, cfg.langs)
         self.langs = sorted(self.corpora)
         self.dev_dirs = self._dev_dirs()
@@ -173,13 +171,17 @@ class Trainer:
         remaining = self.planned - step
         return max(0.0, remaining / max(1, self.planned - self.warmup))
 
+    @functools.cached_property
+    def paragraph_tokenizer(self) -> Tokenizer:
+        """Pseudo-paragraphs' longer tokenizer, the locked objective's alone: built on first use."""
+        return Tokenizer(self.cfg.model_dir, self.manifest, self.cfg.max_length * self.cfg.paragraph_pairs)
+
     def _english_vocab(self) -> EnglishVocab:
         """English-side token ids of the training files, computed once and cached in the run dir."""
-        kind = self.cfg.en_kind
         return run_english_vocab(
             self.cfg.out / "en_vocab.txt",
             self.corpora,
-            lambda batch: self.tokenizer.encode_batch(batch, kind),
+            lambda batch: self.tokenizer.encode_batch(batch, self.cfg.en_kind),
             self.tokenizer.specials,
             write=self.rank == 0,
         )
@@ -222,7 +224,7 @@ class Trainer:
         return loss, stats
 
     def _locked(self, batch: list[Pair]) -> tuple[torch.Tensor, StepStats]:
-        """The locked English tower (``model/train/locked.py``), + RTL on sentence batches."""
+        """The locked English tower (``model/train/locked.py``), + RTL on sentence batches only."""
         cfg = self.cfg
         shape = batch_shape(cfg.seed, self.step, cfg.passage_share, cfg.paragraph_share)
         tokenizer = self.tokenizer
@@ -240,10 +242,8 @@ class Trainer:
             src_emb.float(), en_emb.float(), target.float(), cfg.temperature, cfg.ranking_weight
         )
         stats = StepStats(0.0, parts.ranking, 0.0, english=parts.english, transfer=parts.transfer)
-        loss = parts.total
-        if not shape.paragraphs:  # the RTL head reads sentences (its targets are at most max_length)
-            loss = loss + self._rtl(src_states, src_mask, en_ids, en_mask, stats)
-        return loss, stats
+        rtl = 0.0 if shape.paragraphs else self._rtl(src_states, src_mask, en_ids, en_mask, stats)
+        return parts.total + rtl, stats
 
     def _rtl(
         self,
