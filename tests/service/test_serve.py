@@ -208,6 +208,9 @@ def test_slow_and_idle_connections_are_closed(tiny_model_dir: Path, tmp_path: Pa
                         break
                 except TimeoutError:
                     pass
+                except OSError:  # a reset (the server closed with bytes unread) is a close too
+                    closed_after = time.monotonic() - started
+                    break
             assert closed_after is not None, "the trickled head was never cut off"
             assert 1.0 < closed_after < 4.0, closed_after
         with socket.create_connection(("127.0.0.1", port), timeout=10) as fine:
