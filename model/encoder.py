@@ -52,6 +52,11 @@ class Tokenized:
     ids: list[list[int]]
     truncated: list[int] = field(default_factory=list)
 
+    def take(self, rows: Sequence[int]) -> Tokenized:
+        """The texts at ``rows``, in that order, with their truncation flags."""
+        cut = set(self.truncated)
+        return Tokenized([self.ids[r] for r in rows], [j for j, r in enumerate(rows) if r in cut])
+
 
 @dataclass
 class Embeddings:
@@ -377,15 +382,21 @@ class Encoder:
         kind: Kind = "query",
         progress: Callable[[int], None] | None = None,
         timings: Timings | None = None,
+        tokenized: Tokenized | None = None,
     ) -> Embeddings:
-        """Embed ``texts``; ``progress`` is called with the number of texts done per batch."""
+        """Embed ``texts``; ``progress`` is called with the number of texts done per batch.
+        ``tokenized``: the texts' ids under ``kind`` where the caller has them already (the
+        service counts a request's tokens before it queues them), so no text is tokenised twice."""
         if kind not in KINDS:
             raise InputError(f"kind must be 'query' or 'passage', not {kind!r}")
         out = np.empty((len(texts), self.dim), dtype=np.float32)
-        started = time.perf_counter()
-        tokenized = self.tokenizer.tokenize(texts, kind)
-        if timings is not None:
-            timings.tokenize_s += time.perf_counter() - started
+        if tokenized is None:
+            started = time.perf_counter()
+            tokenized = self.tokenizer.tokenize(texts, kind)
+            if timings is not None:
+                timings.tokenize_s += time.perf_counter() - started
+        elif len(tokenized.ids) != len(texts):
+            raise ValueError(f"{len(tokenized.ids)} token rows for {len(texts)} texts")
         for batch in self.tokenizer.batches(tokenized.ids, self.batch_size):
             started = time.perf_counter()
             out[batch.order] = self.backend.forward(batch.input_ids, batch.attention_mask)

@@ -32,7 +32,7 @@ from typing import Literal
 import numpy as np
 
 from core.errors import InputError
-from model.encoder import Embeddings, Encoder, Kind, Timings
+from model.encoder import Embeddings, Encoder, Kind, Timings, Tokenized
 from service.metrics import Metrics
 
 Priority = Literal["online", "bulk"]
@@ -57,6 +57,7 @@ class _Pending:
     texts: list[str]
     kind: Kind
     future: asyncio.Future[Embeddings]
+    tokens: Tokenized | None  # the texts' ids, if the caller had them
     enqueued: float = field(default_factory=time.perf_counter)
     taken: int = 0  # texts handed to the engine so far
     parts: list[Embeddings] = field(default_factory=list)  # results of the slices done, in order
@@ -133,9 +134,12 @@ class Batcher:
             lane.queued = 0
         self._executor.shutdown(wait=True, cancel_futures=True)
 
-    async def embed(self, texts: list[str], kind: Kind, priority: Priority = "online") -> Embeddings:
-        """Embed ``texts`` in the next batches; online requests raise Overloaded when the queue is
-        full, bulk ones (a job's chunk, already bounded by its caller) always wait their turn."""
+    async def embed(
+        self, texts: list[str], kind: Kind, priority: Priority = "online", tokenized: Tokenized | None = None
+    ) -> Embeddings:
+        """Embed ``texts`` (``tokenized``: their ids under ``kind``, if the caller has them) in the
+        next batches; online requests raise Overloaded when the queue is full, bulk ones (a job's
+        chunk, already bounded by its caller) always wait their turn."""
         if not texts:
             return Embeddings(np.empty((0, self.encoder.dim), dtype=np.float32), [], 0, [])
         lane = self._bulk if priority == "bulk" else self._online
@@ -147,7 +151,7 @@ class Batcher:
         if lane is self._online:
             self._last_online = loop.time()
         future: asyncio.Future[Embeddings] = loop.create_future()
-        lane.items.append(_Pending(list(texts), kind, future))
+        lane.items.append(_Pending(list(texts), kind, future, tokenized))
         lane.queued += len(texts)
         self._report_depth()
         self._wakeup.set()
@@ -225,9 +229,7 @@ class Batcher:
         texts = [t for part in batch for t in part.item.texts[part.start : part.stop]]
         timings = Timings()
         try:
-            result = await loop.run_in_executor(
-                self._executor, lambda: self.encoder.encode(texts, batch[0].item.kind, timings=timings)
-            )
+            result = await loop.run_in_executor(self._executor, self._encode, texts, batch, timings)
         except Exception as exc:  # a model failure fails these requests, not the batcher
             for part in batch:
                 if not part.item.future.done():
@@ -235,7 +237,8 @@ class Batcher:
             return
         elapsed = time.perf_counter() - started
         self._texts_per_s = 0.8 * self._texts_per_s + 0.2 * (len(texts) / max(elapsed, 1e-6))
-        self.metrics.tokenize_seconds.observe(timings.tokenize_s)
+        if timings.tokenize_s:  # this batch tokenised texts that came without their ids
+            self.metrics.tokenize_seconds.observe(timings.tokenize_s)
         for seconds, size, tokens in zip(
             timings.forward_s, timings.batch_sizes, timings.batch_tokens, strict=True
         ):
@@ -258,6 +261,23 @@ class Batcher:
                     item.future.set_result(_joined(item.parts))
             start = stop
 
+    def _encode(self, texts: list[str], batch: list[_Slice], timings: Timings) -> Embeddings:
+        """The engine call, on the inference thread: slices whose ids came with the request are
+        not tokenised again; the others are tokenised here, a slice at a time."""
+        ids: list[list[int]] = []
+        cut: list[int] = []
+        for part in batch:
+            item = part.item
+            if item.tokens is None:
+                started = time.perf_counter()
+                tokens = self.encoder.tokenizer.tokenize(item.texts[part.start : part.stop], item.kind)
+                timings.tokenize_s += time.perf_counter() - started
+            else:
+                tokens = item.tokens.take(range(part.start, part.stop))
+            cut.extend(len(ids) + j for j in tokens.truncated)
+            ids.extend(tokens.ids)
+        return self.encoder.encode(texts, batch[0].item.kind, timings=timings, tokenized=Tokenized(ids, cut))
+
 
 def _joined(parts: list[Embeddings]) -> Embeddings:
     """One request's slices as one result (indices of ``truncated`` are already the request's)."""
@@ -275,8 +295,9 @@ class BulkEncoder:
     """The batcher as a blocking encoder for job threads (ingest): every call is queued at bulk
     priority on the event loop, so jobs and online requests share one engine and online goes first.
 
-    Texts are sent shortest first, so each batch-sized slice pads to about its own length, as
-    ``Encoder.encode`` does within one call.
+    Texts are tokenised here, on the job's thread (never the engine's), and sent shortest first
+    in tokens, so each batch-sized slice pads to about its own length, as ``Encoder.encode`` does
+    within one call.
     """
 
     def __init__(self, batcher: Batcher, loop: asyncio.AbstractEventLoop) -> None:
@@ -290,8 +311,9 @@ class BulkEncoder:
         """(n, dim) float32, L2-normalised; blocks the calling thread (never the loop's)."""
         if not texts:
             return np.empty((0, self.dim), dtype=np.float32)
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        work = self.batcher.embed([texts[i] for i in order], kind, "bulk")
+        tokenized = self.tokenizer.tokenize(texts, kind)
+        order = sorted(range(len(texts)), key=lambda i: len(tokenized.ids[i]))
+        work = self.batcher.embed([texts[i] for i in order], kind, "bulk", tokenized.take(order))
         result = asyncio.run_coroutine_threadsafe(work, self.loop).result()
         out = np.empty_like(result.vectors)
         out[order] = result.vectors

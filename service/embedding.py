@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 import numpy as np
 from starlette.types import Receive
 
-from model.encoder import Embeddings, Kind
+from model.encoder import Embeddings, Kind, Tokenized
 from service.batcher import Batcher
 from service.cache import Cache
 from service.errors import APIError
@@ -55,11 +55,20 @@ class Embedder:
         self.max_length = batcher.encoder.manifest.max_length
 
     async def embed(
-        self, texts: list[str], kind: Kind, gone: Callable[[], Awaitable[None]] | None = None
+        self,
+        texts: list[str],
+        kind: Kind,
+        gone: Callable[[], Awaitable[None]] | None = None,
+        tokenized: Tokenized | None = None,
     ) -> Embeddings:
-        """Vectors for ``texts`` (duplicates embedded once); raises batcher.Overloaded, and
-        CallerGone when ``gone`` returns before the texts the cache lacks are embedded."""
-        unique = list(dict.fromkeys(texts))
+        """Vectors for ``texts`` (duplicates embedded once; ``tokenized``: their ids, if the caller
+        has them, handed on so that the engine does not tokenise them again); raises
+        batcher.Overloaded, and CallerGone when ``gone`` returns before the texts the cache lacks
+        are embedded."""
+        first: dict[str, int] = {}
+        for i, text in enumerate(texts):
+            first.setdefault(text, i)
+        unique = list(first)
         keys = [embedding_key(self.model_id, kind, t) for t in unique]
         cached = await self.cache.get_many(keys)
         vectors = np.empty((len(unique), self.dim), dtype=np.float32)
@@ -75,7 +84,9 @@ class Embedder:
         self.metrics.cache_hits.labels("embedding").inc(len(unique) - len(missing))
         self.metrics.cache_misses.labels("embedding").inc(len(missing))
         if missing:
-            work = self.batcher.embed([unique[i] for i in missing], kind)
+            rows = [first[unique[i]] for i in missing]
+            ids = None if tokenized is None else tokenized.take(rows)
+            work = self.batcher.embed([texts[r] for r in rows], kind, tokenized=ids)
             fresh = await (work if gone is None else _unless_gone(work, gone))
             fresh_cut = set(fresh.truncated)
             fill: dict[str, bytes] = {}
@@ -117,12 +128,14 @@ class CallerEmbedder:
         self.dim = embedder.dim
         self.max_length = embedder.max_length
 
-    async def _charge(self, texts: list[str], kind: Kind, param: str) -> None:
-        encoder = self.embedder.batcher.encoder
+    async def _charge(self, texts: list[str], kind: Kind, param: str) -> Tokenized:
+        """The texts' ids (kept for the engine), once their tokens fit the request's budget."""
+        tokenizer = self.embedder.batcher.encoder.tokenizer
         if sum(map(len, texts)) <= INLINE_COUNT_CHARS:
-            tokens = sum(encoder.count_tokens(texts, kind))
+            tokenized = tokenizer.tokenize(texts, kind)
         else:
-            tokens = sum(await asyncio.to_thread(encoder.count_tokens, texts, kind))
+            tokenized = await asyncio.to_thread(tokenizer.tokenize, texts, kind)
+        tokens = sum(map(len, tokenized.ids))
         if self.spent + tokens > self.max_tokens:
             raise APIError(
                 413,
@@ -132,6 +145,7 @@ class CallerEmbedder:
                 param,
             )
         self.spent += tokens
+        return tokenized
 
     async def _disconnected(self) -> None:
         # The routes that embed have read their whole body already, so the next message the
@@ -140,8 +154,8 @@ class CallerEmbedder:
             pass
 
     async def embed(self, texts: list[str], kind: Kind, param: str = "texts") -> Embeddings:
-        await self._charge(texts, kind, param)
-        return await self.embedder.embed(texts, kind, self._disconnected)
+        tokenized = await self._charge(texts, kind, param)
+        return await self.embedder.embed(texts, kind, self._disconnected, tokenized)
 
 
 async def _unless_gone(work: Awaitable[Embeddings], gone: Callable[[], Awaitable[None]]) -> Embeddings:

@@ -49,6 +49,22 @@ def test_openvino_gives_the_onnx_vectors(tiny_model_dir: Path, backend: Backend)
     assert np.sum(single * first, axis=1).min() >= 0.999
 
 
+def test_ids_handed_in_give_the_same_vectors_and_truncation(tiny_model_dir: Path) -> None:
+    """The service tokenises a request once and hands the ids on: same result as from texts."""
+    enc = Encoder.load(tiny_model_dir, backend="onnx")
+    texts = [*ORDINARY[:3], LONG, "short one"]
+    tokenized = enc.tokenizer.tokenize(texts, "passage")
+    assert tokenized.truncated == [3]
+    direct = enc.encode(texts, "passage")
+    handed = enc.encode(texts, "passage", tokenized=tokenized)
+    np.testing.assert_array_equal(handed.vectors, direct.vectors)
+    assert (handed.truncated, handed.lengths) == (direct.truncated, direct.lengths)
+    part = tokenized.take([4, 3])
+    assert part.ids == [tokenized.ids[4], tokenized.ids[3]] and part.truncated == [1]
+    with pytest.raises(ValueError, match="5 token rows for 2 texts"):
+        enc.encode(texts[:2], "passage", tokenized=tokenized)
+
+
 def test_batches_are_sorted_by_length_and_restore_order(tiny_model_dir: Path) -> None:
     enc = Encoder.load(tiny_model_dir, backend="onnx")
     ids = enc.tokenizer.tokenize(["a", "a b c d e f", "a b c"], "query").ids

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model.encoder import Embeddings, Encoder, Kind, Timings
+from model.encoder import Embeddings, Encoder, Kind, Timings, Tokenized
 from service.batcher import Batcher, BulkEncoder
 from service.metrics import Metrics
 
@@ -78,9 +78,10 @@ class RecordingEncoder(Encoder):
         kind: Kind = "query",
         progress: Callable[[int], None] | None = None,
         timings: Timings | None = None,
+        tokenized: Tokenized | None = None,
     ) -> Embeddings:
         self.calls.append(list(texts))
-        return super().encode(texts, kind, progress, timings)
+        return super().encode(texts, kind, progress, timings, tokenized)
 
 
 BULK = 4000

@@ -11,7 +11,8 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,8 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
 from core.clock import now_iso
-from model.encoder import Encoder
+from model.artifact import Manifest
+from model.encoder import Encoder, Kind, TextTokenizer, Tokenized
 from service.app import create_app
 from service.batcher import Batcher, Overloaded
 from service.cache import MemoryCache
@@ -77,12 +79,12 @@ class CountingEncoder(Encoder):
         self.hold = anyio.Event()  # set from the test: the held pass may go on
         self.holding = False
 
-    def encode(self, texts: Any, kind: Any = "query", progress: Any = None, timings: Any = None) -> Any:
+    def encode(self, texts: Any, kind: Any = "query", *args: Any, **kwargs: Any) -> Any:
         self.calls.append(list(texts))
         if self.holding:
             while not self.hold.is_set():
                 time.sleep(0.001)
-        return super().encode(texts, kind, progress, timings)
+        return super().encode(texts, kind, *args, **kwargs)
 
 
 @asynccontextmanager
@@ -293,6 +295,48 @@ async def test_the_api_embeds_ingests_and_searches_without_a_model(tmp_path: Pat
         assert hit["id"] == "d7" and hit["score"] == pytest.approx(1.0, abs=1e-5)
         r = await client.post("/search", json={"collection": "nope", "query": "x"})
         assert r.status_code == 404 and r.json()["error"]["type"] == "not_found"
+
+
+class CountingTokenizer(TextTokenizer):
+    """The dummy's tokenizer, counting how many times each text is tokenised."""
+
+    def __init__(self, manifest: Manifest) -> None:
+        super().__init__(None, manifest)
+        self.seen: Counter[str] = Counter()
+
+    def tokenize(self, texts: Sequence[str], kind: Kind) -> Tokenized:
+        self.seen.update(texts)
+        return super().tokenize(texts, kind)
+
+
+async def test_each_text_is_tokenised_once_on_its_way_to_the_engine(tmp_path: Path) -> None:
+    """A request's texts are tokenised to charge its token budget, and those ids go on to the
+    engine; a job's texts are tokenised on the job's thread, not again on the engine's."""
+    plain = Encoder.dummy(dim=32, max_length=16, batch_size=4)
+    counting = CountingTokenizer(plain.manifest)
+    encoder = Encoder(plain.manifest, counting, plain.backend, plain.batch_size)
+    async with serve(settings_for(tmp_path), encoder) as (_, client):
+        counting.seen.clear()  # the warm-up
+        texts = [f"text {i}" for i in range(10)] + ["y" * 40, "text 3"]  # one cut at 16, one twice
+        r = await client.post("/embed", json={"texts": texts, "kind": "passage"})
+        assert r.status_code == 200, r.text
+        assert r.json()["truncated"] == [10]
+        assert counting.seen == Counter(texts)
+        assert np.allclose(r.json()["embeddings"], plain.embed(texts, "passage"), atol=1e-6)
+
+        counting.seen.clear()
+        assert (await client.post("/admin/collections", json={"name": "news"})).status_code == 201
+        docs = [{"id": f"d{i}", "text": f"document {i}", "lang": "en"} for i in range(12)]
+        body = "".join(json.dumps(doc) + "\n" for doc in docs)
+        r = await client.post(
+            "/admin/collections/news/documents",
+            content=body,
+            headers={"Content-Type": "application/x-ndjson"},
+        )
+        assert r.status_code == 202, r.text
+        await _done(client, r.json()["job"]["id"])
+        assert {f"document {i}" for i in range(12)} <= set(counting.seen)
+        assert all(counting.seen[f"document {i}"] == 1 for i in range(12)), counting.seen
 
 
 async def _done(client: httpx.AsyncClient, job_id: str) -> dict[str, Any]:
