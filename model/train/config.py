@@ -75,6 +75,9 @@ class TrainConfig(BaseModel):
         None, ge=0, lt=1, description="Dropout in the encoder and RTL head; default the model's own (0.1)."
     )
     train_layers: int | None = Field(None, ge=1, description="Train only the top N transformer layers.")
+    frozen_top: int | None = Field(
+        None, ge=1, description="Keep the top N transformer layers at the base's weights (they hold search)."
+    )
     eval_every: int = Field(100, ge=1)
     eval_pairs: int = Field(200, ge=2, description="Dev pairs per language for periodic evaluation.")
     save_every: int = Field(100, ge=1)

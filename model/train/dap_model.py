@@ -107,6 +107,9 @@ def freeze(encoder: nn.Module, cfg: TrainConfig) -> None:
             if i not in keep:
                 layer.requires_grad_(False)
         base.embeddings.requires_grad_(False)
+    if cfg.frozen_top is not None:  # the lower layers learn the alignment under the base's own head
+        for layer in base.encoder.layer[len(base.encoder.layer) - cfg.frozen_top :]:
+            layer.requires_grad_(False)
 
 
 @torch.no_grad()

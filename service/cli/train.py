@@ -137,6 +137,9 @@ def train_cmd(
     train_layers: Annotated[
         int | None, typer.Option(min=1, help="Train only the top N transformer layers (faster on CPU).")
     ] = None,
+    frozen_top: Annotated[
+        int | None, typer.Option(min=1, help="Keep the top N transformer layers at the base's weights.")
+    ] = None,
     dropout: Annotated[
         float | None,
         typer.Option(min=0.0, max=0.9, help="Dropout while training [default: the model's 0.1]."),
@@ -239,6 +242,7 @@ def train_cmd(
         max_length=max_length,
         freeze_embeddings=not train_embeddings,
         train_layers=train_layers,
+        frozen_top=frozen_top,
         eval_every=v["eval_every"],
         eval_pairs=eval_pairs,
         save_every=v["save_every"],

@@ -114,6 +114,19 @@ def test_tr_only_ablation_and_frozen_layers(data_dir: Path, tiny_model_dir: Path
     assert changed and all(n.startswith("encoder.layer.1.") for n in changed), sorted(changed)
 
 
+def test_frozen_top_layers_stay_the_base(data_dir: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
+    """--frozen-top 1: the top layer stays the base's, the layers under it learn."""
+    cfg = config(data_dir, tiny_model_dir, tmp_path / "top", rtl=False, frozen_top=1, steps=2, eval_every=10)
+    trainer = Trainer(cfg)
+    encoder: Any = trainer.model.encoder
+    before = {n: p.detach().clone() for n, p in encoder.named_parameters()}
+    trainer.run()
+    changed = {n for n, p in encoder.named_parameters() if not bool((p.detach() == before[n]).all())}
+    top = f"encoder.layer.{len(encoder.encoder.layer) - 1}."
+    assert any(n.startswith("encoder.layer.0.") for n in changed), sorted(changed)
+    assert not any(n.startswith(top) for n in changed), sorted(changed)
+
+
 def test_two_processes_under_torchrun(data_dir: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
     """The CLI under `torchrun --nproc-per-node 2` (gloo): one run, rank 0 writes, both ranks step."""
     out = tmp_path / "ddp"
