@@ -76,6 +76,7 @@ def create_app(settings: Settings | None = None, encoder: Encoder | None = None)
             settings.batch_wait_ms / 1000,
             settings.max_queue,
             settings.bulk_batch_size,
+            settings.batch_tokens,
         )
         batcher.start()
         stack.push_async_callback(batcher.stop)

@@ -91,10 +91,12 @@ class Batcher:
         max_wait_s: float = 0.002,
         max_queue: int = 2048,
         bulk_batch: int = 8,
+        max_batch_tokens: int = 8192,
     ) -> None:
         self.encoder = encoder
         self.metrics = metrics
         self.max_batch = max_batch
+        self.max_batch_tokens = max_batch_tokens
         self.bulk_batch = max(1, min(bulk_batch, max_batch))
         self._last_online = -math.inf  # loop time of the latest online request
         self.max_wait_s = max_wait_s
@@ -194,10 +196,13 @@ class Batcher:
                     self._concurrent = len(batch) > 1 or bool(self._online.items)
 
     def _take(self, lane: _Lane, limit: int) -> list[_Slice]:
-        """Up to ``limit`` texts of one kind: slices of the lane's requests in arrival order; a
-        request with texts left after its slice goes to the back of the lane (round-robin)."""
+        """Up to ``limit`` texts of one kind and ``max_batch_tokens`` tokens (TEI's
+        max_batch_tokens: 32 short queries cost what 2 long passages do, so a batch is bounded in
+        work, and whoever waits behind it waits for about the same time): slices of the lane's
+        requests in arrival order; a request with texts left after its slice goes to the back of
+        the lane (round-robin). A text longer than the budget still runs, alone."""
         batch: list[_Slice] = []
-        count = 0
+        count = spent = 0
         kind = None
         skipped: list[_Pending] = []
         unfinished: list[_Pending] = []
@@ -209,8 +214,11 @@ class Batcher:
             if kind is not None and item.kind != kind:
                 skipped.append(item)
                 continue
+            size, spent = self._fitting(item, min(item.left, limit - count), spent, first=not batch)
+            if not size:  # its next text would overrun the budget: it leads the next batch
+                lane.items.appendleft(item)
+                break
             kind = item.kind
-            size = min(item.left, limit - count)
             batch.append(_Slice(item, item.taken, item.taken + size))
             item.taken += size
             count += size
@@ -277,6 +285,20 @@ class Batcher:
             cut.extend(len(ids) + j for j in tokens.truncated)
             ids.extend(tokens.ids)
         return self.encoder.encode(texts, batch[0].item.kind, timings=timings, tokenized=Tokenized(ids, cut))
+
+    def _fitting(self, item: _Pending, size: int, spent: int, first: bool) -> tuple[int, int]:
+        """How many of ``item``'s next ``size`` texts fit the batch's token budget, and the tokens
+        spent with them (texts whose ids are unknown are counted by number only)."""
+        if item.tokens is None:
+            return size, spent
+        fit = 0
+        while fit < size:
+            tokens = len(item.tokens.ids[item.taken + fit])
+            if spent + tokens > self.max_batch_tokens and not (first and fit == 0):
+                break
+            spent += tokens
+            fit += 1
+        return fit, spent
 
 
 def _joined(parts: list[Embeddings]) -> Embeddings:

@@ -48,6 +48,12 @@ class Settings(BaseSettings):
     batch_size: int = Field(
         default=32, ge=1, le=1024, description="Most texts per forward pass (the batcher's cap)."
     )
+    batch_tokens: int = Field(
+        default=8192,
+        ge=16,
+        description="Most tokens per batch (the batcher's other cap): a batch of long passages is cut "
+        "to this, so a query waiting behind it waits about as long as behind 32 short texts.",
+    )
     batch_wait_ms: float = Field(
         default=2.0,
         ge=0,

@@ -131,6 +131,36 @@ async def test_online_requests_go_before_bulk_and_a_full_queue_is_429(encoder: E
     assert all(len(call) <= 4 for call in counting.calls)
 
 
+async def test_a_batch_is_bounded_in_tokens_as_well_as_in_texts() -> None:
+    """With ids known, a batch stops at max_batch_tokens (a text over it runs alone); requests
+    behind a long one still come in their turn, and every text comes back in its place."""
+    wide = Encoder.dummy(dim=32, max_length=64, batch_size=8)
+    counting = CountingEncoder(wide)
+    counting.holding = True
+    long_texts = ["x" * 20] * 5 + ["y" * 60]  # the dummy's tokens are bytes: 20 each, then 60
+    short = ["ab", "cd"]
+    async with running(Batcher(counting, Metrics(), max_batch=8, max_batch_tokens=40)) as batcher:
+        try:
+            warm = asyncio.ensure_future(batcher.embed(["hold"], "query"))
+            while not counting.calls:
+                await asyncio.sleep(0.001)
+            ids = wide.tokenizer.tokenize(long_texts, "query")
+            big = asyncio.ensure_future(batcher.embed(long_texts, "query", tokenized=ids))
+            small = asyncio.ensure_future(
+                batcher.embed(short, "query", tokenized=wide.tokenizer.tokenize(short, "query"))
+            )
+            await asyncio.sleep(0.01)
+        finally:
+            counting.hold.set()
+        results = await asyncio.gather(warm, big, small)
+    # Two long texts fill the budget; the short request comes next with the one long text that
+    # still fits beside it, then the rest; the 60-token text runs alone.
+    assert counting.calls[1:] == [long_texts[:2], short + long_texts[2:3], long_texts[3:5], long_texts[5:]]
+    assert results[1].lengths == [20] * 5 + [60]
+    assert np.array_equal(results[1].vectors, wide.embed(long_texts))
+    assert np.array_equal(results[2].vectors, wide.embed(short))
+
+
 async def test_stop_cancels_what_is_still_queued(encoder: Encoder) -> None:
     counting = CountingEncoder(encoder)
     counting.holding = True
