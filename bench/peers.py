@@ -1,0 +1,120 @@
+"""The peer engines dapsearch is measured against, each in its own virtualenv under a cache folder.
+
+A peer never goes into the project's venv: its pins (torch, transformers, optimum) conflict with
+ours and with each other (sentence-transformers' onnx and openvino extras cannot share one venv).
+Every venv gets torch 2.13.0 first, the CPU build the machines carry, then the peer with torch
+pinned, so that no install pulls a multi-GB CUDA build.
+
+    python bench/peers.py install st-onnx        # then: bench/embed.py --engines onnx-int8,st-onnx-int8
+    python bench/peers.py list
+
+``bench/embed.py`` runs a peer engine's worker with that venv's interpreter; a peer that is not
+installed is a row that says so, never a silent gap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+TORCH = "torch==2.13.0"
+# venv name -> what pip installs into it (after torch), as docs/peer notes found to resolve here.
+PEERS: dict[str, list[str]] = {
+    "st-onnx": ["sentence-transformers[onnx]==5.7.0"],
+    "st-openvino": ["sentence-transformers[openvino]==6.3.0", "datasets", "huggingface-hub>=1.5,<1.22"],
+    "infinity": ["infinity-emb[server,torch,optimum]==0.0.78"],
+}
+# bench/embed.py engine -> the venv it runs in.
+ENGINE_VENVS: dict[str, str] = {"st-onnx": "st-onnx", "st-onnx-int8": "st-onnx"}
+
+
+def cache_dir() -> Path:
+    """``DAPSEARCH_PEERS_DIR``, else ~/.cache/dapsearch-peers: outside the repository, kept between runs."""
+    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dapsearch-peers"
+    return Path(os.environ.get("DAPSEARCH_PEERS_DIR", default))
+
+
+def venv_python(name: str) -> Path:
+    return cache_dir() / name / "bin" / "python"
+
+
+def installed(name: str) -> bool:
+    return (cache_dir() / name / ".installed").is_file()
+
+
+def install(name: str) -> Path:
+    """Create the venv ``name`` and install its peer; idempotent (a finished install is kept)."""
+    if name not in PEERS:
+        raise SystemExit(f"unknown peer {name!r}; choose from {', '.join(PEERS)}")
+    home = cache_dir() / name
+    if installed(name):
+        return venv_python(name)
+    subprocess.run([sys.executable, "-m", "venv", str(home)], check=True)
+    pip = [str(venv_python(name)), "-m", "pip", "--disable-pip-version-check", "-q", "install"]
+    subprocess.run([*pip, TORCH], check=True)
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as pins:
+        pins.write(TORCH + "\n")
+    try:
+        subprocess.run([*pip, "-c", pins.name, *PEERS[name]], check=True)
+    finally:
+        Path(pins.name).unlink(missing_ok=True)
+    (home / ".installed").write_text(" ".join(PEERS[name]) + "\n", encoding="utf-8")
+    return venv_python(name)
+
+
+PEER_DISTS = ("sentence-transformers", "optimum-onnx", "onnxruntime", "infinity-emb", "openvino")
+
+
+def versions(name: str, dists: tuple[str, ...] = PEER_DISTS) -> str:
+    """What a peer venv runs, for the benchmark's header."""
+    if not installed(name):
+        return f"{name}: not installed"
+    code = (
+        "import importlib.metadata as m\n"
+        f"for d in {dists!r}:\n"
+        "    try: print(d, m.version(d))\n"
+        "    except m.PackageNotFoundError: pass"
+    )
+    out = subprocess.run([str(venv_python(name)), "-c", code], capture_output=True, text=True, check=False)
+    return f"{name}: " + ", ".join(out.stdout.split("\n")[:-1])
+
+
+def peer_model_copy(model_dir: Path) -> Path:
+    """The model's files, linked into a folder of the peer cache: peers write their own exports
+    (``onnx/``, ``openvino/``) beside the weights, and must never write into a served model's folder."""
+    model_dir = Path(model_dir).resolve()
+    out = cache_dir() / "models" / model_dir.name
+    out.mkdir(parents=True, exist_ok=True)
+    for item in model_dir.iterdir():
+        if item.suffix in (".onnx", ".xml", ".bin", ".data") or item.name == "manifest.json":
+            continue  # dapsearch's own graphs: a peer makes its own
+        link = out / item.name
+        if not link.exists():
+            link.symlink_to(item)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    raw = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=raw)
+    sub = parser.add_subparsers(dest="command", required=True)
+    add = sub.add_parser("install", help="create a peer's venv and install it")
+    add.add_argument("names", nargs="+", choices=sorted(PEERS))
+    sub.add_parser("list", help="the peers and whether each is installed")
+    args = parser.parse_args(argv)
+    if args.command == "install":
+        for name in args.names:
+            print(f"{name}: {install(name)}")
+    else:
+        for name, spec in PEERS.items():
+            state = "installed" if installed(name) else "not installed"
+            print(f"{name:12s} {state:14s} {' '.join(spec)}  ({cache_dir() / name})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
