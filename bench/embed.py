@@ -250,18 +250,7 @@ def load_engine(engine: str, model_dir: Path, threads: int, batch_size: int) -> 
 
         torch.set_num_threads(threads)
         st = SentenceTransformer(str(model_dir), device="cpu", local_files_only=True)
-
-        def st_encode(texts: list[str], bs: int) -> np.ndarray:
-            out = st.encode(
-                [QUERY_PREFIX + t for t in texts],
-                batch_size=bs,
-                normalize_embeddings=True,
-                convert_to_numpy=True,
-                show_progress_bar=False,
-            )
-            return np.asarray(out, dtype=np.float32)
-
-        return (lambda texts: st_encode(texts, batch_size)), (lambda texts: st_encode(texts, 1))
+        return _st_callables(st, batch_size)
     if engine in ("st-onnx", "st-onnx-int8"):
         return _sentence_transformers_onnx(model_dir, engine == "st-onnx-int8", batch_size)
     raise ValueError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
@@ -296,6 +285,11 @@ def _sentence_transformers_onnx(model_dir: Path, int8: bool, batch_size: int) ->
         st = SentenceTransformer(
             folder, backend="onnx", device="cpu", local_files_only=True, model_kwargs={"file_name": name}
         )
+    return _st_callables(st, batch_size)
+
+
+def _st_callables(st: Any, batch_size: int) -> tuple[EmbedFn, EmbedFn]:
+    """(embed a batch, embed one query) with a SentenceTransformer, whatever its backend."""
 
     def st_encode(texts: list[str], bs: int) -> np.ndarray:
         out = st.encode(

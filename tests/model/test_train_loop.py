@@ -103,25 +103,27 @@ def test_resume_reproduces_the_uninterrupted_loss_curve(
         assert got[step] == pytest.approx(expected[step], abs=1e-5), (step, got, expected)
 
 
-def test_tr_only_ablation_and_frozen_layers(data_dir: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
-    cfg = config(data_dir, tiny_model_dir, tmp_path / "tr", rtl=False, train_layers=1, steps=2, eval_every=10)
+def _trained_parameters(cfg: TrainConfig) -> tuple[Trainer, set[str], Any]:
+    """Run ``cfg``; the trainer, the names of the encoder's parameters that changed, the encoder."""
     trainer = Trainer(cfg)
     encoder: Any = trainer.model.encoder
     before = {n: p.detach().clone() for n, p in encoder.named_parameters()}
     trainer.run()
-    assert trainer.model.rtl is None
     changed = {n for n, p in encoder.named_parameters() if not bool((p.detach() == before[n]).all())}
+    return trainer, changed, encoder
+
+
+def test_tr_only_ablation_and_frozen_layers(data_dir: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
+    cfg = config(data_dir, tiny_model_dir, tmp_path / "tr", rtl=False, train_layers=1, steps=2, eval_every=10)
+    trainer, changed, _ = _trained_parameters(cfg)
+    assert trainer.model.rtl is None
     assert changed and all(n.startswith("encoder.layer.1.") for n in changed), sorted(changed)
 
 
 def test_frozen_top_layers_stay_the_base(data_dir: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
     """--frozen-top 1: the top layer stays the base's, the layers under it learn."""
     cfg = config(data_dir, tiny_model_dir, tmp_path / "top", rtl=False, frozen_top=1, steps=2, eval_every=10)
-    trainer = Trainer(cfg)
-    encoder: Any = trainer.model.encoder
-    before = {n: p.detach().clone() for n, p in encoder.named_parameters()}
-    trainer.run()
-    changed = {n for n, p in encoder.named_parameters() if not bool((p.detach() == before[n]).all())}
+    _, changed, encoder = _trained_parameters(cfg)
     top = f"encoder.layer.{len(encoder.encoder.layer) - 1}."
     assert any(n.startswith("encoder.layer.0.") for n in changed), sorted(changed)
     assert not any(n.startswith(top) for n in changed), sorted(changed)
