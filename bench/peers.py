@@ -15,7 +15,9 @@ installed is a row that says so, never a silent gap.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -83,19 +85,51 @@ def versions(name: str, dists: tuple[str, ...] = PEER_DISTS) -> str:
     return f"{name}: " + ", ".join(out.stdout.split("\n")[:-1])
 
 
+_OWN_SUFFIXES = (".onnx", ".xml", ".bin", ".data")
+_REWRITTEN = ("manifest.json", "modules.json", "sentence_bert_config.json")
+
+
 def peer_model_copy(model_dir: Path) -> Path:
-    """The model's files, linked into a folder of the peer cache: peers write their own exports
-    (``onnx/``, ``openvino/``) beside the weights, and must never write into a served model's folder."""
+    """A copy of the model's files in the peer cache: peers write their own exports (``onnx/``)
+    and configuration beside the weights (sentence-transformers' ``save_pretrained`` rewrites
+    every file it finds), and must never write into a served model's folder: a copy, not links."""
     model_dir = Path(model_dir).resolve()
     out = cache_dir() / "models" / model_dir.name
     out.mkdir(parents=True, exist_ok=True)
     for item in model_dir.iterdir():
-        if item.suffix in (".onnx", ".xml", ".bin", ".data") or item.name == "manifest.json":
-            continue  # dapsearch's own graphs: a peer makes its own
-        link = out / item.name
-        if not link.exists():
-            link.symlink_to(item)
+        if item.suffix in (".onnx", ".xml", ".bin", ".data") or item.name in (
+            "manifest.json",
+            "modules.json",
+        ):
+            continue  # dapsearch's own graphs and records: a peer makes its own
+        target = out / item.name
+        if target.is_symlink():
+            target.unlink()
+        if item.is_dir():
+            shutil.copytree(item, target, dirs_exist_ok=True)
+        elif not target.exists() or target.stat().st_size != item.stat().st_size:
+            shutil.copy2(item, target)
+    _classic_sentence_transformers(model_dir, out)
     return out
+
+
+def _classic_sentence_transformers(model_dir: Path, out: Path) -> None:
+    """The sentence-transformers files in the layout every release reads (module paths such as
+    ``sentence_transformers.models.Pooling``, the old configuration keys): infinity pins 3.4,
+    which cannot import the newer paths nor take the newer keys a current release writes."""
+    modules = json.loads((model_dir / "modules.json").read_text(encoding="utf-8"))
+    for module in modules:
+        module["type"] = "sentence_transformers.models." + module["type"].rsplit(".", 1)[1]
+    dim = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))["hidden_size"]
+    files = {
+        "modules.json": modules,
+        "sentence_bert_config.json": {"max_seq_length": 512, "do_lower_case": False},
+        "1_Pooling/config.json": {"word_embedding_dimension": dim, "pooling_mode_mean_tokens": True},
+    }
+    for name, value in files.items():
+        target = out / name
+        target.unlink(missing_ok=True)
+        target.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> int:
