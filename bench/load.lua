@@ -1,7 +1,10 @@
--- wrk script for bench/serve.py and bench/bulk.py: POST one text per request.
--- Arguments (after `--`): mode (cold | cached | search), a run tag, the collection name.
--- cold and search send a text no request has sent before; cached cycles through 64 texts that
--- the benchmark embedded before the clock started. At the end one line of JSON is printed.
+-- wrk script for bench/serve.py, bench/bulk.py and bench/peer_servers.py.
+-- Arguments (after `--`): mode (cold | cached | search | openai), a run tag, then
+--   cold, cached, search: the collection name; one text per request;
+--   openai: path, model ("-" to leave it out), texts per request, prefix ("-" for none; a server
+--   that does not add e5's "query: " gets it in the text), input_type ("-" to leave it out).
+-- cold, search and openai send texts no request has sent before; cached cycles through 64 texts
+-- that the benchmark embedded before the clock started. At the end one line of JSON is printed.
 local templates = {
   "The train to the airport leaves every %d minutes.",
   "Der Zug zum Flughafen fährt alle %d Minuten ab.",
@@ -20,6 +23,10 @@ end
 
 function init(args)
   mode, tag, collection = args[1], args[2], args[3]
+  if mode == "openai" then
+    path, model, texts, prefix, input_type = args[3], args[4], tonumber(args[5]), args[6], args[7]
+    if prefix == "-" then prefix = "" end
+  end
 end
 
 local function sentence(label, n)
@@ -27,7 +34,21 @@ local function sentence(label, n)
   return string.format(templates[(n % #templates) + 1], n) .. " (" .. label .. ")"
 end
 
+-- An OpenAI-style embeddings request of `texts` new texts: the same body for every server.
+local function openai_request(label)
+  local parts = {}
+  for i = 1, texts do
+    counter = counter + 1
+    parts[i] = '"' .. prefix .. sentence(label, counter) .. '"'
+  end
+  local body = '{"input":[' .. table.concat(parts, ",") .. ']'
+  if model ~= "-" then body = body .. ',"model":"' .. model .. '"' end
+  if input_type ~= "-" then body = body .. ',"input_type":"' .. input_type .. '"' end
+  return wrk.format("POST", path, {["Content-Type"] = "application/json"}, body .. "}")
+end
+
 request = function()
+  if mode == "openai" then return openai_request(tag .. " " .. id) end
   counter = counter + 1
   local body
   if mode == "cached" then

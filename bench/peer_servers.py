@@ -3,7 +3,7 @@
 Each server serves the same model directory on the same cores, one at a time: dapsearch
 (`dapsearch serve`, its `auto` backend) and infinity-emb (its torch engine, mean pooling; installed
 by ``bench/peers.py install infinity`` into its own venv). wrk sends OpenAI-style requests
-(``bench/openai_load.lua``) of 1 and 32 new texts at 1, 8 and 32 keep-alive clients (a cell
+(``bench/load.lua``, mode ``openai``) of 1 and 32 new texts at 1, 8 and 32 keep-alive clients (a cell
 must outlast one round of requests: 32 × 32 texts take 20 s at 50 texts/s); every text
 carries e5's ``query: `` prefix, added by dapsearch itself (``input_type: query``) and written into
 the text for infinity. Printed: one table with req/s, texts/s, p50 and the ratio to the best peer
@@ -34,7 +34,7 @@ from machine import cpu_flags, cpu_model
 from serve import free_port, have_wrk, start_server, stop_server, version_of_wrk
 
 HERE = Path(__file__).resolve().parent
-SCRIPT = HERE / "openai_load.lua"
+SCRIPT = HERE / "load.lua"
 MARK = "@@WRK@@ "
 # Embedded once through each server: their vectors must agree (same model, same pooling, same prefix).
 CHECK_TEXTS = [
@@ -150,7 +150,8 @@ async def run_cell(server: Server, texts: int, clients: int, seconds: float) -> 
     tag = f"{server.name.split()[0]}-{texts}-{clients}-{time.monotonic_ns()}"
     proc = await asyncio.create_subprocess_exec(
         "wrk", "-t1", f"-c{clients}", f"-d{max(1, round(seconds))}s", "--timeout", "60s", "-s", str(SCRIPT),
-        server.base, "--", server.path, server.model, str(texts), server.prefix, tag, server.input_type,
+        server.base, "--", "openai", tag, server.path, server.model, str(texts), server.prefix,
+        server.input_type,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     out, err = await proc.communicate()
