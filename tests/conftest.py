@@ -114,9 +114,11 @@ RAY_CPUS = 2
 
 
 def start_local_ray() -> None:
+    """A new local Ray of the tests' own ("local"), never a cluster another test or `ray start`
+    left running here: connecting to one refuses num_cpus."""
     import ray
 
-    ray.init(num_cpus=RAY_CPUS, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=RAY_CPUS, include_dashboard=False, log_to_driver=False)
 
 
 @pytest.fixture(scope="session")
