@@ -97,20 +97,25 @@ def peer_model_copy(model_dir: Path) -> Path:
     out = cache_dir() / "models" / model_dir.name
     out.mkdir(parents=True, exist_ok=True)
     for item in model_dir.iterdir():
-        if item.suffix in (".onnx", ".xml", ".bin", ".data") or item.name in (
-            "manifest.json",
-            "modules.json",
-        ):
-            continue  # dapsearch's own graphs and records: a peer makes its own
+        if item.suffix in _OWN_SUFFIXES or item.name in _REWRITTEN:
+            continue  # dapsearch's own graphs and records, and what _classic_sentence_transformers writes
         target = out / item.name
         if target.is_symlink():
             target.unlink()
         if item.is_dir():
             shutil.copytree(item, target, dirs_exist_ok=True)
-        elif not target.exists() or target.stat().st_size != item.stat().st_size:
-            shutil.copy2(item, target)
+        elif not _same_file(item, target):
+            shutil.copy2(item, target)  # keeps the mtime, so an unchanged file is copied once
     _classic_sentence_transformers(model_dir, out)
     return out
+
+
+def _same_file(source: Path, copy: Path) -> bool:
+    """Size and mtime agree: a rebuilt model (same name, same sizes, new weights) is copied again."""
+    if not copy.exists():
+        return False
+    a, b = source.stat(), copy.stat()
+    return (a.st_size, a.st_mtime_ns) == (b.st_size, b.st_mtime_ns)
 
 
 def _classic_sentence_transformers(model_dir: Path, out: Path) -> None:
