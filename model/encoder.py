@@ -409,11 +409,6 @@ class Encoder:
         lengths = [len(ids) for ids in tokenized.ids]
         return Embeddings(out, tokenized.truncated, sum(lengths), lengths)
 
-    def count_tokens(self, texts: Sequence[str], kind: Kind = "query") -> list[int]:
-        """Tokens each text would cost the model (prefix and specials included, cut at max_length):
-        what request budgets are counted in, without running the model."""
-        return [len(ids) for ids in self.tokenizer.tokenize(texts, kind).ids]
-
     def embed(self, texts: Sequence[str], kind: Kind = "query") -> np.ndarray:
         """(n, dim) float32, L2-normalised."""
         return self.encode(texts, kind).vectors
