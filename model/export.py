@@ -39,7 +39,8 @@ from model.artifact import (
     write_manifest,
 )
 from model.backend_choice import can_make
-from model.encoder import OnnxBackend, OpenVinoBackend, TextTokenizer
+from model.encoder import MAX_BATCH_TOKENS, OnnxBackend, OpenVinoBackend, TextTokenizer
+from model.padding import full_batches
 from model.weights import file_sha256
 
 
@@ -79,9 +80,8 @@ class ExportReport:
 def _parity_batch(model_dir: Path, manifest: Manifest) -> tuple[np.ndarray, np.ndarray]:
     tok = TextTokenizer(model_dir / TOKENIZER, manifest)
     ids = tok.tokenize(PARITY_TEXTS, "query").ids
-    batch = next(tok.batches(ids, len(ids)))
-    inverse = np.argsort(batch.order)
-    return batch.input_ids[inverse], batch.attention_mask[inverse]
+    batch = tok.pad(ids, list(range(len(ids))))
+    return batch.input_ids, batch.attention_mask
 
 
 def export_onnx(model_dir: Path, opset: int = OPSET) -> tuple[Path, float]:
@@ -128,7 +128,9 @@ class _Feeds:
 
     def __init__(self, model_dir: Path, manifest: Manifest, texts: list[str], batch_size: int = 16) -> None:
         tok = TextTokenizer(model_dir / TOKENIZER, manifest)
-        self._batches = iter(list(tok.batches(tok.tokenize(texts, "query").ids, batch_size)))
+        ids = tok.tokenize(texts, "query").ids
+        groups = full_batches([len(row) for row in ids], batch_size, MAX_BATCH_TOKENS)
+        self._batches = iter([tok.pad(ids, rows) for rows in groups])
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         batch = next(self._batches, None)

@@ -71,13 +71,19 @@ def test_ids_handed_in_give_the_same_vectors_and_truncation(tiny_model_dir: Path
 
 def test_batches_are_sorted_by_length_and_restore_order(tiny_model_dir: Path) -> None:
     enc = Encoder.load(tiny_model_dir, backend="onnx")
-    ids = enc.tokenizer.tokenize(["a", "a b c d e f", "a b c"], "query").ids
+    texts = ["a", "a b c d e f g h i j k l m n o p", "a b c", "a b", "a b c d e f g h i j k l m n o"]
+    ids = enc.tokenizer.tokenize(texts, "query").ids
     batches = list(enc.tokenizer.batches(ids, 2))
-    assert [b.order for b in batches] == [[1, 2], [0]]
-    first = batches[0]
-    assert first.input_ids.shape == (2, len(ids[1]))
-    assert first.attention_mask[1].sum() == len(ids[2])
-    assert (first.input_ids[1][len(ids[2]) :] == enc.tokenizer.pad_id).all()
+    assert batches[0].order == [1, 4] and all(len(b.order) <= 2 for b in batches)  # longest first
+    assert sorted(i for b in batches for i in b.order) == list(range(len(texts)))
+    for batch in batches:
+        assert batch.input_ids.shape == (len(batch.order), len(ids[batch.order[0]]))  # its own longest
+        for row, i in enumerate(batch.order):
+            assert batch.attention_mask[row].sum() == len(ids[i])
+            assert (batch.input_ids[row][len(ids[i]) :] == enc.tokenizer.pad_id).all()
+    one = [len(b.order) for b in enc.tokenizer.batches(ids, 32)]
+    assert one == [2, 3]  # two long texts apart from three short ones: less padding than one batch
+    np.testing.assert_allclose(enc.embed(texts), np.stack([enc.embed([t])[0] for t in texts]), atol=1e-5)
 
 
 def test_truncation_is_explicit_and_reported(tiny_model_dir: Path) -> None:
@@ -197,7 +203,7 @@ def test_cls_pooling_checkpoint(tiny_checkpoint: Path, tmp_path: Path) -> None:
     build_from_checkpoint(tiny_checkpoint, out, "cls", max_length=16)
     export_onnx(out)
     enc = Encoder.load(out, backend="onnx")
-    batch = next(enc.tokenizer.batches(enc.tokenizer.tokenize(["hello world"], "query").ids, 1))
+    batch = enc.tokenizer.pad(enc.tokenizer.tokenize(["hello world"], "query").ids, [0])
     with torch.inference_mode():
         hidden = load_transformer(out)(
             input_ids=torch.from_numpy(batch.input_ids), attention_mask=torch.from_numpy(batch.attention_mask)
