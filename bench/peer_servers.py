@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import peers
 from machine import cpu_flags, cpu_model
-from serve import free_port, have_wrk, start_server, stop_server, version_of_wrk
+from serve import free_port, have_wrk, run_raw_engine, start_server, stop_server, version_of_wrk
 
 HERE = Path(__file__).resolve().parent
 SCRIPT = HERE / "load.lua"
@@ -264,6 +264,16 @@ async def amain(args: argparse.Namespace) -> int:
         f"cells of {args.seconds:g} s after a 3 s warm-up; 1 text/request: req/s · p50; 32: texts/s · p50\n"
     )
     print("\n".join(table(servers, args)))
+    ours = next((s for s in servers if s.name == "dapsearch"), None)
+    if ours is not None and max(args.text_list) > 1:
+        print("raw engine ...", file=sys.stderr, flush=True)
+        raw = run_raw_engine(args.model_dir.resolve(), args.seconds)
+        texts = max(args.text_list)
+        served = " · ".join(f"{ours.cells[(texts, c)]['texts_s'] / raw:.2f} at {c}" for c in args.client_list)
+        print(
+            f"\nraw engine (Encoder.encode on the same kind of texts, batches of 32, its own process): "
+            f"{raw:,.0f} texts/s; dapsearch served ÷ raw at {texts} texts/request: {served} clients"
+        )
     return 0
 
 
