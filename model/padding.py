@@ -16,9 +16,10 @@ from collections.abc import Callable, Sequence
 # small batches further, to repeat shapes it has planned).
 Widening = Callable[[int, int], int]
 
-# The fixed cost of one forward pass, in tokens of work: both int8 graphs on 2 cores ran a batch of
-# n texts padded to L tokens in about (20 + n * L) token-times (bench/padding.py; bench/RESULTS.md,
-# "Batches cut by length").
+# The fixed cost of one forward pass, in tokens of work. bench/padding.py fits it on the served
+# graph; on a 2-core VM the fits ranged from 5 to 82 tokens between runs and graphs, so 20 is a
+# compromise, and every run planned faster than full batches (bench/RESULTS.md, "Batches cut by
+# length").
 PASS_TOKENS = 20
 # Attention grows with the square of the width: per token, L / ATTENTION_WIDTH more work than the
 # weight matrices (4 * L * 384 against 2 * 1.77 M multiply-adds per layer in e5-small).
