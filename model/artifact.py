@@ -34,9 +34,9 @@ INT8_SCHEME_FFN_FP32 = "dynamic-int8-per-channel-reduce-range-ffn-out-fp32"
 INT8_SCHEMES = (INT8_STATIC, INT8_SCHEME, INT8_SCHEME_FFN_FP32)
 INT8_CURRENT = INT8_STATIC  # an int8 graph made with another scheme is made again
 # NNCF's post-training quantisation for transformers on the same calibration text: static
-# activation scales, every weight MatMul int8 with 7-bit weights (no saturation without VNNI),
-# run by OpenVINO's int8 kernels. A graph made with the older 8-bit scheme is made again.
-OPENVINO_INT8_SCHEME = "nncf-static-int8-transformer-7bit"
+# activation scales, every weight MatMul int8 (the attention's activation MatMuls f32, so that no
+# CPU's kernels saturate), run by OpenVINO's int8 kernels. Older graphs are made again.
+OPENVINO_INT8_SCHEME = "nncf-static-int8-transformer-attention-f32"
 
 Pooling = Literal["mean", "cls"]
 Bundled = Literal["dap", "base"]  # the models dapsearch builds from what it ships
