@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import shlex
 import subprocess
@@ -31,11 +30,17 @@ from typing import Any
 import numpy as np
 import peers
 from machine import cpu_flags, cpu_model
-from serve import free_port, have_wrk, run_raw_engine, start_server, stop_server, version_of_wrk
+from serve import (
+    free_port,
+    have_wrk,
+    run_raw_engine,
+    run_wrk,
+    start_server,
+    stop_server,
+    version_of_wrk,
+    wait_ready,
+)
 
-HERE = Path(__file__).resolve().parent
-SCRIPT = HERE / "load.lua"
-MARK = "@@WRK@@ "
 # Embedded once through each server: their vectors must agree (same model, same pooling, same prefix).
 CHECK_TEXTS = [
     "The cat is sleeping on the sofa.",
@@ -82,23 +87,10 @@ def rss_mb(sid: int) -> float:
 
 
 async def wait_for(server: Server, timeout: float, log: Path) -> None:
-    import httpx
-
+    """Until the server answers its ready route; its start-up time is recorded."""
     started = time.monotonic()
-    async with httpx.AsyncClient(base_url=server.base, timeout=5.0) as client:
-        while time.monotonic() - started < timeout:
-            if server.proc.poll() is not None:
-                raise RuntimeError(f"{server.name} exited: {log.read_text(errors='replace')[-2000:]}")
-            try:
-                if (await client.get(server.ready)).status_code == 200:
-                    server.startup_s = time.monotonic() - started
-                    return
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.2)
-    raise RuntimeError(
-        f"{server.name} not ready after {timeout:.0f} s: {log.read_text(errors='replace')[-2000:]}"
-    )
+    await wait_ready(server.base, server.proc, log, timeout, server.ready)
+    server.startup_s = time.monotonic() - started
 
 
 def start_dapsearch(home: Path, model_dir: Path) -> Server:
@@ -148,17 +140,8 @@ async def embed_check(server: Server) -> None:
 
 async def run_cell(server: Server, texts: int, clients: int, seconds: float) -> dict[str, float]:
     tag = f"{server.name.split()[0]}-{texts}-{clients}-{time.monotonic_ns()}"
-    proc = await asyncio.create_subprocess_exec(
-        "wrk", "-t1", f"-c{clients}", f"-d{max(1, round(seconds))}s", "--timeout", "60s", "-s", str(SCRIPT),
-        server.base, "--", "openai", tag, server.path, server.model, str(texts), server.prefix,
-        server.input_type,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await proc.communicate()
-    lines = [line for line in out.decode().splitlines() if line.startswith(MARK)]
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"wrk failed (exit {proc.returncode}): {err.decode()[-1000:]}")
-    result = json.loads(lines[-1][len(MARK) :])
+    script_args = ["openai", tag, server.path, server.model, str(texts), server.prefix, server.input_type]
+    result = await run_wrk(server.base, clients, seconds, script_args)
     ok = result["requests"] - result["status_errors"]
     elapsed = result["duration_us"] / 1e6
     return {

@@ -183,7 +183,11 @@ def stop_server(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
-async def wait_ready(base: str, proc: subprocess.Popen[bytes], log: Path, timeout: float) -> dict[str, Any]:
+async def wait_ready(
+    base: str, proc: subprocess.Popen[bytes], log: Path, timeout: float, path: str = "/health/ready"
+) -> dict[str, Any]:
+    """The body of ``path`` once it answers 200 (dapsearch's readiness by default; a peer names its
+    own); fails with the server's log when it exits, reports a failed load, or stays unready."""
     import httpx
 
     deadline = time.monotonic() + timeout
@@ -192,8 +196,9 @@ async def wait_ready(base: str, proc: subprocess.Popen[bytes], log: Path, timeou
             if proc.poll() is not None:
                 raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
             try:
-                resp = await client.get("/health/ready")
-                body: dict[str, Any] = resp.json()
+                resp = await client.get(path)
+                json_body = resp.headers.get("content-type", "").startswith("application/json")
+                body: dict[str, Any] = resp.json() if json_body else {}
                 if resp.status_code == 200:
                     return body
                 if body.get("status") == "failed":
@@ -334,28 +339,32 @@ WRK_SCRIPT = HERE / "load.lua"
 WRK_MARK = "@@WRK@@ "
 
 
+async def run_wrk(base: str, clients: int, seconds: float, script_args: Sequence[str]) -> dict[str, int]:
+    """One wrk run (one thread, ``clients`` keep-alive connections; bench/load.lua makes the
+    bodies from ``script_args``): the JSON line the script prints at the end."""
+    proc = await asyncio.create_subprocess_exec(
+        "wrk", "-t1", f"-c{clients}", f"-d{max(1, round(seconds))}s", "--timeout", "60s",
+        "-s", str(WRK_SCRIPT), base, "--", *script_args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await proc.communicate()
+    lines = [line for line in out.decode().splitlines() if line.startswith(WRK_MARK)]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"wrk failed (exit {proc.returncode}): {err.decode()[-2000:]}")
+    result: dict[str, int] = json.loads(lines[-1][len(WRK_MARK) :])
+    return result
+
+
 async def run_cell_wrk(base: str, path: str, mode: str, tag: str, clients: int, seconds: float) -> Cell:
-    """The same cell driven by wrk (one thread, ``clients`` keep-alive connections; bench/load.lua
-    makes the bodies): a load generator in C, outside any Python process, so the clients cost the
-    server's CPU far less than httpx loops do."""
+    """The same cell driven by wrk: a load generator in C, outside any Python process, so the
+    clients cost the server's CPU far less than httpx loops do."""
     import httpx
 
     cell = Cell(clients)
     async with httpx.AsyncClient(base_url=base, timeout=60.0) as client:
         before = (await client.get("/metrics")).text
-        start = time.perf_counter()
-        proc = await asyncio.create_subprocess_exec(
-            "wrk", "-t1", f"-c{clients}", f"-d{max(1, round(seconds))}s", "--timeout", "60s",
-            "-s", str(WRK_SCRIPT), base, "--", mode, tag, COLLECTION,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        out, err = await proc.communicate()
-        cell.elapsed = time.perf_counter() - start
+        result = await run_wrk(base, clients, seconds, [mode, tag, COLLECTION])
         after = (await client.get("/metrics")).text
-    lines = [line for line in out.decode().splitlines() if line.startswith(WRK_MARK)]
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"wrk failed (exit {proc.returncode}): {err.decode()[-2000:]}")
-    result = json.loads(lines[-1][len(WRK_MARK) :])
     cell.elapsed = result["duration_us"] / 1e6
     cell.errors = result["errors"] + result["status_errors"]
     cell.requests = result["requests"] - result["status_errors"]

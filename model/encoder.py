@@ -209,10 +209,10 @@ class OnnxBackend(ForwardBackend):
 # its own copy of the 384 MB embedding table.
 PAD_WIDTH = 32
 SMALL_BATCH = 4
-# Larger batches are padded to a multiple of WIDTH_STEP, and the plan's kernels of at most
-# SHAPE_CACHE shapes are kept (OpenVINO's CPU_RUNTIME_CACHE_CAPACITY, 5,000 by default). Measured
-# on 400 requests of 1, 8 or 32 dev sentences: exact widths and the default cache, RSS 908 ->
-# 2,448 MB and growing, 141 texts/s; widths to a multiple of 8 and 256 shapes, 1,163 MB, 167.
+# Larger batches are padded to a multiple of WIDTH_STEP, and the kernels of at most SHAPE_CACHE
+# shapes are kept (OpenVINO's CPU_RUNTIME_CACHE_CAPACITY, 5,000 by default). Measured on 400
+# requests of 1, 8 or 32 dev sentences: exact widths and the default cache, RSS 908 -> 2,448 MB
+# and growing, 141 texts/s; these two, 909 -> 1,180 MB, 178 texts/s (bench/RESULTS.md).
 WIDTH_STEP = 8
 SHAPE_CACHE = 512
 
