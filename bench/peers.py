@@ -30,8 +30,16 @@ PEERS: dict[str, list[str]] = {
     "st-openvino": ["sentence-transformers[openvino]==6.3.0", "datasets", "huggingface-hub>=1.5,<1.22"],
     "infinity": ["infinity-emb[server,torch,optimum]==0.0.78"],
 }
+# What a venv must not keep: PyPI's torchvision, pulled in by optimum-intel, is built against
+# another torch and breaks `from transformers import PreTrainedModel` with the CPU build.
+REMOVE: dict[str, list[str]] = {"st-openvino": ["torchvision"]}
 # bench/embed.py engine -> the venv it runs in.
-ENGINE_VENVS: dict[str, str] = {"st-onnx": "st-onnx", "st-onnx-int8": "st-onnx"}
+ENGINE_VENVS: dict[str, str] = {
+    "st-onnx": "st-onnx",
+    "st-onnx-int8": "st-onnx",
+    "st-openvino": "st-openvino",
+    "st-openvino-int8": "st-openvino",
+}
 
 
 def cache_dir() -> Path:
@@ -64,6 +72,10 @@ def install(name: str) -> Path:
         subprocess.run([*pip, "-c", pins.name, *PEERS[name]], check=True)
     finally:
         Path(pins.name).unlink(missing_ok=True)
+    if REMOVE.get(name):
+        subprocess.run(
+            [str(venv_python(name)), "-m", "pip", "uninstall", "-y", "-q", *REMOVE[name]], check=True
+        )
     (home / ".installed").write_text(" ".join(PEERS[name]) + "\n", encoding="utf-8")
     return venv_python(name)
 
@@ -89,12 +101,13 @@ _OWN_SUFFIXES = (".onnx", ".xml", ".bin", ".data")
 _REWRITTEN = ("manifest.json", "modules.json", "sentence_bert_config.json")
 
 
-def peer_model_copy(model_dir: Path) -> Path:
+def peer_model_copy(model_dir: Path, variant: str = "") -> Path:
     """A copy of the model's files in the peer cache: peers write their own exports (``onnx/``)
     and configuration beside the weights (sentence-transformers' ``save_pretrained`` rewrites
-    every file it finds), and must never write into a served model's folder: a copy, not links."""
+    every file it finds), and must never write into a served model's folder: a copy, not links.
+    ``variant`` names a separate copy, for a peer that must not see the others' exports."""
     model_dir = Path(model_dir).resolve()
-    out = cache_dir() / "models" / model_dir.name
+    out = cache_dir() / "models" / (model_dir.name + (f"-{variant}" if variant else ""))
     out.mkdir(parents=True, exist_ok=True)
     for item in model_dir.iterdir():
         if item.suffix in _OWN_SUFFIXES or item.name in _REWRITTEN:
@@ -135,6 +148,31 @@ def _classic_sentence_transformers(model_dir: Path, out: Path) -> None:
         target = out / name
         target.unlink(missing_ok=True)
         target.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
+
+
+# Run in the infinity venv: the standard unpooled export (``last_hidden_state``) its optimum engine
+# needs, and optimum's dynamic int8 of it under the one name infinity prefers on CPU.
+_INFINITY_ONNX_EXPORT = """
+import sys
+from optimum.onnxruntime import ORTModelForFeatureExtraction, ORTQuantizer
+from optimum.onnxruntime.configuration import AutoQuantizationConfig
+folder, config = sys.argv[1], sys.argv[2]
+ORTModelForFeatureExtraction.from_pretrained(folder, export=True).save_pretrained(folder)
+quantizer = ORTQuantizer.from_pretrained(folder, file_name="model.onnx")
+options = {"per_channel": False} if config != "avx2" else {}
+qconfig = getattr(AutoQuantizationConfig, config)(is_static=False, **options)
+quantizer.quantize(save_dir=folder, quantization_config=qconfig)
+"""
+
+
+def infinity_onnx_copy(model_dir: Path, config: str) -> Path:
+    """A model copy for infinity's ONNX engine: ``model.onnx`` plus ``model_quantized.onnx``
+    (optimum's dynamic int8 for ``config``: avx2, avx512 or avx512_vnni), made once."""
+    out = peer_model_copy(model_dir, "infinity-onnx")
+    if not (out / "model_quantized.onnx").is_file():
+        code = [str(venv_python("infinity")), "-c", _INFINITY_ONNX_EXPORT, str(out), config]
+        subprocess.run(code, check=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
