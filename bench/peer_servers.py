@@ -1,8 +1,9 @@
 """dapsearch against the peer embedding servers over HTTP: the same model, the same wrk load.
 
 Each server serves the same model directory on the same cores, one at a time: dapsearch
-(`dapsearch serve`, its `auto` backend) and infinity-emb (its torch engine, mean pooling; installed
-by ``bench/peers.py install infinity`` into its own venv). wrk sends OpenAI-style requests
+(`dapsearch serve`, its `auto` backend) and infinity-emb, mean pooling, on its ONNX Runtime engine
+with optimum's dynamic int8 for this CPU (its fastest here) and on its default torch engine
+(installed by ``bench/peers.py install infinity`` into its own venv). wrk sends OpenAI-style requests
 (``bench/load.lua``, mode ``openai``) of 1 and 32 new texts at 1, 8 and 32 keep-alive clients (a cell
 must outlast one round of requests: 32 × 32 texts take 20 s at 50 texts/s); every text
 carries e5's ``query: `` prefix, added by dapsearch itself (``input_type: query``) and written into
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import secrets
 import shlex
 import subprocess
 import sys
@@ -30,6 +32,7 @@ from typing import Any
 import numpy as np
 import peers
 from machine import cpu_flags, cpu_model
+from peer_engines import st_quantization
 from serve import (
     free_port,
     have_wrk,
@@ -101,23 +104,39 @@ def start_dapsearch(home: Path, model_dir: Path) -> Server:
 
 
 def start_infinity(home: Path, model_dir: Path) -> Server:
-    """infinity's torch engine with mean pooling, started inside a linked copy of the model folder
-    (it cannot match an absolute model path against its files)."""
+    """infinity's default torch engine."""
+    return _infinity(home, model_dir, "torch")
+
+
+def start_infinity_onnx(home: Path, model_dir: Path) -> Server:
+    """infinity's ONNX Runtime engine on optimum's dynamic int8 for this CPU (its best here)."""
+    return _infinity(home, model_dir, "optimum")
+
+
+def _infinity(home: Path, model_dir: Path, engine: str) -> Server:
+    """infinity with mean pooling (its ONNX engine pools CLS otherwise), started inside a copy of
+    the model folder (it cannot match an absolute model path against its files)."""
     if not peers.installed("infinity"):
         raise RuntimeError("not installed: bench/peers.py install infinity")
+    folder = peers.peer_model_copy(model_dir)
+    name = "infinity-emb (torch)"
+    if engine == "optimum":
+        config = st_quantization()
+        print(f"infinity: exporting ONNX and its {config} int8 (first run only) ...", file=sys.stderr)
+        folder = peers.infinity_onnx_copy(model_dir, config)
+        name = f"infinity-emb (ONNX int8, {config})"
     port = free_port()
     binary = peers.venv_python("infinity").parent / "infinity_emb"
     cmd = [
-        str(binary), "v2", "--model-id", ".", "--served-model-name", PEER_MODEL, "--engine", "torch",
+        str(binary), "v2", "--model-id", ".", "--served-model-name", PEER_MODEL, "--engine", engine,
         "--device", "cpu", "--pooling-method", "mean", "--host", "127.0.0.1", "--port", str(port),
     ]  # fmt: skip
     env = dict(os.environ, HF_HUB_OFFLINE="1", DO_NOT_TRACK="1", INFINITY_ANONYMOUS_USAGE_STATS="0")
     with (home / "infinity.log").open("wb") as log:
         proc = subprocess.Popen(
-            cmd, cwd=peers.peer_model_copy(model_dir), env=env, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
+            cmd, cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
-    return Server("infinity-emb (torch)", proc, f"http://127.0.0.1:{port}", "/embeddings", PEER_MODEL,
+    return Server(name, proc, f"http://127.0.0.1:{port}", "/embeddings", PEER_MODEL,
                   "query: ", "-", "/health")  # fmt: skip
 
 
@@ -138,8 +157,14 @@ async def embed_check(server: Server) -> None:
     server.vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
 
-async def run_cell(server: Server, texts: int, clients: int, seconds: float) -> dict[str, float]:
-    tag = f"{server.name.split()[0]}-{texts}-{clients}-{time.monotonic_ns()}"
+def cell_label(run: str, texts: int, clients: int) -> str:
+    """The label inside every text of one cell (bench/load.lua appends its thread id, 1): unique
+    per cell and run, so no server answers from a cache, and short, so the texts stay 15-20
+    tokens. Every server gets the same texts; the raw engine gets texts of the same length."""
+    return f"{run}{texts}x{clients}"
+
+
+async def run_cell(server: Server, tag: str, texts: int, clients: int, seconds: float) -> dict[str, float]:
     script_args = ["openai", tag, server.path, server.model, str(texts), server.prefix, server.input_type]
     result = await run_wrk(server.base, clients, seconds, script_args)
     ok = result["requests"] - result["status_errors"]
@@ -154,14 +179,15 @@ async def run_cell(server: Server, texts: int, clients: int, seconds: float) -> 
 
 async def measure(server: Server, args: argparse.Namespace) -> None:
     for texts in args.text_list:
-        await run_cell(server, texts, 1, 3.0)  # warm-up, not recorded
+        await run_cell(server, cell_label(args.run + "w", texts, 1), texts, 1, 3.0)  # warm-up, not recorded
         for clients in args.client_list:
             print(
                 f"  {server.name}: {texts} text(s)/request, {clients} clients ...",
                 file=sys.stderr,
                 flush=True,
             )
-            server.cells[(texts, clients)] = await run_cell(server, texts, clients, args.seconds)
+            tag = cell_label(args.run, texts, clients)
+            server.cells[(texts, clients)] = await run_cell(server, tag, texts, clients, args.seconds)
             # wrk leaves up to clients × texts texts in flight; a server that keeps embedding them
             # after the hang-up must not carry them into the next cell.
             await asyncio.sleep(min(30.0, texts * clients / 40))
@@ -210,9 +236,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--seconds", type=float, default=15.0, help="duration of each cell")
     p.add_argument("--clients", default="1,8,32")
     p.add_argument("--texts", default="1,32", help="texts per request")
-    p.add_argument("--servers", default="dapsearch,infinity")
+    p.add_argument("--servers", default="dapsearch,infinity-onnx,infinity")
     args = p.parse_args(argv)
     args.client_list = [int(c) for c in args.clients.split(",")]
+    args.run = secrets.token_hex(2)  # a new run never meets a text an earlier run left in a cache
     args.text_list = [int(t) for t in args.texts.split(",")]
     if not have_wrk():
         p.error("needs wrk on PATH (Debian: apt-get install wrk)")
@@ -220,7 +247,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 
 async def amain(args: argparse.Namespace) -> int:
-    starters = {"dapsearch": start_dapsearch, "infinity": start_infinity}
+    starters = {
+        "dapsearch": start_dapsearch,
+        "infinity-onnx": start_infinity_onnx,
+        "infinity": start_infinity,
+    }
     servers: list[Server] = []
     with tempfile.TemporaryDirectory(prefix="dapsearch-peers-") as tmp:
         for name in args.servers.split(","):
@@ -250,11 +281,12 @@ async def amain(args: argparse.Namespace) -> int:
     ours = next((s for s in servers if s.name == "dapsearch"), None)
     if ours is not None and max(args.text_list) > 1:
         print("raw engine ...", file=sys.stderr, flush=True)
-        raw = run_raw_engine(args.model_dir.resolve(), args.seconds)
+        label = f"{cell_label(secrets.token_hex(2), max(args.text_list), 8)} 1"
+        raw = run_raw_engine(args.model_dir.resolve(), args.seconds, label)
         texts = max(args.text_list)
         served = " · ".join(f"{ours.cells[(texts, c)]['texts_s'] / raw:.2f} at {c}" for c in args.client_list)
         print(
-            f"\nraw engine (Encoder.encode on the same kind of texts, batches of 32, its own process): "
+            f"\nraw engine (Encoder.encode on texts of the cells' length, batches of 32, its own process): "
             f"{raw:,.0f} texts/s; dapsearch served ÷ raw at {texts} texts/request: {served} clients"
         )
     return 0
