@@ -73,15 +73,17 @@ def sentence(tag: str, n: int) -> str:
 # --------------------------------------------------------------------------- raw engine (subprocess)
 
 
-def raw_engine(model_dir: Path, seconds: float) -> int:
-    """Sentences/s of Encoder.encode on unique short sentences in batches of 32; one marked JSON line."""
+def raw_engine(model_dir: Path, seconds: float, label: str) -> int:
+    """Sentences/s of Encoder.encode on unique short sentences in batches of 32; one marked JSON line.
+    ``label`` goes into every sentence as it does in the served cells, so both embed texts of one
+    length (a longer label adds tokens, and served ÷ raw would compare different work)."""
     from model.encoder import Encoder
 
     encoder = Encoder.load(model_dir, backend=served_backend(model_dir))
     counter = itertools.count()
 
     def batch() -> list[str]:
-        return [sentence("raw", next(counter)) for _ in range(32)]
+        return [sentence(label, next(counter)) for _ in range(32)]
 
     encoder.encode(batch(), "query")  # warm-up
     done, start = 0, time.perf_counter()
@@ -101,8 +103,9 @@ def served_backend(model_dir: Path) -> Backend:
     return choose_backend("auto", model_dir, read_manifest(model_dir), cpu_features()).backend
 
 
-def run_raw_engine(model_dir: Path, seconds: float) -> float:
+def run_raw_engine(model_dir: Path, seconds: float, label: str) -> float:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--raw-engine", "--model-dir", str(model_dir)]
+    cmd += ["--raw-label", label]
     proc = subprocess.run(
         [*cmd, "--seconds", str(seconds)], capture_output=True, text=True, timeout=300, check=False
     )
@@ -509,6 +512,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "[default: wrk where installed]",
     )
     p.add_argument("--raw-engine", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--raw-label", default="raw", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.client_list = [int(c) for c in args.clients.split(",") if c.strip()]
     if args.load is None:
@@ -528,7 +532,7 @@ def main(argv: Sequence[str]) -> int:
     args = parse_args(argv)
     model_dir = (args.model_dir or default_model_dir()).resolve()
     if args.raw_engine:
-        return raw_engine(model_dir, args.seconds)
+        return raw_engine(model_dir, args.seconds, args.raw_label)
     from model.artifact import read_manifest
 
     signal.signal(signal.SIGTERM, _terminate)
@@ -549,7 +553,8 @@ def main(argv: Sequence[str]) -> int:
         try:
             ready = asyncio.run(wait_ready(base, server, home / "server.log", timeout=300))
             print("raw engine ...", file=sys.stderr, flush=True)
-            raw_sent_s = run_raw_engine(model_dir, args.seconds)
+            # the label of a cold cell at 8 clients: "cold", a 6-hex run, the clients, thread 1
+            raw_sent_s = run_raw_engine(model_dir, args.seconds, f"cold {secrets.token_hex(3)} 8 1")
             results = asyncio.run(measure(base, args.client_list, args.seconds, args.load))
         finally:
             stop_server(server)
