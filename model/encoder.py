@@ -209,12 +209,22 @@ class OnnxBackend(ForwardBackend):
 # its own copy of the 384 MB embedding table.
 PAD_WIDTH = 32
 SMALL_BATCH = 4
-# Larger batches are padded to a multiple of WIDTH_STEP, and the kernels of at most SHAPE_CACHE
-# shapes are kept (OpenVINO's CPU_RUNTIME_CACHE_CAPACITY, 5,000 by default). Measured on 400
-# requests of 1, 8 or 32 dev sentences: exact widths and the default cache, RSS 908 -> 2,448 MB
-# and growing, 141 texts/s; these two, 909 -> 1,180 MB, 178 texts/s (bench/RESULTS.md).
-WIDTH_STEP = 8
+# Larger batches are padded up a ladder of widths (``ladder_width``: steps of 4 tokens up to 32,
+# then 8, 16 and 32), and the kernels of at most SHAPE_CACHE shapes are kept (OpenVINO's
+# CPU_RUNTIME_CACHE_CAPACITY, 5,000 by default). Exact widths let memory grow: over 400 requests of
+# 1, 8 or 32 dev sentences, exact widths and the default cache took RSS from 908 to 2,448 MB and
+# growing; a step of 8 and this cache, 1,180 MB. The ladder repeats shapes as that step does, with
+# less padding on short texts: 1.05-1.13x the step of 8 at batch 32 on 10-20-token texts, 1.08-1.16x
+# on dev sentences of natural length, level on 50-70 tokens (bench/RESULTS.md).
+LADDER: tuple[tuple[int, int], ...] = ((32, 4), (64, 8), (128, 16))  # (up to width, step)
+LADDER_TOP_STEP = 32
 SHAPE_CACHE = 512
+
+
+def ladder_width(width: int) -> int:
+    """``width`` rounded up to the next rung of LADDER."""
+    step = next((step for top, step in LADDER if width <= top), LADDER_TOP_STEP)
+    return width + (-width % step)
 
 
 class OpenVinoBackend(ForwardBackend):
@@ -250,7 +260,7 @@ class OpenVinoBackend(ForwardBackend):
         self.name = name
 
     def run_width(self, rows: int, width: int) -> int:
-        return width + (-width % (PAD_WIDTH if rows <= SMALL_BATCH else WIDTH_STEP))
+        return width + (-width % PAD_WIDTH) if rows <= SMALL_BATCH else ladder_width(width)
 
     def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         rows, width = input_ids.shape

@@ -44,11 +44,12 @@ def test_length_sorted_padded_batches_equal_one_at_a_time(tiny_model_dir: Path, 
 @pytest.mark.parametrize("backend", ["openvino", "openvino-int8"])
 def test_openvino_gives_the_onnx_vectors(tiny_model_dir: Path, backend: Backend, batch_size: int) -> None:
     """The same vectors as ONNX Runtime's fp32 graph, alone or in a padded batch (small batches
-    run 32 tokens wide, larger ones a multiple of 8, so that shapes repeat), and the result
+    run 32 tokens wide, larger ones up a ladder of widths, so that shapes repeat), and the result
     survives the next call (OpenVINO reuses its output buffer)."""
     reference = Encoder.load(tiny_model_dir, backend="onnx").embed(ORDINARY)
     enc = Encoder.load(tiny_model_dir, backend=backend, batch_size=batch_size)
     assert [enc.backend.run_width(rows, 13) for rows in (1, 4, 5, 32)] == [32, 32, 16, 16]
+    assert [enc.backend.run_width(32, w) for w in (17, 32, 33, 65, 129, 500)] == [20, 32, 40, 80, 160, 512]
     first = enc.embed(ORDINARY)
     enc.embed([LONG, "something else"])
     floor = 0.9999 if backend == "openvino" else 0.98
