@@ -52,6 +52,7 @@ CHECK_TEXTS = [
     "How much protein should an adult eat every day to stay healthy and strong?",
 ]
 PEER_MODEL = "e5"  # the name infinity serves the model under
+TEI_ABSENT = "no PyPI or Debian package, its crates unreachable"
 
 
 @dataclass
@@ -215,6 +216,10 @@ def table(servers: Sequence[Server], args: argparse.Namespace) -> list[str]:
         agree = f"{cos.mean():.4f} / {cos.min():.4f}"
         first = f"| {server.name} | {server.startup_s:.1f} | {server.rss_mb:,.0f} | {agree} | "
         lines.append(first + " | ".join(row) + " |")
+    cells = len(args.text_list) * len(args.client_list)
+    lines.append(
+        f"| text-embeddings-inference | — | — | not installable here: {TEI_ABSENT} |" + " — |" * cells
+    )
     peers_run = [s for s in servers[1:] if s.cells]
     if peers_run:
         ratios = []
