@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from typing import Any, Literal, get_args
@@ -132,3 +133,12 @@ class JobFinished(Conflict):
 def new_job_id() -> str:
     """Time-ordered (sorts by submission) and unguessable enough to name files."""
     return f"{time.time_ns():016x}{secrets.token_hex(4)}"
+
+
+# What new_job_id makes (nanoseconds in hex grow a digit after the year 2500): an id names files,
+# so one read back from disk must be as strict as one made here.
+JOB_ID = re.compile(r"[0-9a-f]{24,32}")
+
+
+def is_job_id(value: str) -> bool:
+    return JOB_ID.fullmatch(value) is not None

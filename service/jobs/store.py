@@ -14,7 +14,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from core.files import atomic_write_text
-from service.jobs.models import Job
+from service.jobs.models import Job, is_job_id
 
 log = logging.getLogger("dapsearch.jobs")
 
@@ -31,9 +31,16 @@ class JobStore:
             if path.name.startswith("."):
                 continue
             try:
-                loaded.append(Job.model_validate_json(path.read_text(encoding="utf-8")))
+                job = Job.model_validate_json(path.read_text(encoding="utf-8"))
             except (OSError, ValidationError, ValueError) as exc:
                 log.error("ignoring unreadable job file %s: %s", path, exc)
+                continue
+            # An id names the job's files: one that is not an id, or not this file's, could write
+            # anywhere (``../../x``) or over another job's record.
+            if not is_job_id(job.id) or path.stem != job.id:
+                log.error("ignoring job file %s: it holds the job id %r", path.name, job.id)
+                continue
+            loaded.append(job)
         return sorted(loaded, key=lambda j: (j.created, j.id))
 
     def save(self, job_id: str, text: str) -> None:

@@ -717,6 +717,41 @@ async def test_crashed_jobs_resume_or_fail_with_a_reason(tmp_path: Path, tiny_mo
     assert list(settings.uploads_dir.iterdir()) == [receiving]
 
 
+async def test_job_files_whose_id_is_not_their_own_are_not_loaded(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """A job id read from disk names the job's files, so it is checked as strictly as a new one: a
+    path (``../../x``), or another file's id, is skipped at start, not run and written back."""
+    settings = settings_for(tmp_path / "home", tiny_model_dir)
+    upload_path = settings.uploads_dir / "ok.jsonl"
+    upload_path.parent.mkdir(parents=True)
+    upload_path.write_bytes(jsonl(5))
+    encoder = Encoder.load(tiny_model_dir, backend="onnx", threads=1)
+    Collection.create(settings.collections_dir, "c", encoder.model_id, encoder.dim).close()
+    settings.jobs_dir.mkdir(parents=True)
+    params = IngestParams(
+        path=str(upload_path), upload=True, format="jsonl", chunk_size=10, start_offset=0, start_line=0
+    )
+    good = Job(
+        id=new_job_id(), type="ingest", state="queued", collection="c", params=params,
+        created="2024-01-01T00:00:00+00:00",
+    )  # fmt: skip
+    (settings.jobs_dir / f"{good.id}.json").write_text(good.model_dump_json())
+    escape = good.model_copy(update={"id": "../../escaped"})
+    (settings.jobs_dir / "escape.json").write_text(escape.model_dump_json())
+    other = good.model_copy(update={"id": new_job_id()})
+    (settings.jobs_dir / "0123456789abcdef01234567.json").write_text(other.model_dump_json())
+
+    async with serve(settings) as (_app, client):
+        assert (await wait_for(client, good.id))["state"] == "succeeded"
+        listed = [j["id"] for j in (await client.get("/admin/jobs")).json()["jobs"]]
+        assert listed == [good.id]
+    assert not (settings.jobs_dir / "../../escaped.json").resolve().exists()
+    assert sorted(p.name for p in settings.jobs_dir.iterdir()) == sorted(
+        [f"{good.id}.json", "escape.json", "0123456789abcdef01234567.json"]
+    )
+
+
 # ---------------------------------------------------------------------- mining, jobs
 
 
