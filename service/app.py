@@ -135,6 +135,9 @@ def create_app(settings: Settings | None = None, encoder: Encoder | None = None)
         version="0.1.0",
         description="Multilingual semantic search, embeddings and bitext mining (DAP encoders).",
         lifespan=lifespan,
+        # Starlette answers a path with a stray slash by a redirect built from the Host header: an
+        # open redirect behind a proxy. Such a path is a 404 instead.
+        redirect_slashes=False,
     )
     app.state.settings = settings
     app.state.metrics = metrics

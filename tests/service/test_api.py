@@ -253,6 +253,15 @@ async def test_unknown_route_uses_the_envelope(client: httpx.AsyncClient) -> Non
     assert r.status_code == 404 and r.json()["error"]["type"] == "not_found"
 
 
+async def test_no_redirect_is_built_from_the_host_header(client: httpx.AsyncClient) -> None:
+    """A trailing slash is a 404, not a redirect to whatever Host the request named (behind a
+    proxy that is an open redirect)."""
+    for method, path in (("GET", "/info/"), ("POST", "/search/"), ("GET", "/health/live/")):
+        r = await client.request(method, path, headers={"Host": "evil.example"}, json={})
+        assert r.status_code == 404, (path, r.status_code)
+        assert "location" not in r.headers and r.json()["error"]["type"] == "not_found"
+
+
 # --------------------------------------------------------------------------- /v1/embeddings
 
 
