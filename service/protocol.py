@@ -6,6 +6,10 @@ its slot) for ever (slowloris). These protocols give each request head a fixed t
 connection's start, or from the end of the previous response, and close the connection when
 it is not complete by then. Bodies are not bounded in time here: uploads may be large and slow.
 
+Nor does either parser bound a head's size: a header value of 64 MiB held the event loop for
+seconds, stalling every other client. A head (request line and headers) longer than
+``head_max_bytes`` is answered 431 and the connection closed, before the parser sees the excess.
+
 The parser is httptools (llhttp, in C) where it is installed, which is what a small request
 costs most of in Python; h11 (pure Python) otherwise.
 """
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 from typing import Any, Literal
 
 import h11
@@ -22,18 +27,54 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 Parser = Literal["auto", "httptools", "h11"]
 
 
+HEAD_END = b"\r\n\r\n"
+
+
+def _too_large_reply(limit: int) -> bytes:
+    """The 431 in the service's error envelope, closing the connection."""
+    message = f"the request line and headers exceed {limit} bytes (DAPSEARCH_MAX_HEAD_BYTES)"
+    body = json.dumps({"error": {"type": "too_large", "message": message, "param": None}}).encode()
+    head = (
+        "HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    )
+    return head.encode("ascii") + body
+
+
 class _HeadDeadline:
-    """The timer both protocols share: armed while the connection waits for a request head."""
+    """What both protocols share while the connection waits for a request head: the timer, armed
+    meanwhile, and the count of the head's bytes."""
 
     head_timeout_s = 10.0
+    head_max_bytes = 65_536
     loop: asyncio.AbstractEventLoop
     transport: asyncio.Transport
     logger: Any
     _head_timer: asyncio.TimerHandle | None = None
+    _head_bytes = 0
+    _head_tail = b""  # the last bytes seen, for a head end split across two reads
 
     def _arm(self) -> None:
         self._disarm()
+        self._head_bytes, self._head_tail = 0, b""
         self._head_timer = self.loop.call_later(self.head_timeout_s, self._head_timed_out)
+
+    def _head_too_large(self, data: bytes) -> bool:
+        """Counts ``data`` toward the awaited head; True, with a 431 sent and the connection
+        closing, once the head is over the limit. Bytes after the head's end are not counted."""
+        if self._head_timer is None or self.transport.is_closing():
+            return False
+        seen = self._head_tail + data
+        end = seen.find(HEAD_END)
+        self._head_bytes += len(data) if end < 0 else max(0, end + len(HEAD_END) - len(self._head_tail))
+        self._head_tail = seen[-(len(HEAD_END) - 1) :]
+        if self._head_bytes <= self.head_max_bytes:
+            return False
+        self._disarm()
+        self.logger.info("closing a connection: request head over %d bytes", self.head_max_bytes)
+        self.transport.write(_too_large_reply(self.head_max_bytes))
+        self.transport.close()
+        return True
 
     def _disarm(self) -> None:
         if self._head_timer is not None:
@@ -57,6 +98,10 @@ class HeadDeadlineProtocol(_HeadDeadline, H11Protocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        if not self._head_too_large(data):
+            super().data_received(data)
 
     def handle_events(self) -> None:
         super().handle_events()
@@ -82,6 +127,10 @@ def _httptools_protocol() -> type[Any]:
             super().connection_made(transport)
             self._arm()
 
+        def data_received(self, data: bytes) -> None:
+            if not self._head_too_large(data):
+                super().data_received(data)
+
         def on_headers_complete(self) -> None:
             self._disarm()  # a head arrived: the request is under way
             super().on_headers_complete()
@@ -99,10 +148,10 @@ def _httptools_protocol() -> type[Any]:
     return HttpToolsHeadDeadlineProtocol
 
 
-def head_deadline_protocol(seconds: float, parser: Parser = "auto") -> type[Any]:
-    """The protocol class with this deadline (uvicorn takes a class, not an instance); ``auto``
-    is httptools where it is installed."""
+def head_deadline_protocol(seconds: float, parser: Parser = "auto", max_bytes: int = 65_536) -> type[Any]:
+    """The protocol class with this deadline and head size (uvicorn takes a class, not an
+    instance); ``auto`` is httptools where it is installed."""
     if parser == "auto":
         parser = "httptools" if importlib.util.find_spec("httptools") is not None else "h11"
     base = _httptools_protocol() if parser == "httptools" else HeadDeadlineProtocol
-    return type(base.__name__, (base,), {"head_timeout_s": seconds})
+    return type(base.__name__, (base,), {"head_timeout_s": seconds, "head_max_bytes": max_bytes})

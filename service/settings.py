@@ -87,6 +87,11 @@ class Settings(BaseSettings):
         description="Time a client has to send a complete request head (from connecting, or from the "
         "previous response) before the connection is closed.",
     )
+    max_head_bytes: int = Field(
+        default=65_536,
+        ge=1024,
+        description="Longest request head (request line and headers) in bytes; longer ones get 431.",
+    )
     http_parser: Literal["auto", "httptools", "h11"] = Field(
         default="auto",
         description="HTTP/1.1 parser: httptools (C, the faster) where installed, else h11 (pure Python).",

@@ -50,7 +50,9 @@ def serve(
         create_app(cfg),
         host=host or cfg.host,
         port=port or cfg.port,
-        http=head_deadline_protocol(cfg.head_timeout_s, cfg.http_parser),
+        http=head_deadline_protocol(cfg.head_timeout_s, cfg.http_parser, cfg.max_head_bytes),
+        # h11 refuses heads over its own 16 KiB with a 400 before ours can answer 431
+        h11_max_incomplete_event_size=cfg.max_head_bytes + 65_536,
         timeout_keep_alive=cfg.keep_alive_s,
     )
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -233,6 +235,45 @@ def test_slow_and_idle_connections_are_closed(tiny_model_dir: Path, tmp_path: Pa
                 assert chunk, reply
                 reply += chunk
             assert reply.count(b"HTTP/1.1 200") == 2
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.mark.parametrize("parser", ["httptools", "h11"])
+def test_an_oversized_request_head_is_431_and_stalls_no_one(
+    tiny_model_dir: Path, tmp_path: Path, parser: str
+) -> None:
+    """A head over DAPSEARCH_MAX_HEAD_BYTES (one huge header, or many) gets a 431 in the error
+    envelope and a closed connection, whichever parser runs; a head under it, and a body of any
+    size behind a small head, are served as before."""
+    import socket
+
+    port = free_port()
+    env = _tiny_env(tiny_model_dir, tmp_path, DAPSEARCH_MAX_HEAD_BYTES="4096", DAPSEARCH_HTTP_PARSER=parser)
+    proc = _start(env, port)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        assert _ready_or_dead(proc, base)
+        for head in (
+            b"GET /health/live HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 1_000_000 + b"\r\n\r\n",
+            b"GET /health/live HTTP/1.1\r\nHost: x\r\n" + b"X-Many: b\r\n" * 500 + b"\r\n",
+        ):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as big:
+                reply = b""
+                with contextlib.suppress(OSError):  # the server may close while the rest is sent
+                    big.sendall(head)
+                with contextlib.suppress(OSError):
+                    while chunk := big.recv(65536):
+                        reply += chunk
+            assert reply.startswith(b"HTTP/1.1 431"), reply[:200]
+            error = json.loads(reply.split(b"\r\n\r\n", 1)[1])["error"]
+            assert error["type"] == "too_large" and "DAPSEARCH_MAX_HEAD_BYTES" in error["message"]
+        assert httpx.get(f"{base}/health/live", headers={"X-Fine": "c" * 3000}).status_code == 200
+        r = httpx.post(f"{base}/v1/embeddings", json={"input": ["a short text"] * 2000}, timeout=30)
+        assert r.status_code == 413 and "HEAD_BYTES" not in r.text  # judged on its body, not its head
+        r = httpx.post(f"{base}/v1/embeddings", json={"input": ["a short text"] * 20}, timeout=30)
+        assert r.status_code == 200 and len(r.json()["data"]) == 20
     finally:
         proc.terminate()
         proc.wait(timeout=30)
