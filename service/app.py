@@ -15,6 +15,7 @@ from model.artifact import read_manifest
 from model.backend_choice import BackendChoice, choose_backend
 from model.cpu import cpu_features
 from model.encoder import Encoder
+from service.access_log import redact_access_log
 from service.batcher import Batcher, BulkEncoder
 from service.cache import create_cache
 from service.collections import Collections
@@ -112,6 +113,7 @@ def create_app(settings: Settings | None = None, encoder: Encoder | None = None)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        redact_access_log()  # here: uvicorn has configured its loggers by now
         async with AsyncExitStack() as stack:
             task = asyncio.create_task(load(app, stack), name="load")
 

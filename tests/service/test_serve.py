@@ -279,6 +279,26 @@ def test_an_oversized_request_head_is_431_and_stalls_no_one(
         proc.wait(timeout=30)
 
 
+def test_credentials_in_query_strings_stay_out_of_the_access_log(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """A key sent as ``?api_key=`` (or any credential-like parameter) is logged as [redacted];
+    the path and the other parameters stay readable."""
+    port = free_port()
+    proc = _start(_tiny_env(tiny_model_dir, tmp_path), port)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        assert _ready_or_dead(proc, base)
+        query = "api_key=s3cr3t-one&q=zebra&access_token=s3cr3t-two&Password=s3cr3t-three"
+        assert httpx.get(f"{base}/health/live?{query}").status_code == 200
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=30)
+    line = next(line for line in out.splitlines() if "GET /health/live?" in line)
+    assert "s3cr3t" not in out, line
+    assert "api_key=[redacted]" in line and "q=zebra" in line and "Password=[redacted]" in line
+
+
 def test_a_mining_job_killed_mid_run_runs_again_after_restart(tiny_model_dir: Path, tmp_path: Path) -> None:
     """SIGKILL while a mining job runs: the restarted service finds it, runs it again from its
     stored vectors, and the pairs can be downloaded."""
