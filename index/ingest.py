@@ -31,6 +31,8 @@ from model.encoder import TextEncoder
 Format = Literal["jsonl", "tsv"]  # the input formats an ingest reads
 FORMATS: tuple[Format, ...] = get_args(Format)
 MAX_REPORTED_ERRORS = 1000  # malformed lines an ingest run returns; MAX_STORED_ERRORS are committed
+MAX_METADATA_DEPTH = 32  # nested objects and arrays in a document's fields
+MAX_METADATA_BYTES = 65_536  # a document's metadata, as UTF-8 JSON
 
 
 @dataclass
@@ -96,26 +98,34 @@ def _finite(text: str) -> float:
 
 
 def _loads(text: str) -> Any:
-    """Strict JSON: NaN, Infinity and overflowing numbers, which Python's json accepts, are refused."""
-    return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite)
+    """Strict JSON: NaN, Infinity and overflowing numbers, which Python's json accepts, are refused;
+    so is nesting beyond what the parser can take (a line error, not the job's failure)."""
+    try:
+        return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite)
+    except RecursionError:
+        raise ValueError(f"nested more than {MAX_METADATA_DEPTH} levels deep") from None
 
 
-def _check_text(value: Any, where: str) -> None:
+def _check_value(value: Any, where: str) -> None:
     """Every string (keys too) must be encodable as UTF-8: JSON's \\ud800 escapes decode to lone
-    surrogates, which SQLite, the tokenizer and every reader downstream refuse."""
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            bad = f"\\u{ord(value[exc.start]):04x}"
-            raise ValueError(f"{where} holds a lone surrogate ({bad}): not text") from None
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            _check_text(key, f"a key of {where}")
-            _check_text(item, where)
-    elif isinstance(value, list):
-        for item in value:
-            _check_text(item, where)
+    surrogates, which SQLite, the tokenizer and every reader downstream refuse. And nesting is
+    bounded (MAX_METADATA_DEPTH): the response writer and the cache's parser stop at a few
+    hundred levels, so a deeper value would be stored and then break every search that finds it.
+    Walked with a stack, not recursion, so no depth is too deep to refuse."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                bad = f"\\u{ord(item[exc.start]):04x}"
+                raise ValueError(f"{where} holds a lone surrogate ({bad}): not text") from None
+        elif isinstance(item, dict | list):
+            if depth >= MAX_METADATA_DEPTH:
+                raise ValueError(f"{where} is nested more than {MAX_METADATA_DEPTH} levels deep")
+            children = [*item.keys(), *item.values()] if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
 
 
 def _document(obj: Any) -> Document:
@@ -136,7 +146,10 @@ def _document(obj: Any) -> Document:
     if not isinstance(metadata, dict):
         raise ValueError("'metadata' must be a JSON object")
     for name in ("id", "text", "lang", "metadata"):
-        _check_text(obj.get(name), f"'{name}'")
+        _check_value(obj.get(name), f"'{name}'")
+    size = len(json.dumps(metadata, ensure_ascii=False).encode("utf-8"))
+    if size > MAX_METADATA_BYTES:
+        raise ValueError(f"'metadata' is {size} bytes as JSON, more than the {MAX_METADATA_BYTES} allowed")
     return Document(str(doc_id), text, lang or None, metadata)
 
 

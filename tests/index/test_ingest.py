@@ -86,6 +86,41 @@ def test_lines_json_allows_but_text_cannot_hold_are_skipped_one_by_one(tmp_path:
         assert db.execute("SELECT COUNT(*) FROM docs WHERE json_valid(metadata)").fetchone()[0] == 2
 
 
+def test_metadata_too_deep_or_too_big_is_a_line_error_and_the_rest_is_served(
+    tmp_path: Path, tiny: Encoder
+) -> None:
+    """Metadata nested beyond MAX_METADATA_DEPTH (even beyond what the JSON parser can take) or
+    larger than MAX_METADATA_BYTES is one line's error; the other lines are ingested, and every
+    stored document can be written as JSON by the service's writer (orjson) and read back."""
+    import orjson
+
+    from index.ingest import MAX_METADATA_BYTES, MAX_METADATA_DEPTH
+
+    def nested(levels: int) -> str:
+        """``levels`` objects, one inside the other."""
+        return '{"a": ' * levels + "1" + "}" * levels
+
+    src = tmp_path / "docs.jsonl"
+    raw_lines = [
+        f'{{"id": "ok-1", "text": "just deep enough", "metadata": {nested(MAX_METADATA_DEPTH)}}}',
+        f'{{"id": "deep", "text": "x", "metadata": {nested(MAX_METADATA_DEPTH + 1)}}}',
+        f'{{"id": "list", "text": "x", "metadata": {{"k": {"[" * 300}{"]" * 300}}}}}',
+        f'{{"id": "abyss", "text": "x", "metadata": {nested(100_000)}}}',
+        json.dumps({"id": "big", "text": "x", "metadata": {"k": "y" * MAX_METADATA_BYTES}}),
+        '{"id": "ok-2", "text": "after them", "metadata": {"k": 2}}',
+    ]
+    src.write_text("\n".join(raw_lines) + "\n", encoding="utf-8")
+    coll = _collection(tmp_path, tiny)
+    report = ingest(coll, tiny, src, chunk_size=2)
+    assert report.documents == 2 and [e.line for e in report.errors] == [2, 3, 4, 5]
+    assert all("levels deep" in e.reason for e in report.errors[:3]), report.errors
+    assert "bytes" in report.errors[3].reason
+    for doc_id in ("ok-1", "ok-2"):
+        doc = coll.get(doc_id)
+        assert doc is not None
+        assert orjson.loads(orjson.dumps({"metadata": doc.metadata}))["metadata"] == doc.metadata
+
+
 def test_tsv_header_lang_metadata_and_upsert(tmp_path: Path, tiny: Encoder) -> None:
     src = tmp_path / "docs.tsv"
     src.write_text(
