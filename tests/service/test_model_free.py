@@ -32,7 +32,7 @@ from service.batcher import Batcher, Overloaded
 from service.cache import MemoryCache
 from service.collections import Collections
 from service.embedding import Embedder
-from service.jobs.models import IngestParams, Job, JobProgress
+from service.jobs.models import IngestParams, Job, JobProgress, new_job_id
 from service.jobs.runner import JobRunner
 from service.metrics import Metrics
 from service.settings import Settings
@@ -203,11 +203,12 @@ async def test_the_embedder_fills_the_cache_and_answers_from_it(encoder: Encoder
 # ------------------------------------------------------------------------------ job runner
 
 
-def _ingest_job(jobs: JobRunner, settings: Settings, name: str, n: int, job_id: str) -> Job:
-    path = settings.resolved_data_dir / f"{job_id}.jsonl"
+def _ingest_job(jobs: JobRunner, settings: Settings, name: str, n: int, label: str) -> Job:
+    """A job of ``n`` documents from ``<label>.jsonl``, under a fresh job id."""
+    path = settings.resolved_data_dir / f"{label}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps({"id": f"{job_id}-{i}", "text": f"t {i}"}) + "\n" for i in range(n)))
-    return jobs.ingest_job(job_id, name, path, "jsonl", upload=False, chunk_size=2)
+    path.write_text("".join(json.dumps({"id": f"{label}-{i}", "text": f"t {i}"}) + "\n" for i in range(n)))
+    return jobs.ingest_job(new_job_id(), name, path, "jsonl", upload=False, chunk_size=2)
 
 
 @asynccontextmanager
