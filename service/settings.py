@@ -121,6 +121,11 @@ class Settings(BaseSettings):
         "~200/s on 2 cores); larger corpora go through collections and an admin mining job.",
     )
     max_k: int = Field(default=1000, ge=1, description="Largest k accepted by /search.")
+    max_search_hits: int = Field(
+        default=2000,
+        ge=1,
+        description="Most hits one /search request may ask for (queries × k); more is a 413.",
+    )
     search_threads: int = Field(
         default=1, ge=1, description="FAISS threads per /search call (requests run in parallel instead)."
     )

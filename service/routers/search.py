@@ -80,6 +80,14 @@ async def search(
     check_texts(queries, settings, param)
     if body.k > settings.max_k:
         raise APIError(422, f"k must be at most {settings.max_k}", "k")
+    if (hits := len(queries) * body.k) > settings.max_search_hits:  # bounds the work and the answer
+        raise APIError(
+            413,
+            f"{len(queries)} queries with k={body.k} ask for {hits} hits, more than the "
+            f"{settings.max_search_hits} one request may (DAPSEARCH_MAX_SEARCH_HITS); lower k or "
+            "send fewer queries",
+            "k",
+        )
     # Unknown collection → 404, and a mode it cannot serve → 409, before any model work.
     identity, version, mode = await anyio.to_thread.run_sync(
         partial(collections.describe, body.collection, body.mode)

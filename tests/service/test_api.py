@@ -49,6 +49,7 @@ async def client(real_model_dir: Path, home: Path) -> AsyncIterator[httpx.AsyncC
         max_body_bytes=64 * 1024,
         mine_max_sentences=50,
         max_k=100,
+        max_search_hits=500,
     )
     async with started(settings) as (_, c):
         yield c
@@ -344,6 +345,7 @@ async def test_search_the_demo_collection_across_languages(client: httpx.AsyncCl
         ({"collection": "demo", "query": "x", "queries": ["y"]}, 422, "query"),
         ({"collection": "demo", "query": "x", "k": 0}, 422, "k"),
         ({"collection": "demo", "query": "x", "k": 101}, 422, "k"),
+        ({"collection": "demo", "queries": [f"x{i}" for i in range(6)], "k": 100}, 413, "k"),  # 600 hits
         ({"collection": "demo", "query": " "}, 422, "query[0]"),
         ({"collection": "demo", "query": "x", "filter": {"language": "de"}}, 422, "filter.language"),
         ({"collection": "../etc", "query": "x"}, 400, None),
