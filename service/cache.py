@@ -58,19 +58,24 @@ class Cache(Protocol):
 
 
 class MemoryCache:
-    """In-process LRU bounded by item count, for a single instance without Redis.
+    """In-process LRU bounded by item count and by bytes, for a single instance without Redis.
 
+    Entries range from a 1.5 kB vector to search results of many MB (8 of them held 250 MB when
+    only items were counted), so both bounds hold: the least recently used entries go until the
+    cache is within each, and a value larger than the byte bound is not kept at all.
     All operations are synchronous inside (no ``await`` in a critical section), so concurrent
     requests on one event loop cannot interleave half-done updates. ``max_items == 0`` stores
     nothing: the cache is off (``name == "off"``) and every lookup is a miss.
     """
 
-    def __init__(self, max_items: int) -> None:
-        if max_items < 0:
-            raise ValueError(f"max_items must be >= 0, got {max_items}")
+    def __init__(self, max_items: int, max_bytes: int = 256 * 2**20) -> None:
+        if max_items < 0 or max_bytes < 0:
+            raise ValueError(f"max_items and max_bytes must be >= 0, got {max_items} and {max_bytes}")
         self.max_items = max_items
-        self.name = "memory" if max_items > 0 else "off"
+        self.max_bytes = max_bytes
+        self.name = "memory" if max_items > 0 and max_bytes > 0 else "off"
         self._items: OrderedDict[str, bytes] = OrderedDict()
+        self._bytes = 0  # keys and values held
 
     def __len__(self) -> int:
         return len(self._items)
@@ -91,17 +96,23 @@ class MemoryCache:
         return out
 
     async def set_many(self, items: Mapping[str, bytes]) -> None:
-        if self.max_items == 0:
+        if self.name == "off":
             return
         for key, value in items.items():
+            if len(key) + len(value) > self.max_bytes:
+                continue  # it would push out everything else and still not fit
             # A fill never replaces what is stored: the first vector of a text stays its vector.
-            self._items.setdefault(key, value)
+            if key not in self._items:
+                self._items[key] = value
+                self._bytes += len(key) + len(value)
             self._items.move_to_end(key)
-        while len(self._items) > self.max_items:
-            self._items.popitem(last=False)  # least recently used first
+        while len(self._items) > self.max_items or self._bytes > self.max_bytes:
+            key, value = self._items.popitem(last=False)  # least recently used first
+            self._bytes -= len(key) + len(value)
 
     async def status(self) -> CacheStatus:
-        return CacheStatus(backend=self.name, ok=True, detail=f"{len(self._items)}/{self.max_items} items")
+        detail = f"{len(self._items)}/{self.max_items} items, {self._bytes}/{self.max_bytes} bytes"
+        return CacheStatus(backend=self.name, ok=True, detail=detail)
 
     async def close(self) -> None:
         self._items.clear()
@@ -284,4 +295,4 @@ def create_cache(settings: Settings, metrics: Metrics) -> Cache:
     """Redis when ``settings.redis_url`` is set, else the in-process LRU (off if its size is 0)."""
     if settings.redis_url:
         return RedisCache(settings.redis_url, settings.redis_timeout_ms / 1000, settings.cache_ttl_s, metrics)
-    return MemoryCache(settings.cache_max_items)
+    return MemoryCache(settings.cache_max_items, settings.cache_max_bytes)

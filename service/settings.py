@@ -166,6 +166,11 @@ class Settings(BaseSettings):
     cache_max_items: int = Field(
         default=100_000, ge=0, description="Entries of the in-process LRU cache (0 disables it)."
     )
+    cache_max_bytes: int = Field(
+        default=268_435_456,
+        ge=0,
+        description="Bytes the in-process LRU cache may hold, keys and values (0 disables it).",
+    )
 
     # --- admin
     admin_keys: Annotated[list[SecretStr], NoDecode] = Field(

@@ -140,6 +140,23 @@ async def test_memory_bound_holds_within_one_batch() -> None:
     assert await cache.get_many([f"k{i}" for i in range(5)]) == [None, None, None, b"\x03", b"\x04"]
 
 
+async def test_memory_bound_in_bytes_evicts_big_entries_and_refuses_oversized_ones() -> None:
+    """Both bounds hold: a few big values push out the oldest entries, a value over the byte
+    bound is not kept, and the count of bytes stays exact."""
+    cache = MemoryCache(100, max_bytes=1000)
+    await cache.set_many({"a": b"A" * 399, "b": b"B" * 399})
+    await cache.set("c", b"C" * 399)  # 1,200 bytes: "a" goes
+    assert await cache.get_many(["a", "b", "c"]) == [None, b"B" * 399, b"C" * 399]
+    await cache.set("huge", b"H" * 2000)
+    assert await cache.get("huge") is None and len(cache) == 2
+    for i in range(50):
+        await cache.set(f"k{i:02d}", b"v" * 10)
+    # 50 entries of 13 bytes: "b", then "c" (400 bytes each) make room, oldest first.
+    assert len(cache) == 50 and await cache.get_many(["b", "c"]) == [None, None]
+    assert (await cache.status()).detail == "50/100 items, 650/1000 bytes"
+    assert MemoryCache(10, max_bytes=0).name == "off"
+
+
 async def test_memory_get_many_keeps_order_duplicates_and_misses() -> None:
     cache = MemoryCache(10)
     await cache.set_many({"a": b"A", "b": b""})
