@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import shutil
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -148,20 +149,17 @@ class Collection:
             raise CollectionExists(f"collection {name!r} already exists")
         factory = check_index_factory(index_factory or AUTO, dim)
         make_index(factory, dim)  # validate before writing anything
-        root.mkdir(parents=True, exist_ok=True)
-        Store.initialise(root / DOCS, "passages", lexical)
-        manifest = CollectionManifest(
-            format_version=2,
-            name=name,
-            model_id=model_id,
-            dim=dim,
-            index_factory=factory,
-            created=now_iso(),
-            uuid=uuid4().hex,
-            passages=passages or PassageOptions(),
-            lexical=lexical,
-        )
-        atomic_write_text(root / MANIFEST, manifest.model_dump_json(indent=2) + "\n")
+        # Made aside and renamed into place: of concurrent creates of one name, one rename wins.
+        building = root.with_name(f".creating-{name}-{uuid4().hex}")
+        building.mkdir(parents=True)
+        try:
+            manifest = _initialise(building, name, model_id, dim, factory, passages, lexical)
+            try:
+                building.rename(root)
+            except OSError:  # a folder of that name is there now, not empty
+                raise CollectionExists(f"collection {name!r} already exists") from None
+        finally:
+            shutil.rmtree(building, ignore_errors=True)
         return cls(root, manifest, readonly=False)
 
     @classmethod
@@ -453,3 +451,29 @@ def list_collections(home_dir: Path) -> list[str]:
     if not root.is_dir():
         return []
     return sorted(p.name for p in root.iterdir() if not p.name.startswith(".") and (p / MANIFEST).is_file())
+
+
+def _initialise(
+    folder: Path,
+    name: str,
+    model_id: str,
+    dim: int,
+    factory: str,
+    passages: PassageOptions | None,
+    lexical: bool,
+) -> CollectionManifest:
+    """An empty collection's store and manifest, written into ``folder``."""
+    Store.initialise(folder / DOCS, "passages", lexical)
+    manifest = CollectionManifest(
+        format_version=2,
+        name=name,
+        model_id=model_id,
+        dim=dim,
+        index_factory=factory,
+        created=now_iso(),
+        uuid=uuid4().hex,
+        passages=passages or PassageOptions(),
+        lexical=lexical,
+    )
+    atomic_write_text(folder / MANIFEST, manifest.model_dump_json(indent=2) + "\n")
+    return manifest

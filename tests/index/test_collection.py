@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -242,3 +243,28 @@ def test_the_published_index_pattern_admits_what_create_accepts() -> None:
         assert not re.search(INDEX_PATTERN, factory), factory
         with pytest.raises(InputError, match="is not one a collection can use"):
             check_index_factory(factory, DIM)
+
+
+def test_concurrent_creates_of_one_name_make_one_collection(tmp_path: Path) -> None:
+    """Of many creates racing for one name, exactly one wins; the others are told it exists, and
+    no half-made folder is left behind."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from index.collection import CollectionExists
+
+    def create(_: int) -> str:
+        try:
+            Collection.create(tmp_path, "race", "model@x", 8).close()
+        except CollectionExists:
+            return "exists"
+        return "created"
+
+    for _ in range(5):
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            outcomes = list(pool.map(create, range(32)))
+        assert outcomes.count("created") == 1 and outcomes.count("exists") == 31
+        assert list_collections(tmp_path) == ["race"]
+        assert [p.name for p in tmp_path.iterdir()] == ["race"]
+        with Collection.open(tmp_path, "race") as coll:
+            assert len(coll) == 0 and coll.manifest.dim == 8
+        shutil.rmtree(tmp_path / "race")
