@@ -45,6 +45,7 @@ def _type_for(status: int) -> str:
         409: "conflict",
         413: "too_large",
         415: "unsupported_media_type",
+        431: "too_large",
         422: "validation_error",
         429: "overloaded",
         503: "unavailable",

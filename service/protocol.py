@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-import json
 from typing import Any, Literal
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from service.errors import envelope
 
 Parser = Literal["auto", "httptools", "h11"]
 
@@ -31,9 +32,11 @@ HEAD_END = b"\r\n\r\n"
 
 
 def _too_large_reply(limit: int) -> bytes:
-    """The 431 in the service's error envelope, closing the connection."""
-    message = f"the request line and headers exceed {limit} bytes (DAPSEARCH_MAX_HEAD_BYTES)"
-    body = json.dumps({"error": {"type": "too_large", "message": message, "param": None}}).encode()
+    """The 431 in the service's error envelope, closing the connection (written here, below the
+    app: the head never reaches it)."""
+    body = bytes(
+        envelope(431, f"the request line and headers exceed {limit} bytes (DAPSEARCH_MAX_HEAD_BYTES)").body
+    )
     head = (
         "HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
         f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
@@ -148,7 +151,7 @@ def _httptools_protocol() -> type[Any]:
     return HttpToolsHeadDeadlineProtocol
 
 
-def head_deadline_protocol(seconds: float, parser: Parser = "auto", max_bytes: int = 65_536) -> type[Any]:
+def head_deadline_protocol(seconds: float, parser: Parser, max_bytes: int) -> type[Any]:
     """The protocol class with this deadline and head size (uvicorn takes a class, not an
     instance); ``auto`` is httptools where it is installed."""
     if parser == "auto":
