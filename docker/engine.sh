@@ -7,6 +7,12 @@
 #                             a second line, "started", when it started one
 #   docker/engine.sh images   build the Debian base images the offline build uses, where missing
 #   docker/engine.sh stop     stop the engine this script started, by its pid (none otherwise)
+#   docker/engine.sh mirror   print the Debian mirror the base images come from
+#
+# The Debian mirror is the host's own: the first Debian archive (not the security archive) its apt
+# sources name, so a host behind a company mirror builds through that mirror unchanged. DEBIAN_MIRROR
+# overrides it; with neither, deb.debian.org (said on stderr). DAPSEARCH_APT_ETC (default /etc/apt)
+# is where the apt sources are read.
 #
 # When no engine can be started it says so in one line and exits non-zero.
 set -eu
@@ -16,11 +22,81 @@ SOCK="unix://$ROOT/docker.sock"
 PIDFILE="$ROOT/docker.pid"
 DOCKER=/usr/bin/docker  # Debian's client: another `docker` may come first on PATH
 SUITE=bookworm
-MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+APT_ETC=${DAPSEARCH_APT_ETC:-/etc/apt}
+DEFAULT_MIRROR=http://deb.debian.org/debian
 PYTHON_IMAGE=local/python:3.11-bookworm
 REDIS_IMAGE=local/redis:bookworm
 
 fail() { echo "docker engine: $*" >&2; exit 1; }
+
+# The first `deb` entry of a Debian suite (a codename or alias, or its -updates/-backports, not
+# -security) with main, on a transport debootstrap speaks: from the one-line format
+# (`deb [options] URI suite components`) and deb822 (.sources: Types, URIs, Suites, Components).
+APT_SOURCES_AWK='
+function debian(suite) {
+    if (suite ~ /-security$/ || suite ~ /\/updates$/) return 0
+    sub(/-(updates|backports|proposed-updates)$/, "", suite)
+    return suite ~ /^(buster|bullseye|bookworm|trixie|forky|duke|sid)$/ \
+        || suite ~ /^(oldoldstable|oldstable|stable|testing|unstable)$/
+}
+function has(list, word,   n, i, w) {
+    n = split(list, w)
+    for (i = 1; i <= n; i++) if (w[i] == word) return 1
+    return 0
+}
+function pick(types, uris, suites, components,   n, m, i, j, s, u) {
+    if (!has(types, "deb") || !has(components, "main")) return 0
+    n = split(suites, s); m = split(uris, u)
+    for (i = 1; i <= n; i++) {
+        if (!debian(s[i])) continue
+        for (j = 1; j <= m; j++)
+            if (u[j] ~ /^(https?|ftp|file):\/\//) { print u[j]; found = 1; return 1 }
+    }
+    return 0
+}
+function stanza(   f) {
+    if (!found && field["enabled"] !~ /^[ \t]*[Nn][Oo][ \t]*$/)
+        pick(field["types"], field["uris"], field["suites"], field["components"])
+    for (f in field) delete field[f]
+    last = ""
+    return found
+}
+FNR == 1 && stanza() { exit }
+FILENAME !~ /\.sources$/ {
+    sub(/#.*/, "")
+    if ($1 != "deb") next
+    i = 2
+    if ($i ~ /^\[/) { while (i <= NF && $i !~ /\]$/) i++; i++ }
+    rest = ""
+    for (j = i + 2; j <= NF; j++) rest = rest " " $j
+    if (pick("deb", $i, $(i + 1), rest)) exit
+    next
+}
+/^#/ { next }
+/^[ \t]*$/ { if (stanza()) exit; next }
+/^[ \t]/ { if (last != "") field[last] = field[last] " " $0; next }
+index($0, ":") {
+    last = tolower(substr($0, 1, index($0, ":") - 1))
+    field[last] = substr($0, index($0, ":") + 1)
+}
+END { if (!found) stanza() }
+'
+
+debian_mirror() {  # DEBIAN_MIRROR, else the host's apt sources, else deb.debian.org
+    if [ -n "${DEBIAN_MIRROR:-}" ]; then echo "$DEBIAN_MIRROR"; return 0; fi
+    set --
+    for source in "$APT_ETC/sources.list" "$APT_ETC"/sources.list.d/*; do
+        case "$source" in
+            *.list | *.sources) [ -f "$source" ] && [ -r "$source" ] && set -- "$@" "$source" ;;
+        esac
+    done
+    found=""
+    [ "$#" -gt 0 ] && found=$(awk "$APT_SOURCES_AWK" "$@" | head -n 1)
+    if [ -n "$found" ]; then echo "${found%/}"; return 0; fi
+    echo "docker engine: no Debian archive in $APT_ETC/sources.list or $APT_ETC/sources.list.d;" \
+        "using $DEFAULT_MIRROR (set DEBIAN_MIRROR to choose a mirror)" >&2
+    echo "$DEFAULT_MIRROR"
+}
 
 answers() { [ -x "$DOCKER" ] && DOCKER_HOST="$1" "$DOCKER" info >/dev/null 2>&1; }
 
@@ -69,7 +145,9 @@ image() {  # name, debootstrap --include list
 
 case "${1:-}" in
     start) start ;;
+    mirror) debian_mirror ;;
     images)
+        MIRROR=$(debian_mirror)
         install_packages
         image "$PYTHON_IMAGE" python3,python3-venv,python-is-python3,ca-certificates
         image "$REDIS_IMAGE" redis-server
@@ -82,5 +160,5 @@ case "${1:-}" in
             while kill -0 "$pid" 2>/dev/null && [ "$tries" -lt 30 ]; do tries=$((tries + 1)); sleep 1; done
         fi
         ;;
-    *) echo "usage: $0 start|images|stop" >&2; exit 2 ;;
+    *) echo "usage: $0 start|images|stop|mirror" >&2; exit 2 ;;
 esac
