@@ -16,6 +16,7 @@ from model.backend_choice import BackendChoice, choose_backend
 from model.cpu import cpu_features
 from model.encoder import Encoder
 from service.access_log import redact_access_log
+from service.api_docs import install_docs
 from service.batcher import Batcher, BulkEncoder
 from service.cache import create_cache
 from service.collections import Collections
@@ -140,6 +141,9 @@ def create_app(settings: Settings | None = None, encoder: Encoder | None = None)
         # Starlette answers a path with a stray slash by a redirect built from the Host header: an
         # open redirect behind a proxy. Such a path is a 404 instead.
         redirect_slashes=False,
+        # FastAPI's pages load their files from a CDN; install_docs serves them from the package.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.metrics = metrics
@@ -147,6 +151,7 @@ def create_app(settings: Settings | None = None, encoder: Encoder | None = None)
     app.state.load_error = None
     install_error_handlers(app)
     install_middleware(app, settings, metrics)
+    install_docs(app)
     for router in (health, info, embed, openai, search, mine, admin):
         app.include_router(router.router)
     return app
