@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import Mapping
 from typing import Any
 
@@ -11,7 +12,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from core.disk import DISK_FULL_MESSAGE, is_disk_full
 from core.errors import InputError
+from core.failures import describe
 
 log = logging.getLogger("dapsearch")
 
@@ -49,6 +52,7 @@ def _type_for(status: int) -> str:
         422: "validation_error",
         429: "overloaded",
         503: "unavailable",
+        507: "insufficient_storage",
     }.get(status, "error" if status < 500 else "internal_error")
 
 
@@ -97,7 +101,17 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         return envelope(exc.status_code, str(exc.detail), headers=exc.headers)
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, _: Exception) -> JSONResponse:
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        if is_disk_full(exc):  # any write, anywhere: the operator's to fix, said as such
+            log.error("disk full on %s %s: %s", request.method, request.url.path, exc)
+            return envelope(507, DISK_FULL_MESSAGE)
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return envelope(500, "internal error; see the service log")
+        reason = describe(exc)  # an operator's problem (permissions, a removed folder) is named
+        return envelope(
+            500, f"the request failed: {reason}" if reason else "internal error; see the service log"
+        )
+
+    # Filesystem and database errors are answered where they are caught, like a client error (the
+    # server-error middleware would answer, then raise again); anything else reaches the last one.
+    for system_error in (OSError, sqlite3.Error, Exception):
+        app.add_exception_handler(system_error, _unexpected)

@@ -237,4 +237,8 @@ class Readiness(BaseModel):
     model: str | None = None
     collections: int = 0
     cache: dict[str, Any] = Field(default_factory=dict)
+    jobs: dict[str, Any] = Field(default_factory=dict, description="The job worker and its queue.")
+    disk: dict[str, Any] = Field(
+        default_factory=dict, description="Free space on the home's volume and the reserve kept."
+    )
     detail: str | None = None

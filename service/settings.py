@@ -108,6 +108,15 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(
         default=2 * 2**30, ge=1024, description="Largest document upload to the admin ingest endpoint."
     )
+    min_free_bytes: int = Field(
+        default=100 * 2**20,
+        ge=0,
+        description="Disk space kept free on the home's volume: below it, writes (new collections, "
+        "uploads, ingest, snapshots) stop with 507 while job records and commits still fit.",
+    )
+    max_queued_jobs: int = Field(
+        default=100, ge=1, description="Most admin jobs queued at once; more get 429 with Retry-After."
+    )
     max_request_tokens: int = Field(
         default=131_072,  # 256 texts of 512 tokens: the largest /embed request passes
         ge=512,
@@ -190,6 +199,11 @@ class Settings(BaseSettings):
         default=None,
         description="Ray cluster for jobs and commands run with engine 'ray': auto or HOST:PORT of a "
         "node's Ray; unset: a local Ray with this machine's CPUs.",
+    )
+    ray_connect_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="How long a job or command waits to reach the Ray cluster before it fails.",
     )
     ray_actors: int | None = Field(
         default=None, ge=1, description="Embedding actors on Ray; default one per CPU of the cluster."

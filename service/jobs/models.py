@@ -5,11 +5,12 @@ from __future__ import annotations
 import re
 import secrets
 import time
+from collections.abc import Mapping
 from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.errors import Conflict, NotFound
+from core.errors import Conflict, InputError, NotFound
 from index.cluster import Engine
 from index.ingest import Format
 from index.mining import Score, Strategy
@@ -19,6 +20,7 @@ JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 STATES: tuple[JobState, ...] = get_args(JobState)
 ACTIVE: frozenset[JobState] = frozenset({"queued", "running"})
 FINISHED: frozenset[JobState] = frozenset({"succeeded", "failed", "cancelled"})
+MAX_JOB_ERRORS = 100  # malformed lines kept in a job record; the count covers all of them
 
 
 class IngestParams(BaseModel):
@@ -128,6 +130,21 @@ class JobNotFound(NotFound):
 
 class JobFinished(Conflict):
     """The job already ended (409 on cancel)."""
+
+
+class QueueFull(InputError):
+    """Too many jobs queued (429): a client retries later instead of piling work up unbounded."""
+
+    status = 429
+
+    def __init__(self, queued: int) -> None:
+        super().__init__(
+            f"{queued} jobs are queued already, the most this server takes (DAPSEARCH_MAX_QUEUED_JOBS); "
+            "retry once some have run"
+        )
+
+    def headers(self) -> Mapping[str, str]:
+        return {"Retry-After": "30"}
 
 
 def new_job_id() -> str:

@@ -8,40 +8,37 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import anyio
 
 from core.clock import now_iso
+from core.disk import DiskFull, is_disk_full, require_space
 from core.errors import InputError
+from core.failures import INTERNAL, describe
 from index.cluster import Engine
-from index.collection import Collection, collection_identity
-from index.ingest import Format, ShardCounts, ingest, resume_point
-from index.mining import mine
-from index.pairs import write_pairs
-from index.ray_ingest import ingest_on_ray
-from index.ray_mining import RaySearch
-from index.sources import SourceCheckpoint
+from index.collection import collection_identity
+from index.ingest import Format
 from model.encoder import Encoder, TextEncoder
 from service.collections import Collections
+from service.jobs.ingest import IngestRun
+from service.jobs.mining import run_mine
 from service.jobs.models import (
     ACTIVE,
     FINISHED,
     STATES,
     IngestParams,
     Job,
-    JobCounts,
     JobFinished,
-    JobLineError,
     JobNotFound,
     JobProgress,
     JobState,
     MineParams,
-    ShardProgress,
+    QueueFull,
     new_job_id,
 )
+from service.jobs.running import Interrupted, RunningJob
 from service.jobs.store import JobStore
 from service.metrics import Metrics
 from service.settings import Settings
@@ -51,32 +48,9 @@ log = logging.getLogger("dapsearch.jobs")
 # After this many such stops in a row without committing anything in between it is failed, not
 # run again: a job that crashes the process would otherwise crash every restart.
 MAX_CRASHES = 3
-MAX_JOB_ERRORS = 100  # malformed lines kept in a job record; the count covers all of them
 SAVE_EVERY_S = 0.5
+RETRY_SAVE_S = 2.0  # a job record the disk refused is written again this often
 ORPHAN_AGE_S = 3600  # uploads untouched this long, with no unfinished job, are removed at start
-
-
-class _Interrupted(Exception):
-    """Raised from a progress callback to stop a job between chunks (cancel or shutdown)."""
-
-
-def _fraction(done: int, total: int | None) -> float:
-    if not total:
-        return 0.0
-    return min(1.0, done / total)
-
-
-def _first_run(params: IngestParams) -> SourceCheckpoint | None:
-    """The source's checkpoint when the job first ran (None: it has not run yet)."""
-    if params.start_offset is None or params.start_line is None:
-        return None
-    return SourceCheckpoint(
-        params.start_offset, params.start_line, params.start_documents, params.start_errors
-    )
-
-
-def _line_errors(done: SourceCheckpoint) -> list[JobLineError]:
-    return [JobLineError(line=e.line, message=e.reason) for e in done.error_lines[:MAX_JOB_ERRORS]]
 
 
 class JobRunner:
@@ -108,6 +82,7 @@ class JobRunner:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_save: dict[str, float] = {}
+        self._unsaved: set[str] = set()  # records the disk refused; written again until it takes them
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -126,9 +101,27 @@ class JobRunner:
         if thread is not None:
             await anyio.to_thread.run_sync(thread.join)
         self._thread = None
+        await anyio.to_thread.run_sync(self._save_unsaved)
+
+    def health(self) -> dict[str, Any]:
+        """For /health/ready: a dead worker or records the disk refused are not ready."""
+        with self._lock:
+            queued = sum(1 for j in self._jobs.values() if j.state == "queued")
+            running = sum(1 for j in self._jobs.values() if j.state == "running")
+            unsaved = len(self._unsaved)
+        alive = self._thread is not None and self._thread.is_alive()
+        return {
+            "worker": "running" if alive else "stopped",
+            "queued": queued,
+            "running": running,
+            "unsaved": unsaved,
+        }
 
     def _recover(self) -> None:
-        self.uploads.mkdir(parents=True, exist_ok=True)
+        try:
+            self.uploads.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # the service still serves; uploads answer with the cause
+            log.error("the uploads folder is not usable: %s", exc)
         loaded = self.store.load_all()
         self._queue = queue.Queue()
         with self._lock:
@@ -180,6 +173,8 @@ class JobRunner:
             }
         # Recent files are spared: another process on this home may be receiving an upload now.
         cutoff = time.time() - ORPHAN_AGE_S
+        if not self.uploads.is_dir():
+            return
         for path in self.uploads.iterdir():
             if path.is_file() and path.name not in keep and path.stat().st_mtime < cutoff:
                 path.unlink(missing_ok=True)
@@ -226,11 +221,22 @@ class JobRunner:
 
     def _submit(self, job: Job) -> Job:
         job.state = "queued"
+        require_space(self.settings.home, self.settings.min_free_bytes, f"queue an {job.type} job")
         with self._lock:
             if job.id in self._jobs:
                 raise InputError(f"job {job.id} already exists")
+            queued = sum(1 for j in self._jobs.values() if j.state == "queued")
+            if queued >= self.settings.max_queued_jobs:
+                raise QueueFull(queued)
             self._jobs[job.id] = job
-        self._save(job.id)
+        try:
+            self._save(job.id, strict=True)  # a job is accepted only once its record is on disk
+        except OSError as exc:
+            with self._lock:
+                del self._jobs[job.id]
+            if is_disk_full(exc):
+                raise DiskFull(f"the job could not be recorded: {describe(exc)}") from exc
+            raise
         self._queue.put(job.id)
         self._update_metrics()
         return self.get(job.id)
@@ -291,13 +297,29 @@ class JobRunner:
 
     # ------------------------------------------------------------------ persistence
 
-    def _save(self, job_id: str) -> None:
+    def _save(self, job_id: str, strict: bool = False) -> None:
+        """Write the job's record. A refused write (a full disk) is kept for a retry, not raised:
+        the worker must go on, and the record catches up once the disk takes it."""
         with self._io_lock:
             with self._lock:
                 job = self._jobs[job_id]
                 text = job.model_dump_json(indent=2) + "\n"
-            self.store.save(job_id, text)
+            try:
+                self.store.save(job_id, text)
+            except OSError as exc:
+                if strict:
+                    raise
+                self._unsaved.add(job_id)
+                log.error(
+                    "job %s: its record could not be saved (%s); retrying", job_id, describe(exc) or exc
+                )
+                return
+            self._unsaved.discard(job_id)
             self._last_save[job_id] = time.monotonic()
+
+    def _save_unsaved(self) -> None:
+        for job_id in sorted(self._unsaved):
+            self._save(job_id)
 
     def _save_throttled(self, job_id: str) -> None:
         if time.monotonic() - self._last_save.get(job_id, 0.0) >= SAVE_EVERY_S:
@@ -331,30 +353,47 @@ class JobRunner:
     # ------------------------------------------------------------------ worker
 
     def _worker(self) -> None:
+        """Runs jobs until stopped, whatever a job raises: one job never stops the ones behind it."""
         while not self._stopping.is_set():
-            job_id = self._queue.get()
+            if self._unsaved:
+                self._save_unsaved()
+            try:
+                job_id = self._queue.get(timeout=RETRY_SAVE_S if self._unsaved else None)
+            except queue.Empty:
+                continue
             if job_id is None or self._stopping.is_set():
                 break
-            with self._lock:
-                job = self._jobs.get(job_id)
-                if job is None or job.state != "queued":
-                    continue  # cancelled while queued
-                job.state = "running"
-                job.started = job.started or now_iso()
-            self._save(job_id)
-            self._update_metrics()
-            self._run(job_id)
+            try:
+                self._start(job_id)
+            except Exception:
+                log.exception("job %s: the worker caught an error outside the job", job_id)
+
+    def _start(self, job_id: str) -> None:
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None or job.state != "queued":
+                return  # cancelled while queued
+            job.state = "running"
+            job.started = job.started or now_iso()
+        self._save(job_id)
+        self._update_metrics()
+        self._run(job_id)
 
     def _run(self, job_id: str) -> None:
         with self._lock:
             job = self._jobs[job_id]
-            params = job.params
+        run = RunningJob(
+            job=job,
+            lock=self._lock,
+            save=lambda: self._save(job_id),
+            save_soon=lambda: self._save_throttled(job_id),
+            check=lambda: self._check(job_id),
+            stopping=self._stopping.is_set,
+            cancelling=lambda: self._cancelling(job_id),
+        )
         try:
-            if isinstance(params, IngestParams):
-                self._run_ingest(job_id, params)
-            else:
-                self._run_mine(job_id, params)
-        except _Interrupted:
+            result = self._execute(run)
+        except Interrupted:
             if self._stopping.is_set() and not self._cancelling(job_id):
                 with self._lock:
                     job.state = "queued"  # resumes on the next start
@@ -365,193 +404,32 @@ class JobRunner:
                 self._finish(job_id, "cancelled")
         except InputError as exc:
             self._finish(job_id, "failed", error=str(exc))
-        except Exception:
+        except Exception as exc:
+            # Library messages carry server paths and internals: the log has them, the job a cause
+            # an operator can act on (a full disk, a removed folder) or a summary.
             log.exception("job %s failed", job_id)
-            # Library messages carry server paths and internals: the log has them, the job a summary.
-            self._finish(job_id, "failed", error="an internal error stopped the job; the service log has it")
+            self._finish(job_id, "failed", error=f"the job stopped: {describe(exc) or INTERNAL}")
+        else:
+            self._finish(job_id, "succeeded", result=result)
+
+    def _execute(self, run: RunningJob) -> dict[str, Any]:
+        params = run.job.params
+        if isinstance(params, IngestParams):
+            return IngestRun(run, params, self.settings).execute(self.encoder, self._ray_model)
+        return run_mine(run, params, self.settings, self.encoder.model_id, self.pairs_path(run.id))
 
     def _cancelling(self, job_id: str) -> bool:
         with self._lock:
             return self._jobs[job_id].cancel_requested
 
     def _check(self, job_id: str) -> None:
-        """Called between chunks: a cancel or a shutdown stops the job here."""
+        """Called between chunks: a cancel or a shutdown stops the job here, and so does a disk
+        down to its reserve (what is committed stays; the reserve keeps room to record why)."""
         if self._stopping.is_set() or self._cancelling(job_id):
-            raise _Interrupted
-
-    def _run_ingest(self, job_id: str, params: IngestParams) -> None:
-        path = Path(params.path)
-        if not params.upload and not self.settings.in_data_dir(path):
-            raise InputError("path outside the data directory")  # it may be a symlink by now
-        if not path.is_file():
-            raise InputError(f"input file {path.name} is gone")
-        with self._lock:
-            name = self._jobs[job_id].collection
-        if name is None:
-            raise InputError("ingest job without a collection")
-        total = path.stat().st_size
-        self._check(job_id)
-        with Collection.open(self.settings.collections_dir, name, self.encoder.model_id) as coll:
-            if params.collection_identity not in (None, coll.manifest.identity):
-                raise InputError(
-                    f"collection {name!r} was deleted after this job was submitted; the collection now "
-                    "under that name is another one (submit the documents to it again)"
-                )
-            with self._lock:
-                first = _first_run(params)
-            resumed = resume_point(coll, path, first.line if first else 0)  # empty for a file replaced since
-            base = resumed.baseline(first)
-            with self._lock:
-                params.start_offset, params.start_line = base.offset, base.line
-                params.start_documents, params.start_errors = base.documents, base.errors
-            # What earlier runs of this job committed (none unless it was interrupted by a restart).
-            done = resumed.since(base)
-            docs = done.documents
-            with self._lock:
-                job = self._jobs[job_id]
-                job.progress = JobProgress(
-                    docs=docs,
-                    bytes_done=resumed.offset,
-                    bytes_total=total,
-                    fraction=_fraction(resumed.offset, total),
-                )
-                job.counts = JobCounts(documents=docs, errors=done.errors)
-                job.errors = _line_errors(done)
-            self._save(job_id)
-
-            def progress(n: int, reached: int, passages: int) -> None:
-                nonlocal docs
-                docs += n
-                with self._lock:
-                    job.progress = JobProgress(
-                        docs=docs,
-                        bytes_done=reached,
-                        bytes_total=total,
-                        fraction=_fraction(reached, total),
-                        shards=job.progress.shards,
-                        passages=job.progress.passages + passages,
-                    )
-                    job.counts.documents = docs
-                self._save_throttled(job_id)
-                self._check(job_id)
-
-            def shard_progress(counts: ShardCounts) -> None:
-                with self._lock:
-                    job.progress.shards = ShardProgress(**asdict(counts))
-                self._save_throttled(job_id)
-                self._check(job_id)
-
-            try:
-                if params.engine == "ray":
-                    options = self.settings.ray()
-                    report = ingest_on_ray(
-                        coll,
-                        self._ray_model(),
-                        path,
-                        params.format,
-                        params.strict,
-                        options,
-                        progress,
-                        shard_progress,
-                    )
-                else:
-                    report = ingest(
-                        coll, self.encoder, path, params.format, params.chunk_size, params.strict, progress
-                    )
-            except (_Interrupted, InputError):
-                if not self._stopping.is_set() or self._cancelling(job_id):
-                    self._final_counts(job_id, coll, path, base)
-                raise
-            coll.checkpoint()
-            count = len(coll)
-            done = resume_point(coll, path, base.line).since(base)
-        with self._lock:
-            job.counts = JobCounts(documents=done.documents, errors=done.errors)
-            job.errors = _line_errors(done)
-            job.progress = JobProgress(
-                docs=done.documents,
-                bytes_done=total,
-                bytes_total=total,
-                fraction=1.0,
-                shards=None if report.shards is None else ShardProgress(**asdict(report.shards)),
-                passages=job.progress.passages,
-            )
-        result = {
-            "documents": done.documents,
-            "passages": report.passages,
-            "collection_count": count,
-            "version": report.version,
-            "lines": report.lines,
-        }
-        self._finish(job_id, "succeeded", result=result)
+            raise Interrupted
+        require_space(self.settings.home, self.settings.min_free_bytes, "go on with the job")
 
     def _ray_model(self) -> Encoder:
         if self.model is None:
             raise InputError("this server cannot run jobs on Ray: it has no model directory to ship")
         return self.model
-
-    def _final_counts(self, job_id: str, coll: Collection, path: Path, base: SourceCheckpoint) -> None:
-        """Exact counts of a job that ends early: what its committed chunks covered."""
-        done = resume_point(coll, path, base.line).since(base)
-        with self._lock:
-            job = self._jobs[job_id]
-            job.counts = JobCounts(documents=done.documents, errors=done.errors)
-            job.errors = _line_errors(done)
-            job.progress.docs = done.documents
-            job.progress.bytes_done = done.offset
-            job.progress.fraction = _fraction(done.offset, job.progress.bytes_total)
-        if not self._stopping.is_set():
-            coll.checkpoint()
-
-    def _run_mine(self, job_id: str, params: MineParams) -> None:
-        root, model = self.settings.collections_dir, self.encoder.model_id
-        with Collection.open(root, params.source, model, readonly=True) as src:
-            src_ids, src_texts, src_vecs = src.vectors()
-        self._check(job_id)
-        with Collection.open(root, params.target, model, readonly=True) as tgt:
-            tgt_ids, tgt_texts, tgt_vecs = tgt.vectors()
-        for name, ids in ((params.source, src_ids), (params.target, tgt_ids)):
-            if not ids:
-                raise InputError(f"collection {name!r} is empty; mining needs documents on both sides")
-        total = len(src_ids)
-        rows = 0
-        with self._lock:
-            job = self._jobs[job_id]
-            job.progress = JobProgress(docs=0, fraction=0.0)
-        self._save(job_id)
-
-        def progress(n: int) -> None:
-            nonlocal rows
-            rows += n
-            with self._lock:
-                job.progress = JobProgress(docs=rows, fraction=_fraction(rows, total))
-            self._save_throttled(job_id)
-            self._check(job_id)
-
-        search = RaySearch(self.settings.ray()) if params.engine == "ray" else None
-        mined = mine(
-            src_vecs,
-            tgt_vecs,
-            params.k,
-            params.score,
-            params.strategy,
-            params.threshold,
-            progress=progress,
-            search=search,
-        )
-        self._check(job_id)
-        out = self.pairs_path(job_id)
-        write_pairs(out, mined.pairs, src_ids, tgt_ids, src_texts, tgt_texts)
-        with self._lock:
-            job.progress = JobProgress(docs=total, fraction=1.0)
-        result = {
-            "pairs": len(mined),
-            "download": f"/admin/jobs/{job_id}/pairs",
-            "source_documents": total,
-            "target_documents": len(tgt_ids),
-            "k": mined.k,
-            "score": mined.score,
-            "strategy": mined.strategy,
-            "threshold": mined.threshold,
-        }
-        self._finish(job_id, "succeeded", result=result)

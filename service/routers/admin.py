@@ -18,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from core.disk import MIB, require_space
 from core.errors import InputError
 from index.cluster import Engine, ray_module
 from index.collection import NAME_RE, CollectionExists, ModelMismatch, UnknownCollection
@@ -27,7 +28,7 @@ from service.auth import AdminDep
 from service.collections import Collections
 from service.deps import CollectionsDep, EncoderDep, JobsDep, SettingsDep
 from service.errors import APIError
-from service.jobs.models import Job, JobState, MineParams, new_job_id
+from service.jobs.models import IngestParams, Job, JobState, MineParams, new_job_id
 from service.jobs.runner import JobRunner
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[AdminDep])
@@ -42,6 +43,7 @@ UPLOAD_TYPES: dict[str, Format] = {
 # Generic types accepted when ``?format=`` says what the bytes are.
 GENERIC_TYPES = frozenset({"", "application/octet-stream", "text/plain"})
 MAX_CHUNK = 100_000
+SPACE_CHECK_BYTES = 8 * MIB  # an upload of unknown length checks the disk's reserve this often
 
 
 class CreateCollection(BaseModel):
@@ -172,6 +174,7 @@ async def create_collection(
             "starting with a letter or digit",
             "name",
         )
+    require_space(settings.home, settings.min_free_bytes, "create a collection")
     try:
         create = partial(
             collections.create, body.name, encoder.dim, body.index, settings.passage_options(), body.lexical
@@ -247,7 +250,12 @@ async def add_documents(
     else:
         upload_fmt = _upload_format(media, fmt)
         job = await _upload_job(name, request, settings, jobs, upload_fmt, strict, chunk_size, engine)
-    return _job_created(await jobs.submit(job), response, jobs)
+    try:
+        return _job_created(await jobs.submit(job), response, jobs)
+    except BaseException:
+        if isinstance(job.params, IngestParams) and job.params.upload:
+            Path(job.params.path).unlink(missing_ok=True)  # a refused job leaves no upload behind
+        raise
 
 
 def _upload_format(media: str, fmt: Format | None) -> Format:
@@ -283,6 +291,9 @@ async def _upload_job(
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise too_large
+    reserve = settings.min_free_bytes
+    need = int(declared) if declared.isdigit() else 0
+    require_space(settings.home, reserve, "store this upload", need)
     job_id = new_job_id()
     uploads = settings.uploads_dir
     await anyio.Path(uploads).mkdir(parents=True, exist_ok=True)
@@ -297,6 +308,8 @@ async def _upload_job(
                 size += len(chunk)
                 if size > limit:
                     raise too_large
+                if size // SPACE_CHECK_BYTES != (size - len(chunk)) // SPACE_CHECK_BYTES:
+                    require_space(uploads, reserve, "store the rest of this upload")
                 await fh.write(chunk)
             await fh.flush()
             # The job outlives this process: its file must be on disk before the job is.

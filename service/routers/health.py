@@ -6,8 +6,10 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from core.disk import free_bytes, full_message
 from service.runtime import Runtime
 from service.schemas import Health, Readiness
+from service.settings import Settings
 
 router = APIRouter(tags=["health"])
 
@@ -28,13 +30,31 @@ async def ready(request: Request) -> Response:
         body = Readiness(status="failed" if failed else "starting", detail=state.load_error)
         return JSONResponse(body.model_dump(), status_code=503, headers={"Retry-After": "5"})
     cache = await runtime.cache.status()
+    settings: Settings = state.settings
+    jobs = runtime.jobs.health()
+    free = free_bytes(settings.home)
+    disk = {
+        "free_bytes": free,
+        "min_free_bytes": settings.min_free_bytes,
+        "ok": free >= settings.min_free_bytes,
+    }
+    problems = [
+        *([] if cache.ok else ["the cache is unreachable"]),
+        *([] if disk["ok"] else [full_message(free, settings.min_free_bytes, "take new writes")]),
+        *([f"{jobs['unsaved']} job records wait to be saved"] if jobs["unsaved"] else []),
+    ]
+    # A dead job worker would leave every job queued for ever: that is not ready.
+    failed = jobs["worker"] != "running"
     body = Readiness(
-        status="ready" if cache.ok else "degraded",
+        status="failed" if failed else ("degraded" if problems else "ready"),
         model=runtime.encoder.model_id,
         collections=len(runtime.collections.names()),
         cache=cache.model_dump(),
+        jobs=jobs,
+        disk=disk,
+        detail="the job worker stopped; restart the service" if failed else "; ".join(problems) or None,
     )
-    return JSONResponse(body.model_dump())
+    return JSONResponse(body.model_dump(), status_code=503 if failed else 200)
 
 
 @router.get("/metrics", response_class=Response)
