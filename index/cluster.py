@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import tempfile
 import time
 from collections import Counter, deque
@@ -37,6 +38,8 @@ ENGINES: tuple[Engine, ...] = get_args(Engine)
 DEFAULT_SHARD_TEXTS = 2048  # texts per task when embedding a list (embed, mine, reindex)
 STALL_TIMEOUT_S = 600.0  # no task finished nor actor started for this long: the cluster cannot run it
 TASK_ATTEMPTS = 3  # actors a task may take down before the job fails on it
+CONNECT_TIMEOUT_S = 30.0
+PROBE_EVERY_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,15 @@ class RayOptions:
     shard_bytes: int | None = None  # ingest: input bytes per shard (index.shards.DEFAULT_SHARD_BYTES)
     shard_texts: int = DEFAULT_SHARD_TEXTS
     stall_timeout_s: float = STALL_TIMEOUT_S
+    connect_timeout_s: float = CONNECT_TIMEOUT_S
+    # Called while waiting for the cluster; it raises to stop the wait (a job's cancel or shutdown).
+    interrupt: Callable[[], None] | None = None
+
+
+class ClusterUnreachable(InputError):
+    """The Ray cluster's address answers nothing (503: the server's setting, not the request)."""
+
+    status = 503
 
 
 def parse_engine(value: str) -> Engine:
@@ -66,12 +78,53 @@ def ray_module() -> Any:
     return ray
 
 
-def connect(address: str | None) -> Any:
-    """Ray, connected: to ``address`` (``auto``, or ``host:port`` of a node's Ray), or to a new
-    local Ray with this machine's CPUs. A process already connected stays on its cluster."""
+def _host_port(address: str) -> tuple[str, int]:
+    hostport = address.removeprefix("ray://").rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise InputError(
+            f"invalid Ray address {address!r}: use HOST:PORT of a node's Ray, auto, or leave it unset"
+        )
+    return host.strip("[]"), int(port)
+
+
+def probe(address: str | None, timeout_s: float, interrupt: Callable[[], None] | None = None) -> None:
+    """Reach ``address`` over TCP within ``timeout_s``, or raise ClusterUnreachable.
+
+    Ray's own connect retries an unreachable address for minutes, in a call nothing can
+    interrupt: a job, its cancel and the service's shutdown would all wait on it. So the address
+    is tried here first, in short attempts with ``interrupt`` called between them. No address
+    (a local Ray) and ``auto`` (found from this machine's Ray session) need no probe.
+    """
+    if not address or address == "auto":
+        return
+    host, port = _host_port(address)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if interrupt is not None:
+            interrupt()
+        left = deadline - time.monotonic()
+        try:
+            with socket.create_connection((host, port), timeout=max(0.05, min(1.0, left))):
+                return
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+        if time.monotonic() + PROBE_EVERY_S >= deadline:
+            raise ClusterUnreachable(
+                f"cannot reach the Ray cluster at {address} within {timeout_s:g} s ({reason.lower()}); "
+                "check DAPSEARCH_RAY_ADDRESS"
+            )
+        time.sleep(PROBE_EVERY_S)
+
+
+def connect(options: RayOptions) -> Any:
+    """Ray, connected: to ``options.address`` (``auto``, or ``host:port`` of a node's Ray), or to a
+    new local Ray with this machine's CPUs. A process already connected stays on its cluster."""
     ray = ray_module()
     if ray.is_initialized():
         return ray
+    address = options.address
+    probe(address, options.connect_timeout_s, options.interrupt)
     try:
         if address:
             ray.init(address=address, log_to_driver=False)
@@ -81,7 +134,7 @@ def connect(address: str | None) -> Any:
                 address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False
             )
     except ConnectionError:
-        raise InputError(f"cannot connect to the Ray cluster at {address}") from None
+        raise ClusterUnreachable(f"cannot connect to the Ray cluster at {address}") from None
     return ray
 
 
@@ -181,7 +234,7 @@ class EmbeddingPool:
     """Actors holding the encoder, and a dispatcher that survives losing some of them."""
 
     def __init__(self, encoder: Encoder, options: RayOptions, method: str) -> None:
-        self.ray = connect(options.address)
+        self.ray = connect(options)
         self.options, self.method = options, method
         total = int(self.ray.cluster_resources().get("CPU", 0))
         cpus = options.cpus_per_actor

@@ -54,7 +54,7 @@ class RaySearch:
     def __call__(
         self, x: F32, y: F32, k: int, chunk_size: int, progress: Callable[[int], None] | None
     ) -> tuple[F32, I64, F32, I64]:
-        ray = connect(self.options.address)
+        ray = connect(self.options)
         cpus = self.options.cpus_per_actor
         limit = max(1, int(ray.cluster_resources().get("CPU", 1)) * IN_FLIGHT_PER_CPU // cpus)
         if self.ivf is not None:

@@ -220,6 +220,7 @@ class Settings(BaseSettings):
             address=address or self.ray_address,
             actors=actors or self.ray_actors,
             shard_bytes=shard_bytes or self.ray_shard_bytes,
+            connect_timeout_s=self.ray_connect_timeout_s,
         )
 
     @field_validator("admin_keys", mode="before")

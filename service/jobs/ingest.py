@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -121,7 +121,7 @@ class IngestRun:
                 self.path,
                 params.format,
                 params.strict,
-                self.settings.ray(),
+                replace(self.settings.ray(), interrupt=self.run.check),
                 self._progress,
                 self._shard_progress,
             )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,8 @@ def run_mine(
         run.save_soon()
         run.check()
 
-    search = RaySearch(settings.ray()) if params.engine == "ray" else None
+    options = replace(settings.ray(), interrupt=run.check)  # a cancel stops the wait for the cluster
+    search = RaySearch(options) if params.engine == "ray" else None
     mined = mine(
         src_vecs,
         tgt_vecs,

@@ -117,6 +117,10 @@ class Job(BaseModel):
     finished: str | None = None
     result: dict[str, Any] | None = None
 
+    def engine(self) -> Engine:
+        """Which worker runs it: Ray jobs wait on a cluster, never in the local queue."""
+        return self.params.engine
+
     def targets(self) -> set[str]:
         """Collections this job reads or writes (a collection with an active job cannot be deleted)."""
         if isinstance(self.params, MineParams):

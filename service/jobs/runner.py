@@ -1,6 +1,8 @@
-"""The job runner: one worker thread running jobs in submission order, restart recovery, and
-the ingest and mining runners. Why one thread: ingest saturates every core already, and the event
-loop must never wait for a forward pass or an fsync."""
+"""The job runner: a worker thread per engine running its jobs in submission order, and restart
+recovery. Why one thread for local jobs: ingest saturates every core already, and the event loop
+must never wait for a forward pass or an fsync. Ray jobs have their own, since they wait on a
+cluster: a slow or unreachable one never holds up the local queue. Two jobs never write one
+collection at once."""
 
 from __future__ import annotations
 
@@ -8,6 +10,8 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +21,7 @@ from core.clock import now_iso
 from core.disk import DiskFull, is_disk_full, require_space
 from core.errors import InputError
 from core.failures import INTERNAL, describe
-from index.cluster import Engine
+from index.cluster import ENGINES, Engine
 from index.collection import collection_identity
 from index.ingest import Format
 from model.encoder import Encoder, TextEncoder
@@ -50,6 +54,7 @@ log = logging.getLogger("dapsearch.jobs")
 MAX_CRASHES = 3
 SAVE_EVERY_S = 0.5
 RETRY_SAVE_S = 2.0  # a job record the disk refused is written again this often
+STOP_GRACE_S = 20.0  # how long a stop waits for the Ray worker to reach a point where it can stop
 ORPHAN_AGE_S = 3600  # uploads untouched this long, with no unfinished job, are removed at start
 
 
@@ -78,9 +83,10 @@ class JobRunner:
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()  # guards _jobs; never held during file I/O
         self._io_lock = threading.Lock()  # orders job file writes
-        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._queues: dict[Engine, queue.Queue[str | None]] = {e: queue.Queue() for e in ENGINES}
         self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: dict[Engine, threading.Thread] = {}
+        self._writing: dict[str, threading.Lock] = {}  # collection -> held by the job writing it
         self._last_save: dict[str, float] = {}
         self._unsaved: set[str] = set()  # records the disk refused; written again until it takes them
 
@@ -90,17 +96,24 @@ class JobRunner:
         """Load every job file, re-queue unfinished jobs (or fail those that cannot resume), run."""
         await anyio.to_thread.run_sync(self._recover)
         self._stopping.clear()
-        self._thread = threading.Thread(target=self._worker, name="dapsearch-jobs", daemon=True)
-        self._thread.start()
+        for engine in ENGINES:
+            name = "dapsearch-jobs" if engine == "local" else f"dapsearch-jobs-{engine}"
+            thread = threading.Thread(target=self._worker, args=(engine,), name=name, daemon=True)
+            self._threads[engine] = thread
+            thread.start()
 
     async def stop(self) -> None:
         """Stop the running job at its next chunk (it stays queued for the next start), then join."""
         self._stopping.set()
-        self._queue.put(None)
-        thread = self._thread
-        if thread is not None:
-            await anyio.to_thread.run_sync(thread.join)
-        self._thread = None
+        for q in self._queues.values():
+            q.put(None)
+        for engine, thread in self._threads.items():
+            # A local job stops at its next chunk; a Ray job may sit in Ray's own connect, which
+            # nothing interrupts: shutdown waits a bounded time for it.
+            await anyio.to_thread.run_sync(thread.join, None if engine == "local" else STOP_GRACE_S)
+            if thread.is_alive():  # inside a call that cannot be interrupted: it dies with the process
+                log.warning("the %s job worker did not stop within %.0f s; leaving it", engine, STOP_GRACE_S)
+        self._threads = {}
         await anyio.to_thread.run_sync(self._save_unsaved)
 
     def health(self) -> dict[str, Any]:
@@ -109,7 +122,7 @@ class JobRunner:
             queued = sum(1 for j in self._jobs.values() if j.state == "queued")
             running = sum(1 for j in self._jobs.values() if j.state == "running")
             unsaved = len(self._unsaved)
-        alive = self._thread is not None and self._thread.is_alive()
+        alive = bool(self._threads) and all(t.is_alive() for t in self._threads.values())
         return {
             "worker": "running" if alive else "stopped",
             "queued": queued,
@@ -123,7 +136,7 @@ class JobRunner:
         except OSError as exc:  # the service still serves; uploads answer with the cause
             log.error("the uploads folder is not usable: %s", exc)
         loaded = self.store.load_all()
-        self._queue = queue.Queue()
+        self._queues = {e: queue.Queue() for e in ENGINES}
         with self._lock:
             self._jobs = {job.id: job for job in loaded}
         for job in loaded:
@@ -152,7 +165,7 @@ class JobRunner:
             with self._lock:
                 job.state = "queued"
             self._save(job.id)
-            self._queue.put(job.id)
+            self._queues[job.engine()].put(job.id)
             log.info("job %s (%s) queued again after restart", job.id, job.type)
         self._remove_orphan_uploads()
         self._update_metrics()
@@ -237,7 +250,7 @@ class JobRunner:
             if is_disk_full(exc):
                 raise DiskFull(f"the job could not be recorded: {describe(exc)}") from exc
             raise
-        self._queue.put(job.id)
+        self._queues[job.engine()].put(job.id)
         self._update_metrics()
         return self.get(job.id)
 
@@ -352,13 +365,14 @@ class JobRunner:
 
     # ------------------------------------------------------------------ worker
 
-    def _worker(self) -> None:
+    def _worker(self, engine: Engine) -> None:
         """Runs jobs until stopped, whatever a job raises: one job never stops the ones behind it."""
+        jobs = self._queues[engine]
         while not self._stopping.is_set():
             if self._unsaved:
                 self._save_unsaved()
             try:
-                job_id = self._queue.get(timeout=RETRY_SAVE_S if self._unsaved else None)
+                job_id = jobs.get(timeout=RETRY_SAVE_S if self._unsaved else None)
             except queue.Empty:
                 continue
             if job_id is None or self._stopping.is_set():
@@ -392,7 +406,8 @@ class JobRunner:
             cancelling=lambda: self._cancelling(job_id),
         )
         try:
-            result = self._execute(run)
+            with self._writer(run):
+                result = self._execute(run)
         except Interrupted:
             if self._stopping.is_set() and not self._cancelling(job_id):
                 with self._lock:
@@ -411,6 +426,22 @@ class JobRunner:
             self._finish(job_id, "failed", error=f"the job stopped: {describe(exc) or INTERNAL}")
         else:
             self._finish(job_id, "succeeded", result=result)
+
+    @contextmanager
+    def _writer(self, run: RunningJob) -> Iterator[None]:
+        """Hold the collection a job writes, waiting (cancellable) while another job writes it."""
+        name = run.job.collection if run.job.type == "ingest" else None
+        if name is None:
+            yield
+            return
+        with self._lock:
+            lock = self._writing.setdefault(name, threading.Lock())
+        while not lock.acquire(timeout=0.25):
+            run.check()
+        try:
+            yield
+        finally:
+            lock.release()
 
     def _execute(self, run: RunningJob) -> dict[str, Any]:
         params = run.job.params

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from core.disk import MIB, require_space
 from core.errors import InputError
-from index.cluster import Engine, ray_module
+from index.cluster import Engine, probe, ray_module
 from index.collection import NAME_RE, CollectionExists, ModelMismatch, UnknownCollection
 from index.index_choice import INDEX_PATTERN
 from index.ingest import Format, detect_format
@@ -30,6 +30,7 @@ from service.deps import CollectionsDep, EncoderDep, JobsDep, SettingsDep
 from service.errors import APIError
 from service.jobs.models import IngestParams, Job, JobState, MineParams, new_job_id
 from service.jobs.runner import JobRunner
+from service.settings import Settings
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[AdminDep])
 
@@ -43,6 +44,7 @@ UPLOAD_TYPES: dict[str, Format] = {
 # Generic types accepted when ``?format=`` says what the bytes are.
 GENERIC_TYPES = frozenset({"", "application/octet-stream", "text/plain"})
 MAX_CHUNK = 100_000
+SUBMIT_PROBE_S = 3.0  # a Ray job's submission waits this long at most to reach the cluster
 SPACE_CHECK_BYTES = 8 * MIB  # an upload of unknown length checks the disk's reserve this often
 
 
@@ -94,13 +96,20 @@ class JobList(BaseModel):
     jobs: list[Job]
 
 
-def _engine(engine: Engine) -> None:
-    """A Ray job on a server without Ray is refused at submission, not failed later."""
-    if engine == "ray":
-        try:
-            ray_module()
-        except InputError as exc:
-            raise APIError(400, f"{exc} on the server", "engine") from None
+async def _engine(engine: Engine, settings: Settings) -> None:
+    """A Ray job on a server without Ray, or with a cluster address that answers nothing, is
+    refused at submission, not failed (or left waiting) later."""
+    if engine != "ray":
+        return
+    try:
+        ray_module()
+    except InputError as exc:
+        raise APIError(400, f"{exc} on the server", "engine") from None
+    check = partial(probe, settings.ray_address, min(SUBMIT_PROBE_S, settings.ray_connect_timeout_s))
+    try:
+        await anyio.to_thread.run_sync(check)
+    except InputError as exc:
+        raise APIError(exc.status, str(exc), "engine") from None
 
 
 def _error(exc: InputError, param: str | None = None) -> APIError:
@@ -243,7 +252,7 @@ async def add_documents(
 ) -> JobResponse:
     """Queue an ingest job: the request body is the file (JSONL/TSV), or JSON naming a server-side file."""
     _known(collections, name)
-    _engine(engine)
+    await _engine(engine, settings)
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media == "application/json":
         job = await _path_job(name, request, settings, jobs)
@@ -351,7 +360,7 @@ async def _path_job(name: str, request: Request, settings: SettingsDep, jobs: Jo
         fmt = detect_format(resolved, body.format)
     except InputError as exc:
         raise APIError(400, str(exc).replace("--format", "format"), "format") from exc
-    _engine(body.engine)
+    await _engine(body.engine, settings)
     return jobs.ingest_job(
         new_job_id(),
         name,
@@ -369,10 +378,10 @@ async def _path_job(name: str, request: Request, settings: SettingsDep, jobs: Jo
 
 @router.post("/mine", status_code=202, response_model=JobResponse, operation_id="start_mining_job")
 async def mine_job(
-    body: MineParams, response: Response, collections: CollectionsDep, jobs: JobsDep
+    body: MineParams, response: Response, collections: CollectionsDep, jobs: JobsDep, settings: SettingsDep
 ) -> JobResponse:
     """Queue bitext mining between two collections' stored vectors; pairs come as a TSV file."""
-    _engine(body.engine)
+    await _engine(body.engine, settings)
     for param, name in (("source", body.source), ("target", body.target)):
         _known(collections, name, param)
         await _stats(collections, name, param)  # 409 when made with another model

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import sys
 import time
 from collections import Counter
@@ -33,7 +32,7 @@ from service.batcher import Batcher, Overloaded
 from service.cache import MemoryCache
 from service.collections import Collections
 from service.embedding import Embedder
-from service.jobs.models import IngestParams, Job, JobProgress, QueueFull, new_job_id
+from service.jobs.models import IngestParams, Job, JobProgress, new_job_id
 from service.jobs.runner import JobRunner
 from service.metrics import Metrics
 from service.settings import Settings
@@ -441,49 +440,3 @@ async def test_a_ray_job_on_a_server_without_ray_is_refused_at_submission(
         r = await client.post("/admin/mine", json={"source": "news", "target": "news", "engine": "ray"})
         assert r.status_code == 400 and r.json()["error"]["param"] == "engine"
         assert (await client.get("/admin/jobs")).json()["jobs"] == []  # nothing queued
-
-
-async def test_the_job_queue_is_bounded_with_a_429_that_says_when_to_retry(
-    tmp_path: Path, encoder: Encoder
-) -> None:
-    settings = settings_for(tmp_path, max_queued_jobs=2)
-    collections = Collections(settings.collections_dir, encoder.model_id)
-    collections.create("news", encoder.dim)
-    jobs = JobRunner(settings, encoder, collections, Metrics())  # not started: every job stays queued
-    try:
-        for i in range(2):
-            await jobs.submit(_ingest_job(jobs, settings, "news", 1, f"q{i}"))
-        with pytest.raises(QueueFull) as refused:
-            await jobs.submit(_ingest_job(jobs, settings, "news", 1, "q2"))
-        assert refused.value.status == 429 and refused.value.headers()["Retry-After"]
-        assert "DAPSEARCH_MAX_QUEUED_JOBS" in str(refused.value)
-        assert len(jobs.list_jobs()) == 2 and len(list(settings.jobs_dir.glob("*.json"))) == 2
-        await jobs.cancel(jobs.list_jobs()[0].id)  # room again
-        await jobs.submit(_ingest_job(jobs, settings, "news", 1, "q3"))
-    finally:
-        collections.close()
-
-
-async def test_a_collection_removed_under_its_job_or_a_broken_uploads_folder_is_named(
-    tmp_path: Path, encoder: Encoder
-) -> None:
-    settings = settings_for(tmp_path)
-    async with job_runner(settings, encoder) as (jobs, collections):
-        collections.create("brief", encoder.dim)
-        job = _ingest_job(jobs, settings, "brief", 3, "brief")
-        shutil.rmtree(settings.collections_dir / "brief")  # as an operator's rm -r would
-        done = await _finished(jobs, (await jobs.submit(job)).id)
-    assert done.state == "failed" and done.error is not None
-    assert "'brief' was deleted" in done.error and str(tmp_path) not in done.error
-    shutil.rmtree(settings.uploads_dir)
-    settings.uploads_dir.write_text("not a folder")
-    async with serve(settings, encoder) as (_, client):  # it still starts and serves
-        assert (await client.post("/admin/collections", json={"name": "news2"})).status_code == 201
-        r = await client.post(
-            "/admin/collections/news2/documents",
-            content=b'{"id": "a", "text": "b"}\n',
-            headers={"Content-Type": "application/x-ndjson"},
-        )
-    assert r.status_code == 500, r.text
-    message = r.json()["error"]["message"]
-    assert "must be a folder is a file" in message and str(tmp_path) not in message
