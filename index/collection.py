@@ -1,8 +1,8 @@
 """A collection: documents and their vectors in SQLite, searched through a FAISS index.
 
 This module ties the parts together: the store (``index.store``, the source of truth), the
-index choice (``index.index_choice``), the snapshots the index is checkpointed to and replayed
-from (``index.snapshot``) and filters (``index.filters``). A process killed at any moment leaves
+index choice (``index.index_choice``), the checkpoints the index is saved to and replayed
+from (``index.checkpoint``) and filters (``index.filters``). A process killed at any moment leaves
 a collection that opens consistent (index count == document count) and holds every committed
 write; readers in other processes see the last committed version and pick up newer ones with
 ``refresh()``.
@@ -10,8 +10,7 @@ write; readers in other processes see the last committed version and pick up new
 
 from __future__ import annotations
 
-import hashlib
-import re
+import logging
 import shutil
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -20,11 +19,11 @@ from uuid import uuid4
 
 import faiss
 import numpy as np
-from pydantic import BaseModel, Field
 
 from core.clock import now_iso
-from core.errors import Conflict, InputError, NotFound
+from core.errors import InputError
 from core.files import atomic_write_text
+from index.checkpoint import load_latest, replay, write_checkpoint
 from index.cutting import CutOptions
 from index.filters import Filter, filter_sql
 from index.index_choice import (
@@ -37,76 +36,27 @@ from index.index_choice import (
     make_index,
     search_params,
 )
+from index.integrity import SAMPLED_VECTORS, index_problem, open_store
 from index.lexical import totals as lexical_totals
+from index.manifest import MANIFEST as MANIFEST
+from index.manifest import (
+    CollectionExists,
+    DamagedCollection,
+    ModelMismatch,
+    ModeUnavailable,
+    check_name,
+    read_manifest,
+)
+from index.manifest import CollectionManifest as CollectionManifest
+from index.manifest import UnknownCollection as UnknownCollection
 from index.passages import DocPassages, PassageOptions
-from index.retrieval import DEFAULT_WEIGHT, MODES, Hit, Mode, Query, Searcher
-from index.snapshot import load_latest, replay, write_snapshot
+from index.retrieval import DEFAULT_WEIGHT, Hit, Mode, Query, Searcher
 from index.sources import LineError, SourceCheckpoint, SourceCommit, SourceLog
 from index.store import DOCS, Document, Store, decode
 
-MANIFEST = "manifest.json"
-NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # always fullmatch: "$" allows a final \n
+log = logging.getLogger(__name__)
 MAX_KNOWN_TERMS = 200_000  # document frequencies kept between searches of one version
 MAX_STORED_ERRORS = 100  # malformed lines kept per ingest run of a source; the counts cover all
-
-
-class CollectionManifest(BaseModel):
-    """What a collection was made with; ``count``/``version`` are as of the last checkpoint."""
-
-    format_version: int = 1
-    name: str
-    model_id: str
-    dim: int
-    metric: str = "inner_product"
-    index_factory: str = Field(description="'auto' or the FAISS factory string inside IDMap2")
-    created: str
-    nprobe: int = Field(default=32, ge=1, description="IVF lists probed per query")
-    ef_search: int = Field(default=128, ge=1, description="HNSW candidate list size per query")
-    count: int = 0
-    version: int = 0
-    uuid: str | None = Field(default=None, description="Unique per creation, never reused by a name")
-    passages: PassageOptions | None = Field(
-        default=None, description="How documents are cut into passages; None: one vector per document"
-    )
-    lexical: bool = Field(default=False, description="Keeps a lexical (BM25) index of its passages")
-
-    @property
-    def modes(self) -> tuple[Mode, ...]:
-        """The search modes it can serve: a collection made before passages serves dense only."""
-        return MODES if self.lexical else ("dense",)
-
-    @property
-    def identity(self) -> str:
-        """What caches and read handles key on: never repeated by a collection re-created under the
-        same name (versions start again at 0). Collections made before uuids: name and creation time."""
-        if self.uuid is not None:
-            return self.uuid
-        return hashlib.sha256(f"{self.name}\0{self.created}".encode()).hexdigest()[:32]
-
-
-class UnknownCollection(NotFound):
-    """No collection of that name (a service answers 404)."""
-
-
-class CollectionExists(Conflict):
-    """Creating a collection under a name already taken (409)."""
-
-
-class ModeUnavailable(Conflict):
-    """A search mode the collection cannot serve (409): one made before lexical indexes."""
-
-
-class ModelMismatch(Conflict):
-    """The collection's vectors come from another model than the caller's (409): never mix them."""
-
-
-def _check_name(name: str) -> str:
-    if not NAME_RE.fullmatch(name):
-        raise InputError(
-            f"invalid collection name {name!r}: 1-64 letters, digits, '_', '-' or '.', "
-            "starting with a letter or digit"
-        )
-    return name
 
 
 class Collection:
@@ -116,7 +66,7 @@ class Collection:
         self.root = root
         self.manifest = manifest
         self.readonly = readonly
-        self._store = Store(root / DOCS, readonly)
+        self._store = open_store(root / DOCS, manifest.name, readonly)
         self._sources = SourceLog(self._store)
         self._lexical = (0, 0.0)  # (passages, mean terms) of the lexical index at ``_lexical_at``
         self._lexical_at = -1
@@ -124,10 +74,34 @@ class Collection:
         self._index: faiss.Index = make_index(effective_factory(manifest.index_factory, 0), manifest.dim)
         self._hidden: set[int] = set()  # rowids superseded in an index that cannot remove
         self._index_version = 0
-        latest = load_latest(root, self._store.version())
+        self.repaired: str | None = None  # why the vector index was rebuilt on open, if it was
+        try:
+            latest = load_latest(root, self._store.version())
+        except RuntimeError as exc:  # FAISS cannot read the file: rebuilt from the store below
+            log.warning("collection %s: unreadable vector index (%s)", manifest.name, exc)
+            latest, self.repaired = None, "its vector index was unreadable"
         if latest is not None:
             self._index_version, self._index = latest
         self.refresh()
+        self._verify()
+
+    def _verify(self) -> None:
+        """Rebuild the vector index from the store when it is not the store's index, and save the
+        rebuilt one, so that no damage to the derived file ever hides documents."""
+        with self._store.read() as db:
+            stored = self._store.vector_ids(db)
+        picks = stored[:: max(1, len(stored) // SAMPLED_VECTORS)][:SAMPLED_VECTORS]
+        sample = self._store.vectors_of([int(i) for i in picks]) if len(picks) else {}
+        problem = index_problem(self._index, self.manifest.dim, stored, self._hidden, sample)
+        if problem is None and self.repaired is None:
+            return
+        self.repaired = problem or self.repaired
+        log.warning("collection %s: %s; rebuilding it from the stored vectors", self.name, self.repaired)
+        self.rebuild()
+        try:
+            write_checkpoint(self.root, self._index, self._index_version)
+        except OSError as exc:  # rebuilt in memory all the same; the next open tries again
+            log.warning("collection %s: the rebuilt index could not be saved: %s", self.name, exc)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -144,7 +118,7 @@ class Collection:
     ) -> Collection:
         """A new, empty collection: documents cut into passages (``passages``, default options),
         with a lexical index unless ``lexical`` is False."""
-        root = Path(home_dir) / _check_name(name)
+        root = Path(home_dir) / check_name(name)
         if (root / MANIFEST).is_file():
             raise CollectionExists(f"collection {name!r} already exists")
         factory = check_index_factory(index_factory or AUTO, dim)
@@ -167,11 +141,13 @@ class Collection:
         cls, home_dir: Path, name: str, model_id: str | None = None, readonly: bool = False
     ) -> Collection:
         """Open by name; ``model_id`` given means vectors from any other model are refused."""
-        root = Path(home_dir) / _check_name(name)
+        root = Path(home_dir) / check_name(name)
         path = root / MANIFEST
         if not path.is_file():
             raise UnknownCollection(f"unknown collection {name!r}")
-        manifest = CollectionManifest.model_validate_json(path.read_text(encoding="utf-8"))
+        manifest = read_manifest(root, name)
+        if manifest.name != name or manifest.dim < 1:
+            raise DamagedCollection(name, "its manifest belongs to another collection")
         if model_id is not None and manifest.model_id != model_id:
             raise ModelMismatch(
                 f"collection {name!r} holds vectors of model {manifest.model_id}, not {model_id}; "
@@ -322,7 +298,7 @@ class Collection:
         if self._hidden:
             self.rebuild()
         version = self._index_version
-        target = write_snapshot(self.root, self._index, version)
+        target = write_checkpoint(self.root, self._index, version)
         self.manifest.count = len(self)
         self.manifest.version = version
         atomic_write_text(self.root / MANIFEST, self.manifest.model_dump_json(indent=2) + "\n")
@@ -435,22 +411,6 @@ class Collection:
             "passage_options": self.manifest.passages.model_dump() if self.manifest.passages else None,
             "languages": self._store.languages(),
         }
-
-
-def collection_identity(home_dir: Path, name: str) -> str | None:
-    """The identity of the collection now under ``name`` (None: there is none)."""
-    path = Path(home_dir) / _check_name(name) / MANIFEST
-    try:
-        return CollectionManifest.model_validate_json(path.read_text(encoding="utf-8")).identity
-    except (OSError, ValueError):
-        return None
-
-
-def list_collections(home_dir: Path) -> list[str]:
-    root = Path(home_dir)
-    if not root.is_dir():
-        return []
-    return sorted(p.name for p in root.iterdir() if not p.name.startswith(".") and (p / MANIFEST).is_file())
 
 
 def _initialise(

@@ -16,8 +16,9 @@ import numpy as np
 
 from core.errors import InputError
 from index.cluster import EmbeddingPool, RayOptions
-from index.collection import Collection, list_collections
+from index.collection import Collection
 from index.cutting import Cutter, Prepared
+from index.manifest import list_collections
 from index.sources import SourceCommit
 from index.store import Document
 from model.encoder import Encoder

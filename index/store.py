@@ -283,6 +283,11 @@ class Store:
         """(FAISS id, vector) rows, a page at a time, inside ``db``'s snapshot."""
         return self.pages("vector", batch=batch, db=db, table=self._vectors, key=self._vid)
 
+    def vector_ids(self, db: sqlite3.Connection | None = None) -> np.ndarray:
+        """Every stored vector's FAISS id, sorted (what the index must hold)."""
+        sql = f"SELECT {self._vid} FROM {self._vectors} ORDER BY {self._vid}"
+        return np.fromiter((r[0] for r in (db or self._db).execute(sql)), dtype=np.int64)
+
     def vectors_of(self, ids: Sequence[int]) -> dict[int, np.ndarray]:
         """Stored vectors by FAISS id."""
         sql = f"SELECT {self._vid}, vector FROM {self._vectors} WHERE {self._vid} IN ({{}})"

@@ -86,6 +86,9 @@ def create_app(settings: Settings | None = None, encoder: Encoder | None = None)
         stack.push_async_callback(cache.close)
         collections = Collections(settings.collections_dir, encoder.model_id, settings.search_threads)
         stack.callback(collections.close)
+        damaged = await anyio.to_thread.run_sync(collections.check_all)
+        for name, what in damaged.items():  # served all the same: the others, and ready says which
+            log.error("collection %s is damaged: %s", name, what)
         if settings.demo:
             await anyio.to_thread.run_sync(lambda: ensure_demo_collection(settings.collections_dir, encoder))
         # Jobs embed through the batcher at bulk priority, never beside it on the engine.

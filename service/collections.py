@@ -21,14 +21,17 @@ from typing import Any
 import faiss
 import numpy as np
 
-from index.collection import (
+from index.collection import Collection
+from index.filters import Filter
+from index.integrity import is_damage
+from index.manifest import (
     MANIFEST,
-    Collection,
+    DamagedCollection,
+    ModelMismatch,
     UnknownCollection,
     collection_identity,
     list_collections,
 )
-from index.filters import Filter
 from index.passages import PassageOptions
 from index.retrieval import DEFAULT_WEIGHT, Hit, Mode, Query
 
@@ -42,6 +45,7 @@ class Collections:
         self._locks: dict[str, threading.Lock] = {}
         self._registry_lock = threading.Lock()
         self._seen: dict[str, tuple[int, int]] = {}  # name -> (inode, mtime) of the manifest checked
+        self._damaged: dict[str, str] = {}  # name -> what is wrong, as last found on opening it
 
     def _replaced(self, name: str, handle: Collection) -> bool:
         """The handle's collection was deleted, or deleted and created again under the same name
@@ -80,8 +84,13 @@ class Collections:
                 self._seen.pop(name, None)
                 handle = None
             if handle is None:
-                with self._vanishing(name):
-                    handle = Collection.open(self.root, name, self.model_id, readonly=True)
+                try:
+                    with self._vanishing(name):
+                        handle = Collection.open(self.root, name, self.model_id, readonly=True)
+                except DamagedCollection as exc:
+                    self._damaged[name] = exc.what
+                    raise
+                self._damaged.pop(name, None)
                 self._handles[name] = handle
                 self._locks[name] = threading.Lock()
             lock = self._locks[name]
@@ -102,9 +111,28 @@ class Collections:
             yield
         except (sqlite3.Error, OSError, RuntimeError) as exc:
             if (self.root / name / MANIFEST).is_file():
+                if is_damage(exc):  # corrupt under a handle already open: named, not a bare 500
+                    self._damaged[name] = "its database is unreadable"
+                    raise DamagedCollection(name, "its database is unreadable") from exc
                 raise
             # The next reading() finds the manifest gone and drops the stale handle.
             raise UnknownCollection(f"unknown collection {name!r}") from exc
+
+    def check_all(self) -> dict[str, str]:
+        """Open every collection once (at start): damage is found and named before any search,
+        and a vector index that does not match its store is rebuilt from it."""
+        for name in self.names():
+            try:
+                with self.reading(name):
+                    pass
+            except (DamagedCollection, ModelMismatch, UnknownCollection):
+                continue  # recorded (damaged), listed as incompatible, or deleted meanwhile
+        return self.damaged()
+
+    def damaged(self) -> dict[str, str]:
+        """Collections found damaged (name -> what), of those still on disk."""
+        present = set(self.names())
+        return {name: what for name, what in sorted(self._damaged.items()) if name in present}
 
     def search(
         self,

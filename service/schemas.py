@@ -241,4 +241,7 @@ class Readiness(BaseModel):
     disk: dict[str, Any] = Field(
         default_factory=dict, description="Free space on the home's volume and the reserve kept."
     )
+    damaged: dict[str, str] = Field(
+        default_factory=dict, description="Collections that cannot be served, and what is wrong with each."
+    )
     detail: str | None = None

@@ -10,10 +10,11 @@ from typing import Annotated, Any
 import typer
 
 from core.errors import InputError
-from index.collection import Collection, list_collections
+from index.collection import Collection
 from index.cutting import lexicon_of
 from index.filters import Filter
 from index.ingest import ShardCounts, ingest, resume_point
+from index.manifest import list_collections
 from index.ray_ingest import ingest_on_ray
 from index.reindex import reindex
 from index.retrieval import DEFAULT_WEIGHT, MODES, Mode, Query

@@ -8,8 +8,9 @@ import shutil
 from importlib import resources
 from pathlib import Path
 
-from index.collection import Collection, list_collections
+from index.collection import Collection
 from index.ingest import ingest
+from index.manifest import list_collections
 from model.encoder import Encoder
 
 DEMO_NAME = "demo"

@@ -22,8 +22,8 @@ from core.disk import DiskFull, is_disk_full, require_space
 from core.errors import InputError
 from core.failures import INTERNAL, describe
 from index.cluster import ENGINES, Engine
-from index.collection import collection_identity
 from index.ingest import Format
+from index.manifest import collection_identity
 from model.encoder import Encoder, TextEncoder
 from service.collections import Collections
 from service.jobs.ingest import IngestRun

@@ -21,9 +21,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from core.disk import MIB, require_space
 from core.errors import InputError
 from index.cluster import Engine, probe, ray_module
-from index.collection import NAME_RE, CollectionExists, ModelMismatch, UnknownCollection
 from index.index_choice import INDEX_PATTERN
 from index.ingest import Format, detect_format
+from index.manifest import NAME_RE, CollectionExists, DamagedCollection, ModelMismatch, UnknownCollection
 from service.auth import AdminDep
 from service.collections import Collections
 from service.deps import CollectionsDep, EncoderDep, JobsDep, SettingsDep
@@ -140,7 +140,8 @@ def _job_created(job: Job, response: Response, jobs: JobRunner) -> JobResponse:
 
 @router.get("/collections", response_model=CollectionList)
 async def list_collections(collections: CollectionsDep) -> CollectionList:
-    """Every collection with its stats; one made with another model is listed as not compatible."""
+    """Every collection with its stats; one made with another model is listed as not compatible,
+    a damaged one with ``damaged`` and what is wrong."""
 
     def gather() -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
@@ -151,6 +152,8 @@ async def list_collections(collections: CollectionsDep) -> CollectionList:
                 out.append({"name": name, "compatible": False, "error": str(exc)})
             except UnknownCollection:
                 continue  # deleted meanwhile
+            except DamagedCollection as exc:  # one damaged collection never hides the others
+                out.append({"name": name, "compatible": True, "damaged": True, "error": str(exc)})
         return out
 
     return CollectionList(collections=await anyio.to_thread.run_sync(gather))

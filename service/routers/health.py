@@ -32,6 +32,7 @@ async def ready(request: Request) -> Response:
     cache = await runtime.cache.status()
     settings: Settings = state.settings
     jobs = runtime.jobs.health()
+    damaged = runtime.collections.damaged()
     free = free_bytes(settings.home)
     disk = {
         "free_bytes": free,
@@ -42,6 +43,7 @@ async def ready(request: Request) -> Response:
         *([] if cache.ok else ["the cache is unreachable"]),
         *([] if disk["ok"] else [full_message(free, settings.min_free_bytes, "take new writes")]),
         *([f"{jobs['unsaved']} job records wait to be saved"] if jobs["unsaved"] else []),
+        *[f"collection {name!r} is damaged: {what}" for name, what in damaged.items()],
     ]
     # A dead job worker would leave every job queued for ever: that is not ready.
     failed = jobs["worker"] != "running"
@@ -52,6 +54,7 @@ async def ready(request: Request) -> Response:
         cache=cache.model_dump(),
         jobs=jobs,
         disk=disk,
+        damaged=damaged,
         detail="the job worker stopped; restart the service" if failed else "; ".join(problems) or None,
     )
     return JSONResponse(body.model_dump(), status_code=503 if failed else 200)

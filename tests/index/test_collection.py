@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from core.errors import InputError
-from index.collection import Collection, list_collections
+from index.collection import Collection
 from index.filters import Filter
 from index.index_choice import INDEX_PATTERN, check_index_factory
+from index.manifest import list_collections
 from index.store import Document
 
 DIM = 16
@@ -250,7 +251,7 @@ def test_concurrent_creates_of_one_name_make_one_collection(tmp_path: Path) -> N
     no half-made folder is left behind."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from index.collection import CollectionExists
+    from index.manifest import CollectionExists
 
     def create(_: int) -> str:
         try:

@@ -102,7 +102,7 @@ async def test_a_ray_job_waiting_for_its_cluster_blocks_no_local_job_and_stops_o
     async with job_runner(settings, encoder) as (jobs, collections):
         collections.create("other", encoder.dim)  # "news" is the Ray job's, held while it runs
         waiting = _ingest_job(jobs, settings, "news", 3, "on-ray")
-        waiting.params.engine = "ray"  # type: ignore[union-attr]
+        waiting.params.engine = "ray"
         await jobs.submit(waiting)
         await _state(jobs, waiting.id, "running")
         local = await jobs.submit(_ingest_job(jobs, settings, "other", 4, "local"))
@@ -127,7 +127,7 @@ async def test_shutdown_interrupts_the_wait_and_the_job_resumes_then_fails_namin
     settings = settings_for(tmp_path, ray_address=address, ray_connect_timeout_s=120)
     async with job_runner(settings, encoder) as (jobs, _):
         job = _ingest_job(jobs, settings, "news", 3, "on-ray")
-        job.params.engine = "ray"  # type: ignore[union-attr]
+        job.params.engine = "ray"
         await jobs.submit(job)
         await _state(jobs, job.id, "running")
         started = time.monotonic()

@@ -1,4 +1,4 @@
-"""FAISS index snapshots, and replaying the commits made after one.
+"""FAISS index checkpoints, and replaying the commits made after one.
 
 The index is derived state: it is checkpointed to ``index.<version>.faiss`` (temporary file,
 fsync, rename) and, on open or refresh, brought up to date by replaying the rows written and
@@ -20,31 +20,31 @@ import numpy as np
 from index.index_choice import kind_of_index
 from index.store import decode
 
-_SNAPSHOT_RE = re.compile(r"index\.(\d+)\.faiss")
+_CHECKPOINT_RE = re.compile(r"index\.(\d+)\.faiss")
 
 
-def snapshots(root: Path) -> list[tuple[int, Path]]:
-    """(version, path) of every snapshot in ``root``, oldest first."""
+def checkpoints(root: Path) -> list[tuple[int, Path]]:
+    """(version, path) of every checkpoint in ``root``, oldest first."""
     found = []
     for path in root.iterdir():
-        match = _SNAPSHOT_RE.fullmatch(path.name)
+        match = _CHECKPOINT_RE.fullmatch(path.name)
         if match:
             found.append((int(match.group(1)), path))
     return sorted(found)
 
 
 def load_latest(root: Path, up_to: int) -> tuple[int, faiss.Index] | None:
-    """The newest snapshot at or below version ``up_to`` (a newer one belongs to a write this
+    """The newest checkpoint at or below version ``up_to`` (a newer one belongs to a write this
     database never committed); None if there is none."""
-    usable = [(v, p) for v, p in snapshots(root) if v <= up_to]
+    usable = [(v, p) for v, p in checkpoints(root) if v <= up_to]
     if not usable:
         return None
     version, path = usable[-1]
     return version, faiss.read_index(str(path))
 
 
-def write_snapshot(root: Path, index: faiss.Index, version: int) -> Path:
-    """Write the snapshot of ``version`` durably, then remove the older ones."""
+def write_checkpoint(root: Path, index: faiss.Index, version: int) -> Path:
+    """Write the checkpoint of ``version`` durably, then remove the older ones."""
     target = root / f"index.{version}.faiss"
     fd, tmp = tempfile.mkstemp(dir=root, prefix=".index.", suffix=".tmp")
     os.close(fd)
@@ -57,7 +57,7 @@ def write_snapshot(root: Path, index: faiss.Index, version: int) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(root)
-    for v, path in snapshots(root):
+    for v, path in checkpoints(root):
         if v < version:
             path.unlink(missing_ok=True)
     return target

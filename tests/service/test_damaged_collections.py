@@ -1,0 +1,85 @@
+"""One damaged collection on disk: the service starts, serves the others, and names it.
+
+The damage is real (a database overwritten, a FAISS file replaced by an empty index) and so is
+the rest: the dummy encoder's app, SQLite, FAISS and the job worker.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import anyio
+import faiss
+import httpx
+import pytest
+
+from index.checkpoint import checkpoints
+from index.index_choice import make_index
+from model.encoder import Encoder
+from tests.service.test_model_free import serve, settings_for
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(scope="module")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="module")
+def encoder() -> Encoder:
+    return Encoder.dummy(dim=32, max_length=16, batch_size=4)
+
+
+async def fill(client: httpx.AsyncClient, name: str, n: int) -> None:
+    assert (await client.post("/admin/collections", json={"name": name})).status_code == 201
+    body = "".join(json.dumps({"id": f"{name}{i}", "text": f"{name} text {i}"}) + "\n" for i in range(n))
+    r = await client.post(
+        f"/admin/collections/{name}/documents", content=body, headers={"Content-Type": "application/x-ndjson"}
+    )
+    job_id = r.json()["job"]["id"]
+    with anyio.fail_after(30):
+        while (await client.get(f"/admin/jobs/{job_id}")).json()["job"]["state"] != "succeeded":
+            await anyio.sleep(0.01)
+
+
+async def search(client: httpx.AsyncClient, name: str, query: str) -> httpx.Response:
+    return await client.post("/search", json={"collection": name, "query": query, "k": 1, "mode": "dense"})
+
+
+async def test_a_damaged_collection_is_named_and_the_others_serve(tmp_path: Path, encoder: Encoder) -> None:
+    settings = settings_for(tmp_path)
+    async with serve(settings, encoder) as (_, client):
+        for name in ("good", "broken", "emptied"):
+            await fill(client, name, 12)
+    broken = settings.collections_dir / "broken"
+    for path in broken.glob("docs.sqlite*"):
+        path.write_bytes(b"\x13not a database\xff" * 200)
+    [(_, index_file)] = checkpoints(settings.collections_dir / "emptied")
+    faiss.write_index(make_index("Flat", encoder.dim), str(index_file))  # right dimension, no vectors
+
+    async with serve(settings, encoder) as (_, client):
+        listing = await client.get("/admin/collections")
+        assert listing.status_code == 200, listing.text
+        entries = {c["name"]: c for c in listing.json()["collections"]}
+        assert entries["good"]["count"] == 12 and entries["emptied"]["count"] == 12
+        assert entries["broken"]["damaged"] is True
+        assert "its database is unreadable" in entries["broken"]["error"]
+
+        r = await search(client, "broken", "x")
+        assert r.status_code == 503, r.text
+        message = r.json()["error"]["message"]
+        assert message.startswith("collection 'broken' is damaged") and str(tmp_path) not in message
+        r = await search(client, "good", "good text 3")
+        assert r.status_code == 200 and r.json()["results"][0][0]["id"] == "good3"
+        # The emptied vector index was rebuilt from the store: no document silently invisible.
+        r = await search(client, "emptied", "emptied text 5")
+        assert r.status_code == 200 and r.json()["results"][0][0]["id"] == "emptied5"
+
+        ready = (await client.get("/health/ready")).json()
+        assert ready["status"] == "degraded" and set(ready["damaged"]) == {"broken"}, ready
+        assert "collection 'broken' is damaged" in ready["detail"]
+        # Deleting the damaged collection clears it.
+        assert (await client.delete("/admin/collections/broken")).status_code == 204
+        assert (await client.get("/health/ready")).json()["status"] == "ready"
