@@ -23,6 +23,7 @@ import numpy as np
 from core.errors import InputError
 from index.collection import MAX_STORED_ERRORS, Collection
 from index.cutting import Cutter
+from index.metadata import MAX_METADATA_DEPTH
 from index.passages import DocPassages
 from index.sources import LineError, SourceCheckpoint, SourceCommit
 from index.store import Document
@@ -31,7 +32,6 @@ from model.encoder import TextEncoder
 Format = Literal["jsonl", "tsv"]  # the input formats an ingest reads
 FORMATS: tuple[Format, ...] = get_args(Format)
 MAX_REPORTED_ERRORS = 1000  # malformed lines an ingest run returns; MAX_STORED_ERRORS are committed
-MAX_METADATA_DEPTH = 32  # nested objects and arrays in a document's fields
 MAX_METADATA_BYTES = 65_536  # a document's metadata, as UTF-8 JSON
 
 

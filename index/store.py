@@ -18,7 +18,9 @@ from typing import Any, Literal
 
 import numpy as np
 
+from core.errors import InputError
 from index import lexical
+from index.metadata import MAX_METADATA_DEPTH, metadata_depth, servable
 
 DOCS = "docs.sqlite"
 _SOURCE_TABLES = """
@@ -109,10 +111,12 @@ def decode(blobs: Iterable[bytes]) -> np.ndarray:
 
 def _document(row: Sequence[Any]) -> Document:
     """A document from (id, text, lang, metadata, lang_detected) columns."""
-    return Document(row[0], row[1], row[2], json.loads(row[3]), bool(row[4]))
+    return Document(row[0], row[1], row[2], servable(row[3]), bool(row[4]))
 
 
 def _metadata(doc: Document) -> str:
+    if metadata_depth(doc.metadata) > MAX_METADATA_DEPTH:
+        raise InputError(f"document {doc.id!r}: metadata nested more than {MAX_METADATA_DEPTH} levels deep")
     return json.dumps(doc.metadata, ensure_ascii=False, sort_keys=True, allow_nan=False)
 
 

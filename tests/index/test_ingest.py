@@ -94,7 +94,8 @@ def test_metadata_too_deep_or_too_big_is_a_line_error_and_the_rest_is_served(
     stored document can be written as JSON by the service's writer (orjson) and read back."""
     import orjson
 
-    from index.ingest import MAX_METADATA_BYTES, MAX_METADATA_DEPTH
+    from index.ingest import MAX_METADATA_BYTES
+    from index.metadata import MAX_METADATA_DEPTH
 
     def nested(levels: int) -> str:
         """``levels`` objects, one inside the other."""

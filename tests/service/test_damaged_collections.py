@@ -7,6 +7,7 @@ the rest: the dummy encoder's app, SQLite, FAISS and the job worker.
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
 import anyio
@@ -83,3 +84,21 @@ async def test_a_damaged_collection_is_named_and_the_others_serve(tmp_path: Path
         # Deleting the damaged collection clears it.
         assert (await client.delete("/admin/collections/broken")).status_code == 204
         assert (await client.get("/health/ready")).json()["status"] == "ready"
+
+
+async def test_metadata_stored_too_deep_is_served_with_a_note_not_a_500(tmp_path: Path, encoder: Encoder) -> None:
+    """As a version that did not bound nesting left it: 600 levels in the database."""
+    settings = settings_for(tmp_path)
+    async with serve(settings, encoder) as (_, client):
+        await fill(client, "old", 5)
+    deep = "[" * 600 + "]" * 600
+    with sqlite3.connect(settings.collections_dir / "old" / "docs.sqlite") as db:
+        db.execute("UPDATE docs SET metadata = ? WHERE id = 'old2'", (f'{{"x": {deep}}}',))
+    async with serve(settings, encoder) as (_, client):
+        for _ in range(2):  # the second answer comes from the cache
+            r = await search(client, "old", "old text 2")
+            assert r.status_code == 200, r.text
+            hit = r.json()["results"][0][0]
+            assert hit["id"] == "old2" and "ingest the document again" in hit["metadata"]["_unservable"]
+        r = await client.post("/search", json={"collection": "old", "query": "old text 1", "k": 5})
+        assert r.status_code == 200 and len(r.json()["results"][0]) == 5
