@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -53,3 +54,30 @@ def _atomic(path: Path, open_fd: Callable[[int], F]) -> Iterator[F]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+CLAIM = ".claim"
+
+
+def claim(folder: Path) -> int:
+    """Mark ``folder`` as being worked on by this process (an exclusive lock on a file in it,
+    which the kernel drops when the process dies, SIGKILL included). Returns the descriptor to
+    close when done."""
+    fd = os.open(folder / CLAIM, os.O_CREAT | os.O_RDWR, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def abandoned(folder: Path) -> bool:
+    """Whether no live process has ``claim``ed ``folder``: it is safe to clean up or finish."""
+    try:
+        fd = os.open(folder / CLAIM, os.O_RDWR)
+    except FileNotFoundError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+    return True

@@ -56,7 +56,7 @@ def write_checkpoint(root: Path, index: faiss.Index, version: int) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_dir(root)
+    fsync_dir(root)
     for v, path in checkpoints(root):
         if v < version:
             path.unlink(missing_ok=True)
@@ -82,7 +82,7 @@ def replay(
         index.add_with_ids(decode(r[1] for r in rows), ids)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -11,6 +11,7 @@ write; readers in other processes see the last committed version and pick up new
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -22,7 +23,7 @@ import numpy as np
 
 from core.clock import now_iso
 from core.errors import InputError
-from core.files import atomic_write_text
+from core.files import CLAIM, atomic_write_text, claim
 from index.checkpoint import load_latest, replay, write_checkpoint
 from index.cutting import CutOptions
 from index.filters import Filter, filter_sql
@@ -126,13 +127,16 @@ class Collection:
         # Made aside and renamed into place: of concurrent creates of one name, one rename wins.
         building = root.with_name(f".creating-{name}-{uuid4().hex}")
         building.mkdir(parents=True)
+        held = claim(building)  # a start of the service meanwhile leaves it alone
         try:
             manifest = _initialise(building, name, model_id, dim, factory, passages, lexical)
             try:
                 building.rename(root)
             except OSError:  # a folder of that name is there now, not empty
                 raise CollectionExists(f"collection {name!r} already exists") from None
+            (root / CLAIM).unlink(missing_ok=True)
         finally:
+            os.close(held)
             shutil.rmtree(building, ignore_errors=True)
         return cls(root, manifest, readonly=False)
 

@@ -86,7 +86,9 @@ async def test_a_damaged_collection_is_named_and_the_others_serve(tmp_path: Path
         assert (await client.get("/health/ready")).json()["status"] == "ready"
 
 
-async def test_metadata_stored_too_deep_is_served_with_a_note_not_a_500(tmp_path: Path, encoder: Encoder) -> None:
+async def test_metadata_stored_too_deep_is_served_with_a_note_not_a_500(
+    tmp_path: Path, encoder: Encoder
+) -> None:
     """As a version that did not bound nesting left it: 600 levels in the database."""
     settings = settings_for(tmp_path)
     async with serve(settings, encoder) as (_, client):
