@@ -11,6 +11,8 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import anyio
 from fastapi import FastAPI
 
+from index.restore import finish_interrupted
+from index.snapshot import clean_snapshots
 from model.artifact import read_manifest
 from model.backend_choice import BackendChoice, choose_backend
 from model.cpu import cpu_features
@@ -26,7 +28,7 @@ from service.errors import install_error_handlers
 from service.jobs.runner import JobRunner
 from service.metrics import Metrics
 from service.middleware import install_middleware
-from service.routers import admin, embed, health, info, mine, openai, search
+from service.routers import admin, embed, health, info, mine, openai, search, snapshots
 from service.runtime import Runtime
 from service.settings import Settings
 
@@ -86,6 +88,9 @@ def create_app(settings: Settings | None = None, encoder: Encoder | None = None)
         stack.push_async_callback(cache.close)
         collections = Collections(settings.collections_dir, encoder.model_id, settings.search_threads)
         stack.callback(collections.close)
+        # What a killed create, delete, restore or snapshot left: removed, or a checked restore finished.
+        await anyio.to_thread.run_sync(finish_interrupted, settings.collections_dir)
+        await anyio.to_thread.run_sync(clean_snapshots, settings.snapshots_dir)
         damaged = await anyio.to_thread.run_sync(collections.check_all)
         for name, what in damaged.items():  # served all the same: the others, and ready says which
             log.error("collection %s is damaged: %s", name, what)
@@ -155,6 +160,6 @@ def create_app(settings: Settings | None = None, encoder: Encoder | None = None)
     install_error_handlers(app)
     install_middleware(app, settings, metrics)
     install_docs(app)
-    for router in (health, info, embed, openai, search, mine, admin):
+    for router in (health, info, embed, openai, search, mine, admin, snapshots):
         app.include_router(router.router)
     return app

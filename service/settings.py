@@ -235,6 +235,10 @@ class Settings(BaseSettings):
         return self.home / "collections"
 
     @property
+    def snapshots_dir(self) -> Path:
+        return self.home / "snapshots"
+
+    @property
     def jobs_dir(self) -> Path:
         return self.home / "jobs"
 

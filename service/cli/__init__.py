@@ -16,6 +16,7 @@ from model.cpu import cpu_features
 from service.cli import index as _index  # noqa: F401  (registers `dapsearch index`)
 from service.cli import mine as _mine  # noqa: F401  (registers `dapsearch mine`)
 from service.cli import model as _model  # noqa: F401  (registers `dapsearch model`, `embed`)
+from service.cli import snapshots as _snapshots  # noqa: F401  (registers `dapsearch index snapshot|restore`)
 from service.cli import train as _train  # noqa: F401  (registers `dapsearch train`, `eval`)
 from service.cli.common import app, dequant_progress, load_settings
 

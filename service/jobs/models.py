@@ -6,16 +6,20 @@ import re
 import secrets
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from core.clock import now_iso
 from core.errors import Conflict, InputError, NotFound
 from index.cluster import Engine
 from index.ingest import Format
 from index.mining import Score, Strategy
 
-JobType = Literal["ingest", "mine"]
+JobType = Literal["ingest", "mine", "snapshot", "restore"]
+Lane = Literal["local", "ray", "snapshot"]
+LANES: tuple[Lane, ...] = get_args(Lane)
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 STATES: tuple[JobState, ...] = get_args(JobState)
 ACTIVE: frozenset[JobState] = frozenset({"queued", "running"})
@@ -64,6 +68,26 @@ class MineParams(BaseModel):
     )
 
 
+class SnapshotParams(BaseModel):
+    """A snapshot job: the collection is the job's ``collection``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    snapshot_of: str = Field(description="The collection the snapshot is taken of.")
+
+
+class RestoreParams(BaseModel):
+    """A restore job: an archive (an upload, or a snapshot kept by this server) into the job's
+    ``collection``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    archive: str = Field(description="The archive read: an upload under <home>/uploads or a kept snapshot.")
+    upload: bool = Field(description="The archive is an upload owned by the job (deleted once it finishes).")
+    overwrite: bool = Field(default=False, description="Replace a collection of that name.")
+    source: str | None = Field(default=None, description="The collection the archive was taken of.")
+
+
 class ShardProgress(BaseModel):
     """An ingest on Ray: its shards (byte ranges of the file), as they are embedded and committed."""
 
@@ -103,8 +127,10 @@ class Job(BaseModel):
     id: str
     type: JobType
     state: JobState
-    collection: str | None = Field(default=None, description="The collection an ingest job writes to.")
-    params: IngestParams | MineParams
+    collection: str | None = Field(
+        default=None, description="The collection an ingest or restore job writes, or a snapshot job reads."
+    )
+    params: IngestParams | MineParams | SnapshotParams | RestoreParams
     progress: JobProgress = Field(default_factory=JobProgress)
     counts: JobCounts = Field(default_factory=JobCounts)
     errors: list[JobLineError] = Field(default_factory=list, description="First malformed lines.")
@@ -117,9 +143,24 @@ class Job(BaseModel):
     finished: str | None = None
     result: dict[str, Any] | None = None
 
-    def engine(self) -> Engine:
-        """Which worker runs it: Ray jobs wait on a cluster, never in the local queue."""
-        return self.params.engine
+    def lane(self) -> Lane:
+        """Which worker runs it: Ray jobs wait on a cluster, never in the local queue; snapshots
+        only read, and are taken while ingest goes on."""
+        if isinstance(self.params, SnapshotParams):
+            return "snapshot"
+        return self.params.engine if isinstance(self.params, IngestParams | MineParams) else "local"
+
+    def owned_upload(self) -> Path | None:
+        """The uploaded file this job owns (deleted once it finishes)."""
+        if isinstance(self.params, IngestParams) and self.params.upload:
+            return Path(self.params.path)
+        if isinstance(self.params, RestoreParams) and self.params.upload:
+            return Path(self.params.archive)
+        return None
+
+    def writes(self) -> str | None:
+        """The collection this job writes (two jobs never write one at once)."""
+        return self.collection if isinstance(self.params, IngestParams | RestoreParams) else None
 
     def targets(self) -> set[str]:
         """Collections this job reads or writes (a collection with an active job cannot be deleted)."""
@@ -163,3 +204,49 @@ JOB_ID = re.compile(r"[0-9a-f]{24,32}")
 
 def is_job_id(value: str) -> bool:
     return JOB_ID.fullmatch(value) is not None
+
+
+def new_job(
+    type_: JobType,
+    params: IngestParams | MineParams | SnapshotParams | RestoreParams,
+    collection: str | None = None,
+    job_id: str | None = None,
+    bytes_total: int | None = None,
+) -> Job:
+    """A job not yet submitted (the runner queues it)."""
+    return Job(
+        id=job_id or new_job_id(),
+        type=type_,
+        state="queued",
+        collection=collection,
+        params=params,
+        progress=JobProgress(bytes_total=bytes_total),
+        created=now_iso(),
+    )
+
+
+def public_view(job: Job, data_dir: Path) -> Job:
+    """The job as API clients see it: no server paths. An upload shows as "(upload)", a file of
+    the data directory (``data_dir``, resolved) by its path inside it, anything else by its name."""
+    out = job.model_copy(deep=True)
+    if isinstance(out.params, IngestParams):
+        path = Path(out.params.path)
+        if out.params.upload:
+            out.params.path = "(upload)"
+        elif path.is_relative_to(data_dir):
+            out.params.path = str(path.relative_to(data_dir))
+        else:
+            out.params.path = path.name
+    if isinstance(out.params, RestoreParams):
+        out.params.archive = "(upload)" if out.params.upload else Path(out.params.archive).name
+    return out
+
+
+def cannot_resume(job: Job) -> str | None:
+    """Why a job found unfinished at start cannot run again (its input is gone), or None."""
+    if isinstance(job.params, IngestParams) and not Path(job.params.path).is_file():
+        what = "uploaded file" if job.params.upload else "input file"
+        return f"cannot resume after restart: the {what} {Path(job.params.path).name} is gone"
+    if isinstance(job.params, RestoreParams) and not Path(job.params.archive).is_file():
+        return "cannot resume after restart: the archive to restore is gone"
+    return None

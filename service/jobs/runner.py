@@ -1,7 +1,8 @@
-"""The job runner: a worker thread per engine running its jobs in submission order, and restart
-recovery. Why one thread for local jobs: ingest saturates every core already, and the event loop
-must never wait for a forward pass or an fsync. Ray jobs have their own, since they wait on a
-cluster: a slow or unreachable one never holds up the local queue. Two jobs never write one
+"""The job runner: a worker thread per lane (local, ray, snapshot), each running its jobs in
+submission order, and restart recovery. Why one thread for local jobs: ingest saturates every
+core already, and the event loop must never wait for a forward pass or an fsync. Ray jobs have
+their own, since they wait on a cluster: a slow or unreachable one never holds up the local
+queue; snapshots too, since they are taken while ingest goes on. Two jobs never write one
 collection at once."""
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from core.clock import now_iso
 from core.disk import DiskFull, is_disk_full, require_space
 from core.errors import InputError
 from core.failures import INTERNAL, describe
-from index.cluster import ENGINES, Engine
+from index.cluster import Engine
 from index.ingest import Format
 from index.manifest import collection_identity
 from model.encoder import Encoder, TextEncoder
@@ -31,19 +32,25 @@ from service.jobs.mining import run_mine
 from service.jobs.models import (
     ACTIVE,
     FINISHED,
+    LANES,
     STATES,
     IngestParams,
     Job,
     JobFinished,
     JobNotFound,
-    JobProgress,
     JobState,
+    Lane,
     MineParams,
     QueueFull,
-    new_job_id,
+    RestoreParams,
+    SnapshotParams,
+    cannot_resume,
+    new_job,
+    public_view,
 )
 from service.jobs.running import Interrupted, RunningJob
-from service.jobs.store import JobStore
+from service.jobs.snapshots import run_restore, run_snapshot
+from service.jobs.store import JobStore, remove_orphan_uploads
 from service.metrics import Metrics
 from service.settings import Settings
 
@@ -83,9 +90,9 @@ class JobRunner:
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()  # guards _jobs; never held during file I/O
         self._io_lock = threading.Lock()  # orders job file writes
-        self._queues: dict[Engine, queue.Queue[str | None]] = {e: queue.Queue() for e in ENGINES}
+        self._queues: dict[Lane, queue.Queue[str | None]] = {lane: queue.Queue() for lane in LANES}
         self._stopping = threading.Event()
-        self._threads: dict[Engine, threading.Thread] = {}
+        self._threads: dict[Lane, threading.Thread] = {}
         self._writing: dict[str, threading.Lock] = {}  # collection -> held by the job writing it
         self._last_save: dict[str, float] = {}
         self._unsaved: set[str] = set()  # records the disk refused; written again until it takes them
@@ -96,10 +103,10 @@ class JobRunner:
         """Load every job file, re-queue unfinished jobs (or fail those that cannot resume), run."""
         await anyio.to_thread.run_sync(self._recover)
         self._stopping.clear()
-        for engine in ENGINES:
-            name = "dapsearch-jobs" if engine == "local" else f"dapsearch-jobs-{engine}"
-            thread = threading.Thread(target=self._worker, args=(engine,), name=name, daemon=True)
-            self._threads[engine] = thread
+        for lane in LANES:
+            name = "dapsearch-jobs" if lane == "local" else f"dapsearch-jobs-{lane}"
+            thread = threading.Thread(target=self._worker, args=(lane,), name=name, daemon=True)
+            self._threads[lane] = thread
             thread.start()
 
     async def stop(self) -> None:
@@ -107,12 +114,12 @@ class JobRunner:
         self._stopping.set()
         for q in self._queues.values():
             q.put(None)
-        for engine, thread in self._threads.items():
+        for lane, thread in self._threads.items():
             # A local job stops at its next chunk; a Ray job may sit in Ray's own connect, which
             # nothing interrupts: shutdown waits a bounded time for it.
-            await anyio.to_thread.run_sync(thread.join, None if engine == "local" else STOP_GRACE_S)
+            await anyio.to_thread.run_sync(thread.join, None if lane != "ray" else STOP_GRACE_S)
             if thread.is_alive():  # inside a call that cannot be interrupted: it dies with the process
-                log.warning("the %s job worker did not stop within %.0f s; leaving it", engine, STOP_GRACE_S)
+                log.warning("the %s job worker did not stop within %.0f s; leaving it", lane, STOP_GRACE_S)
         self._threads = {}
         await anyio.to_thread.run_sync(self._save_unsaved)
 
@@ -136,7 +143,7 @@ class JobRunner:
         except OSError as exc:  # the service still serves; uploads answer with the cause
             log.error("the uploads folder is not usable: %s", exc)
         loaded = self.store.load_all()
-        self._queues = {e: queue.Queue() for e in ENGINES}
+        self._queues = {lane: queue.Queue() for lane in LANES}
         with self._lock:
             self._jobs = {job.id: job for job in loaded}
         for job in loaded:
@@ -157,7 +164,7 @@ class JobRunner:
                     self._finish(job.id, "failed", error=crashed)
                     log.error("job %s failed: %s", job.id, crashed)
                     continue
-            reason = self._cannot_resume(job)
+            reason = cannot_resume(job)
             if reason is not None:
                 self._finish(job.id, "failed", error=reason)
                 log.warning("job %s cannot resume: %s", job.id, reason)
@@ -165,32 +172,17 @@ class JobRunner:
             with self._lock:
                 job.state = "queued"
             self._save(job.id)
-            self._queues[job.engine()].put(job.id)
+            self._queues[job.lane()].put(job.id)
             log.info("job %s (%s) queued again after restart", job.id, job.type)
         self._remove_orphan_uploads()
         self._update_metrics()
 
-    def _cannot_resume(self, job: Job) -> str | None:
-        if isinstance(job.params, IngestParams) and not Path(job.params.path).is_file():
-            what = "uploaded file" if job.params.upload else "input file"
-            return f"cannot resume after restart: the {what} {Path(job.params.path).name} is gone"
-        return None
-
     def _remove_orphan_uploads(self) -> None:
         """Uploads cut off by a crash, or left by jobs that ended, only take disk space."""
         with self._lock:
-            keep = {
-                Path(j.params.path).name
-                for j in self._jobs.values()
-                if isinstance(j.params, IngestParams) and j.params.upload and j.state in ACTIVE
-            }
-        # Recent files are spared: another process on this home may be receiving an upload now.
-        cutoff = time.time() - ORPHAN_AGE_S
-        if not self.uploads.is_dir():
-            return
-        for path in self.uploads.iterdir():
-            if path.is_file() and path.name not in keep and path.stat().st_mtime < cutoff:
-                path.unlink(missing_ok=True)
+            owned = (j.owned_upload() for j in self._jobs.values() if j.state in ACTIVE)
+            keep = {path.name for path in owned if path is not None}
+        remove_orphan_uploads(self.uploads, keep, ORPHAN_AGE_S)
 
     # ------------------------------------------------------------------ API for the router
 
@@ -215,18 +207,8 @@ class JobRunner:
         return self.store.pairs_path(job_id)
 
     def public(self, job: Job) -> Job:
-        """The job as API clients see it: no server paths. An upload shows as "(upload)", a file
-        of the data directory by its path inside it."""
-        out = job.model_copy(deep=True)
-        if isinstance(out.params, IngestParams):
-            path = Path(out.params.path)
-            if out.params.upload:
-                out.params.path = "(upload)"
-            elif path.is_relative_to(self.settings.resolved_data_dir.resolve()):
-                out.params.path = str(path.relative_to(self.settings.resolved_data_dir.resolve()))
-            else:
-                out.params.path = path.name
-        return out
+        """The job as API clients see it: no server paths."""
+        return public_view(job, self.settings.resolved_data_dir.resolve())
 
     async def submit(self, job: Job) -> Job:
         """Persist a new job (state queued) and queue it; returns it as stored."""
@@ -250,7 +232,7 @@ class JobRunner:
             if is_disk_full(exc):
                 raise DiskFull(f"the job could not be recorded: {describe(exc)}") from exc
             raise
-        self._queues[job.engine()].put(job.id)
+        self._queues[job.lane()].put(job.id)
         self._update_metrics()
         return self.get(job.id)
 
@@ -266,6 +248,7 @@ class JobRunner:
         engine: Engine = "local",
     ) -> Job:
         """A new ingest job (not yet submitted)."""
+        identity = collection_identity(self.settings.collections_dir, collection)
         params = IngestParams(
             path=str(path),
             upload=upload,
@@ -273,21 +256,13 @@ class JobRunner:
             strict=strict,
             chunk_size=chunk_size,
             engine=engine,
-            collection_identity=collection_identity(self.settings.collections_dir, collection),
+            collection_identity=identity,
         )
         size = path.stat().st_size if path.is_file() else None
-        return Job(
-            id=job_id,
-            type="ingest",
-            state="queued",
-            collection=collection,
-            params=params,
-            progress=JobProgress(bytes_total=size),
-            created=now_iso(),
-        )
+        return new_job("ingest", params, collection, job_id, size)
 
     def mine_job(self, params: MineParams) -> Job:
-        return Job(id=new_job_id(), type="mine", state="queued", params=params, created=now_iso())
+        return new_job("mine", params)
 
     async def cancel(self, job_id: str) -> Job:
         """Cancel a queued job now, or ask a running one to stop after its current chunk."""
@@ -357,17 +332,17 @@ class JobRunner:
                 job.error = error
             if result is not None:
                 job.result = result
-            params = job.params
+            upload = job.owned_upload()
         self._save(job_id)
         self._update_metrics()
-        if isinstance(params, IngestParams) and params.upload:
-            Path(params.path).unlink(missing_ok=True)
+        if upload is not None:
+            upload.unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ worker
 
-    def _worker(self, engine: Engine) -> None:
+    def _worker(self, lane: Lane) -> None:
         """Runs jobs until stopped, whatever a job raises: one job never stops the ones behind it."""
-        jobs = self._queues[engine]
+        jobs = self._queues[lane]
         while not self._stopping.is_set():
             if self._unsaved:
                 self._save_unsaved()
@@ -430,7 +405,7 @@ class JobRunner:
     @contextmanager
     def _writer(self, run: RunningJob) -> Iterator[None]:
         """Hold the collection a job writes, waiting (cancellable) while another job writes it."""
-        name = run.job.collection if run.job.type == "ingest" else None
+        name = run.job.writes()
         if name is None:
             yield
             return
@@ -447,6 +422,13 @@ class JobRunner:
         params = run.job.params
         if isinstance(params, IngestParams):
             return IngestRun(run, params, self.settings).execute(self.encoder, self._ray_model)
+        if isinstance(params, SnapshotParams):
+            sha = self.model.manifest.weights_sha256 if self.model is not None else None
+            return run_snapshot(run, params, self.settings, sha)
+        if isinstance(params, RestoreParams):
+            result = run_restore(run, params, self.settings, self.encoder.model_id)
+            self.collections.forget(result["collection"])  # the service reads the restored one now
+            return result
         return run_mine(run, params, self.settings, self.encoder.model_id, self.pairs_path(run.id))
 
     def _cancelling(self, job_id: str) -> bool:

@@ -9,6 +9,7 @@ both are noise, so the files stay: no schema, no migration, readable with cat.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -50,3 +51,14 @@ class JobStore:
     def pairs_path(self, job_id: str) -> Path:
         """A mining job's pairs file, beside its record."""
         return self.dir / f"{job_id}.pairs.tsv"
+
+
+def remove_orphan_uploads(uploads: Path, keep: set[str], min_age_s: float) -> None:
+    """Remove uploads no unfinished job owns (cut off by a crash, or left by jobs that ended).
+    Files younger than ``min_age_s`` are spared: another process may be receiving one now."""
+    if not uploads.is_dir():
+        return
+    cutoff = time.time() - min_age_s
+    for path in uploads.iterdir():
+        if path.is_file() and path.name not in keep and path.stat().st_mtime < cutoff:
+            path.unlink(missing_ok=True)

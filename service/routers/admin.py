@@ -18,7 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from core.disk import MIB, require_space
+from core.disk import require_space
 from core.errors import InputError
 from index.cluster import Engine, probe, ray_module
 from index.index_choice import INDEX_PATTERN
@@ -31,6 +31,7 @@ from service.errors import APIError
 from service.jobs.models import IngestParams, Job, JobState, MineParams, new_job_id
 from service.jobs.runner import JobRunner
 from service.settings import Settings
+from service.uploads import receive_upload
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[AdminDep])
 
@@ -45,7 +46,6 @@ UPLOAD_TYPES: dict[str, Format] = {
 GENERIC_TYPES = frozenset({"", "application/octet-stream", "text/plain"})
 MAX_CHUNK = 100_000
 SUBMIT_PROBE_S = 3.0  # a Ray job's submission waits this long at most to reach the cluster
-SPACE_CHECK_BYTES = 8 * MIB  # an upload of unknown length checks the disk's reserve this often
 
 
 class CreateCollection(BaseModel):
@@ -117,7 +117,7 @@ def _error(exc: InputError, param: str | None = None) -> APIError:
     return APIError(exc.status, str(exc), param, headers=exc.headers())
 
 
-def _known(collections: Collections, name: str, param: str | None = None) -> None:
+def known(collections: Collections, name: str, param: str | None = None) -> None:
     """404 for a name that is no collection (invalid names included)."""
     if not NAME_RE.fullmatch(name) or not collections.exists(name):
         raise APIError(404, f"unknown collection {name!r}", param)
@@ -130,7 +130,7 @@ async def _stats(collections: Collections, name: str, param: str | None = None) 
         raise _error(exc, param) from exc
 
 
-def _job_created(job: Job, response: Response, jobs: JobRunner) -> JobResponse:
+def job_created(job: Job, response: Response, jobs: JobRunner) -> JobResponse:
     response.headers["Location"] = f"/admin/jobs/{job.id}"
     return JobResponse(job=jobs.public(job))
 
@@ -200,13 +200,13 @@ async def create_collection(
 
 @router.get("/collections/{name}")
 async def get_collection(name: str, collections: CollectionsDep) -> dict[str, Any]:
-    _known(collections, name)
+    known(collections, name)
     return await _stats(collections, name)
 
 
 @router.delete("/collections/{name}", status_code=204, response_class=Response)
 async def delete_collection(name: str, collections: CollectionsDep, jobs: JobsDep) -> Response:
-    _known(collections, name)
+    known(collections, name)
     active = jobs.active_for(name)
     if active:
         raise APIError(409, f"collection {name!r} has queued or running jobs: {', '.join(active)}")
@@ -254,7 +254,7 @@ async def add_documents(
     ] = "local",
 ) -> JobResponse:
     """Queue an ingest job: the request body is the file (JSONL/TSV), or JSON naming a server-side file."""
-    _known(collections, name)
+    known(collections, name)
     await _engine(engine, settings)
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media == "application/json":
@@ -263,7 +263,7 @@ async def add_documents(
         upload_fmt = _upload_format(media, fmt)
         job = await _upload_job(name, request, settings, jobs, upload_fmt, strict, chunk_size, engine)
     try:
-        return _job_created(await jobs.submit(job), response, jobs)
+        return job_created(await jobs.submit(job), response, jobs)
     except BaseException:
         if isinstance(job.params, IngestParams) and job.params.upload:
             Path(job.params.path).unlink(missing_ok=True)  # a refused job leaves no upload behind
@@ -297,41 +297,11 @@ async def _upload_job(
     chunk_size: int,
     engine: Engine,
 ) -> Job:
-    """Stream the body to ``<home>/uploads/<job id>.<fmt>``; 413 (and nothing kept) past the limit."""
-    limit = settings.max_upload_bytes
-    too_large = APIError(413, f"upload exceeds {limit} bytes (DAPSEARCH_MAX_UPLOAD_BYTES)")
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise too_large
-    reserve = settings.min_free_bytes
-    need = int(declared) if declared.isdigit() else 0
-    require_space(settings.home, reserve, "store this upload", need)
+    """The body streamed to ``<home>/uploads/<job id>.<fmt>`` (service.uploads), as an ingest job."""
     job_id = new_job_id()
-    uploads = settings.uploads_dir
-    await anyio.Path(uploads).mkdir(parents=True, exist_ok=True)
-    part = uploads / f".{job_id}.{fmt}.part"
-    final = uploads / f"{job_id}.{fmt}"
-    size = 0
-    try:
-        async with await anyio.open_file(part, "wb") as fh:
-            async for chunk in request.stream():
-                if not chunk:
-                    continue
-                size += len(chunk)
-                if size > limit:
-                    raise too_large
-                if size // SPACE_CHECK_BYTES != (size - len(chunk)) // SPACE_CHECK_BYTES:
-                    require_space(uploads, reserve, "store the rest of this upload")
-                await fh.write(chunk)
-            await fh.flush()
-            # The job outlives this process: its file must be on disk before the job is.
-            await anyio.to_thread.run_sync(os.fsync, fh.wrapped.fileno())
-        if size == 0:
-            raise APIError(400, "empty body: send the documents as JSONL or TSV")
-        await anyio.to_thread.run_sync(os.replace, part, final)
-    except BaseException:
-        part.unlink(missing_ok=True)
-        raise
+    final = await receive_upload(
+        request, settings, f"{job_id}.{fmt}", "empty body: send the documents as JSONL or TSV"
+    )
     return jobs.ingest_job(
         job_id, name, final, fmt, upload=True, strict=strict, chunk_size=chunk_size, engine=engine
     )
@@ -386,10 +356,10 @@ async def mine_job(
     """Queue bitext mining between two collections' stored vectors; pairs come as a TSV file."""
     await _engine(body.engine, settings)
     for param, name in (("source", body.source), ("target", body.target)):
-        _known(collections, name, param)
+        known(collections, name, param)
         await _stats(collections, name, param)  # 409 when made with another model
     job = jobs.mine_job(body)
-    return _job_created(await jobs.submit(job), response, jobs)
+    return job_created(await jobs.submit(job), response, jobs)
 
 
 # ---------------------------------------------------------------------- jobs

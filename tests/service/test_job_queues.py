@@ -17,7 +17,7 @@ import pytest
 
 from model.encoder import Encoder
 from service.collections import Collections
-from service.jobs.models import QueueFull
+from service.jobs.models import IngestParams, QueueFull
 from service.jobs.runner import JobRunner
 from service.metrics import Metrics
 from tests.service.test_model_free import _finished, _ingest_job, job_runner, serve, settings_for
@@ -102,6 +102,7 @@ async def test_a_ray_job_waiting_for_its_cluster_blocks_no_local_job_and_stops_o
     async with job_runner(settings, encoder) as (jobs, collections):
         collections.create("other", encoder.dim)  # "news" is the Ray job's, held while it runs
         waiting = _ingest_job(jobs, settings, "news", 3, "on-ray")
+        assert isinstance(waiting.params, IngestParams)
         waiting.params.engine = "ray"
         await jobs.submit(waiting)
         await _state(jobs, waiting.id, "running")
@@ -127,6 +128,7 @@ async def test_shutdown_interrupts_the_wait_and_the_job_resumes_then_fails_namin
     settings = settings_for(tmp_path, ray_address=address, ray_connect_timeout_s=120)
     async with job_runner(settings, encoder) as (jobs, _):
         job = _ingest_job(jobs, settings, "news", 3, "on-ray")
+        assert isinstance(job.params, IngestParams)
         job.params.engine = "ray"
         await jobs.submit(job)
         await _state(jobs, job.id, "running")
