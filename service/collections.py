@@ -17,10 +17,12 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from uuid import uuid4
 
 import faiss
 import numpy as np
 
+from core.errors import Conflict
 from index.collection import Collection
 from index.filters import Filter
 from index.integrity import is_damage
@@ -180,8 +182,15 @@ class Collections:
         lexical: bool = True,
     ) -> dict[str, Any]:
         """Create an empty collection bound to the serving model; returns its stats."""
-        Collection.create(self.root, name, self.model_id, dim, index_factory, passages, lexical).close()
-        return self.stats(name)
+        try:
+            created = Collection.create(self.root, name, self.model_id, dim, index_factory, passages, lexical)
+            created.close()
+            return self.stats(name)
+        except (OSError, sqlite3.Error, UnknownCollection):
+            if (self.root / name / MANIFEST).is_file():
+                raise
+            # Created, then deleted by a concurrent request before it could be opened.
+            raise Conflict(f"collection {name!r} was deleted by another request as it was created") from None
 
     def delete(self, name: str) -> None:
         """Remove a collection and its files. Raises UnknownCollection."""
@@ -190,8 +199,11 @@ class Collections:
         if name not in self.names():
             raise UnknownCollection(f"unknown collection {name!r}")
         # Rename first so a concurrent open sees it gone at once, then remove the files.
-        doomed = path.with_name(f".deleted-{name}-{threading.get_ident()}")
-        path.rename(doomed)
+        doomed = path.with_name(f".deleted-{name}-{uuid4().hex}")
+        try:
+            path.rename(doomed)
+        except FileNotFoundError:  # deleted by a concurrent request (or process) first
+            raise UnknownCollection(f"unknown collection {name!r}") from None
         shutil.rmtree(doomed, ignore_errors=True)
 
     def forget(self, name: str) -> None:

@@ -160,7 +160,7 @@ async def list_collections(collections: CollectionsDep) -> CollectionList:
 
 
 # OpenAPI links: what a client (and a stateful fuzzer) can do next with a new collection, beyond
-# the path-parameter links tools infer: search it and mine it (the name goes in the body).
+# the path-parameter links tools infer: search it, mine it (the name goes in the body), snapshot it.
 _CREATED_LINKS = {
     "SearchCollection": {
         "operationId": "search",
@@ -171,6 +171,16 @@ _CREATED_LINKS = {
         "operationId": "start_mining_job",
         "requestBody": {"source": "$response.body#/name", "target": "$response.body#/name"},
         "description": "Mine the collection against itself (an admin job).",
+    },
+    "SnapshotCollection": {
+        "operationId": "take_snapshot",
+        "parameters": {"path.name": "$response.body#/name"},
+        "description": "Take a snapshot of the new collection (an admin job).",
+    },
+    "ListSnapshots": {
+        "operationId": "list_snapshots",
+        "parameters": {"path.name": "$response.body#/name"},
+        "description": "The snapshots kept of the collection.",
     },
 }
 
@@ -194,8 +204,8 @@ async def create_collection(
         return await anyio.to_thread.run_sync(create)
     except CollectionExists as exc:
         raise APIError(409, str(exc), "name") from exc
-    except InputError as exc:
-        raise APIError(400, str(exc), "index") from exc
+    except InputError as exc:  # a bad index string (400), or a name deleted as it was made (409)
+        raise APIError(exc.status, str(exc), "index" if exc.status == 400 else "name") from exc
 
 
 @router.get("/collections/{name}")

@@ -97,7 +97,9 @@ def _describe(path: Path) -> SnapshotInfo | None:
     )
 
 
-@router.post("/collections/{name}/snapshots", status_code=202, response_model=JobResponse)
+@router.post(
+    "/collections/{name}/snapshots", status_code=202, response_model=JobResponse, operation_id="take_snapshot"
+)
 async def take_snapshot(
     name: str, response: Response, settings: SettingsDep, collections: CollectionsDep, jobs: JobsDep
 ) -> JobResponse:
@@ -109,7 +111,7 @@ async def take_snapshot(
     return job_created(await jobs.submit(job), response, jobs)
 
 
-@router.get("/collections/{name}/snapshots", response_model=SnapshotList)
+@router.get("/collections/{name}/snapshots", response_model=SnapshotList, operation_id="list_snapshots")
 async def list_snapshots(name: str, settings: SettingsDep, collections: CollectionsDep) -> SnapshotList:
     """The snapshots kept of a collection, newest first; also of one deleted since."""
     folder = _folder(settings, name)
@@ -151,7 +153,11 @@ _RESTORE_BODY: dict[str, Any] = {
 
 
 @router.post(
-    "/collections/{name}/restore", status_code=202, response_model=JobResponse, openapi_extra=_RESTORE_BODY
+    "/collections/{name}/restore",
+    status_code=202,
+    response_model=JobResponse,
+    openapi_extra=_RESTORE_BODY,
+    operation_id="restore_collection",
 )
 async def restore(
     name: str,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from pathlib import Path
 
 import anyio
@@ -104,3 +105,33 @@ async def test_metadata_stored_too_deep_is_served_with_a_note_not_a_500(
             assert hit["id"] == "old2" and "ingest the document again" in hit["metadata"]["_unservable"]
         r = await client.post("/search", json={"collection": "old", "query": "old text 1", "k": 5})
         assert r.status_code == 200 and len(r.json()["results"][0]) == 5
+
+
+async def test_a_storm_of_creates_deletes_and_searches_on_one_name_never_gives_a_5xx(
+    tmp_path: Path, encoder: Encoder
+) -> None:
+    statuses: dict[str, set[int]] = {"create": set(), "delete": set(), "search": set(), "stats": set()}
+    async with serve(settings_for(tmp_path), encoder) as (_, client):
+
+        async def hammer(what: str) -> None:
+            deadline = time.monotonic() + 3
+            while time.monotonic() < deadline:
+                await anyio.sleep(0.001)
+                if what == "create":
+                    r = await client.post("/admin/collections", json={"name": "storm"})
+                elif what == "delete":
+                    r = await client.delete("/admin/collections/storm")
+                elif what == "search":
+                    r = await search(client, "storm", "anything")
+                else:
+                    r = await client.get("/admin/collections")
+                assert r.status_code < 500, (what, r.text)
+                statuses[what].add(r.status_code)
+
+        async with anyio.create_task_group() as tg:
+            for what in statuses:
+                for _ in range(2):
+                    tg.start_soon(hammer, what)
+    assert statuses["create"] <= {201, 409} and statuses["delete"] <= {204, 404}
+    assert statuses["search"] <= {200, 404} and statuses["stats"] == {200}
+    assert 201 in statuses["create"] and 204 in statuses["delete"]

@@ -109,7 +109,10 @@ schema = schemathesis.openapi.from_dict(OPENAPI)
 
 # Uploads to POST /admin/collections/{name}/documents are raw bytes; without this schemathesis skips
 # the JSONL media types (TSV already goes through its text/* serializer).
-schemathesis.serializer.alias(["application/x-ndjson", "application/jsonl"], "application/octet-stream")
+# Restores take tar archives the same way.
+schemathesis.serializer.alias(
+    ["application/x-ndjson", "application/jsonl", "application/x-tar"], "application/octet-stream"
+)
 
 # Random collection names only ever reach the 404 branch; half the time, name the demo collection
 # instead, so searches, mining jobs, collection stats and ingest uploads run too. DELETE keeps its
@@ -129,9 +132,15 @@ def _demo_mine(body: dict[str, Any]) -> dict[str, Any]:
     return {**body, "source": "demo", "target": "demo"}
 
 
+def _demo_restore(body: dict[str, Any]) -> dict[str, Any]:
+    """A restore from the demo collection's snapshots (none exist unless a case took one)."""
+    return {**body, "source": "demo"}
+
+
 DEMO_BODIES: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "/search": _demo_search,
     "/admin/mine": _demo_mine,
+    "/admin/collections/{name}/restore": _demo_restore,
 }
 
 
@@ -219,3 +228,4 @@ def test_sequences_of_calls_never_give_server_errors(
     assert sum(SEEN.values()) - before >= SEQUENCES  # the sequences really called the server
     linked = {label for (label, status) in SEEN if status < 300}
     assert "POST /admin/collections" in linked
+    print(f"\nsequences: {SEQUENCES}, calls: {sum(SEEN.values()) - before}")
