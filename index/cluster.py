@@ -119,12 +119,13 @@ def probe(address: str | None, timeout_s: float, interrupt: Callable[[], None] |
 
 def connect(options: RayOptions) -> Any:
     """Ray, connected: to ``options.address`` (``auto``, or ``host:port`` of a node's Ray), or to a
-    new local Ray with this machine's CPUs. A process already connected stays on its cluster."""
+    new local Ray with this machine's CPUs. A process already connected stays on its cluster, but
+    an address asked for must answer all the same: a job never runs elsewhere than it was told."""
     ray = ray_module()
-    if ray.is_initialized():
-        return ray
     address = options.address
     probe(address, options.connect_timeout_s, options.interrupt)
+    if ray.is_initialized():
+        return ray
     try:
         if address:
             ray.init(address=address, log_to_driver=False)

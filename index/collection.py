@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sqlite3
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ from index.index_choice import (
     make_index,
     search_params,
 )
-from index.integrity import SAMPLED_VECTORS, index_problem, open_store
+from index.integrity import open_store, store_index_problem
 from index.lexical import totals as lexical_totals
 from index.manifest import MANIFEST as MANIFEST
 from index.manifest import (
@@ -46,6 +47,7 @@ from index.manifest import (
     ModelMismatch,
     ModeUnavailable,
     check_name,
+    collection_identity,
     read_manifest,
 )
 from index.manifest import CollectionManifest as CollectionManifest
@@ -89,11 +91,7 @@ class Collection:
     def _verify(self) -> None:
         """Rebuild the vector index from the store when it is not the store's index, and save the
         rebuilt one, so that no damage to the derived file ever hides documents."""
-        with self._store.read() as db:
-            stored = self._store.vector_ids(db)
-        picks = stored[:: max(1, len(stored) // SAMPLED_VECTORS)][:SAMPLED_VECTORS]
-        sample = self._store.vectors_of([int(i) for i in picks]) if len(picks) else {}
-        problem = index_problem(self._index, self.manifest.dim, stored, self._hidden, sample)
+        problem = store_index_problem(self._store, self._index, self.manifest.dim, self._hidden)
         if problem is None and self.repaired is None:
             return
         self.repaired = problem or self.repaired
@@ -138,7 +136,15 @@ class Collection:
         finally:
             os.close(held)
             shutil.rmtree(building, ignore_errors=True)
-        return cls(root, manifest, readonly=False)
+        try:
+            return cls(root, manifest, readonly=False)
+        except (OSError, sqlite3.Error, DamagedCollection):
+            if collection_identity(home_dir, name) == manifest.identity:
+                raise
+            # Deleted (and perhaps made again) by another request before it could be opened.
+            raise CollectionExists(
+                f"collection {name!r} was deleted by another request as it was made"
+            ) from None
 
     @classmethod
     def open(

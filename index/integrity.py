@@ -60,6 +60,15 @@ def index_problem(
     return None
 
 
+def store_index_problem(store: Store, index: faiss.Index, dim: int, hidden: set[int]) -> str | None:
+    """``index_problem`` of ``index`` against what ``store`` holds (its ids and a sample of vectors)."""
+    with store.read() as db:
+        stored = store.vector_ids(db)
+    picks = stored[:: max(1, len(stored) // SAMPLED_VECTORS)][:SAMPLED_VECTORS]
+    sample = store.vectors_of([int(i) for i in picks]) if len(picks) else {}
+    return index_problem(index, dim, stored, hidden, sample)
+
+
 def open_store(path: Path, name: str, readonly: bool) -> Store:
     """The collection's database; DamagedCollection if SQLite cannot read it as one."""
     store: Store | None = None

@@ -75,7 +75,39 @@ class Collections:
     @contextmanager
     def reading(self, name: str) -> Iterator[Collection]:
         """The current read handle of ``name``, refreshed to the last committed version and held
-        under the collection's lock. Raises UnknownCollection or ModelMismatch."""
+        under the collection's lock. Raises UnknownCollection, ModelMismatch or DamagedCollection."""
+        handle, lock = self._refreshed(name)
+        try:
+            yield handle
+        finally:
+            lock.release()
+
+    def _refreshed(self, name: str) -> tuple[Collection, threading.Lock]:
+        """The handle, refreshed, with its lock held. A delete or re-create racing the open or the
+        refresh can look like damage or an I/O error (SQLite reads a file as it goes away): it is
+        looked at once more, and what is there then (nothing, a new collection) is the answer."""
+        for attempt in range(2):
+            handle, lock = None, None
+            try:
+                handle, lock = self._handle(name)
+                lock.acquire()
+                with self._vanishing(name):
+                    handle.refresh()
+                return handle, lock
+            except (DamagedCollection, sqlite3.OperationalError, OSError):
+                if lock is not None:
+                    lock.release()
+                if attempt:
+                    raise
+                self.forget(name)
+            except BaseException:
+                if lock is not None:
+                    lock.release()
+                raise
+        raise AssertionError("unreachable")
+
+    def _handle(self, name: str) -> tuple[Collection, threading.Lock]:
+        """The registry's handle of ``name`` (opened when there is none, or it was replaced)."""
         stale: tuple[Collection, threading.Lock] | None = None
         with self._registry_lock:
             handle = self._handles.get(name)
@@ -100,10 +132,7 @@ class Collections:
             old, old_lock = stale
             with old_lock:
                 old.close()
-        with lock:
-            with self._vanishing(name):
-                handle.refresh()
-            yield handle
+        return handle, lock
 
     @contextmanager
     def _vanishing(self, name: str) -> Iterator[None]:
@@ -182,15 +211,11 @@ class Collections:
         lexical: bool = True,
     ) -> dict[str, Any]:
         """Create an empty collection bound to the serving model; returns its stats."""
+        Collection.create(self.root, name, self.model_id, dim, index_factory, passages, lexical).close()
         try:
-            created = Collection.create(self.root, name, self.model_id, dim, index_factory, passages, lexical)
-            created.close()
             return self.stats(name)
-        except (OSError, sqlite3.Error, UnknownCollection):
-            if (self.root / name / MANIFEST).is_file():
-                raise
-            # Created, then deleted by a concurrent request before it could be opened.
-            raise Conflict(f"collection {name!r} was deleted by another request as it was created") from None
+        except UnknownCollection:  # created, then deleted by a concurrent request
+            raise Conflict(f"collection {name!r} was deleted by another request as it was made") from None
 
     def delete(self, name: str) -> None:
         """Remove a collection and its files. Raises UnknownCollection."""

@@ -135,6 +135,11 @@ class Settings(BaseSettings):
         ge=1,
         description="Most hits one /search request may ask for (queries × k); more is a 413.",
     )
+    max_response_bytes: int = Field(
+        default=64 * 2**20,
+        ge=1024,
+        description="Largest /search answer in bytes (hits carry their documents' text); more is a 413.",
+    )
     search_threads: int = Field(
         default=1, ge=1, description="FAISS threads per /search call (requests run in parallel instead)."
     )

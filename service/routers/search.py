@@ -9,7 +9,7 @@ from functools import partial
 
 import anyio
 import numpy as np
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 
 from index.cutting import lexicon_of
 from index.filters import Filter
@@ -72,7 +72,7 @@ async def search(
     cache: CacheDep,
     metrics: MetricsDep,
     settings: SettingsDep,
-) -> SearchResponse:
+) -> Response:
     if (body.query is None) == (body.queries is None):
         raise APIError(422, "give exactly one of 'query' or 'queries'", "query")
     queries = [body.query] if body.query is not None else list(body.queries or [])
@@ -96,7 +96,7 @@ async def search(
     cached = await cache.get_many([key])
     if cached[0] is not None:
         metrics.cache_hits.labels("search").inc()
-        return SearchResponse.model_validate_json(cached[0])
+        return Response(content=cached[0], media_type="application/json")
     metrics.cache_misses.labels("search").inc()
     lexicon = lexicon_of(encoder.tokenizer)
     terms: list[list[int]] = [[] for _ in queries]
@@ -115,6 +115,14 @@ async def search(
     response = SearchResponse(
         collection=body.collection, version=searched, model=embedder.model_id, mode=mode, results=results
     )
+    data = response.model_dump_json().encode()
+    if len(data) > settings.max_response_bytes:  # long documents: hits alone do not bound the answer
+        raise APIError(
+            413,
+            f"the answer would be {len(data) / 2**20:.1f} MiB, more than the {settings.max_response_bytes} "
+            "bytes one response may be (DAPSEARCH_MAX_RESPONSE_BYTES); lower k or send fewer queries",
+            "k",
+        )
     if (searched_identity, searched) == (identity, version):
-        await cache.set_many({key: response.model_dump_json().encode()})
-    return response
+        await cache.set_many({key: data})
+    return Response(content=data, media_type="application/json")

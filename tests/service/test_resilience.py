@@ -1,7 +1,8 @@
-"""One damaged collection on disk: the service starts, serves the others, and names it.
+"""What a hostile user, a damaged file or a race does to a running service: it keeps serving.
 
-The damage is real (a database overwritten, a FAISS file replaced by an empty index) and so is
-the rest: the dummy encoder's app, SQLite, FAISS and the job worker.
+One damaged collection among sound ones, metadata stored too deep, a storm of creates, deletes
+and searches on one name, and an answer bigger than a response may be. All real: the dummy
+encoder's app, SQLite, FAISS and the job worker.
 """
 
 from __future__ import annotations
@@ -135,3 +136,31 @@ async def test_a_storm_of_creates_deletes_and_searches_on_one_name_never_gives_a
     assert statuses["create"] <= {201, 409} and statuses["delete"] <= {204, 404}
     assert statuses["search"] <= {200, 404} and statuses["stats"] == {200}
     assert 201 in statuses["create"] and 204 in statuses["delete"]
+
+
+async def test_an_answer_over_the_response_budget_is_a_413_naming_it(
+    tmp_path: Path, encoder: Encoder
+) -> None:
+    settings = settings_for(tmp_path, max_response_bytes=100_000)
+    async with serve(settings, encoder) as (_, client):
+        assert (await client.post("/admin/collections", json={"name": "long"})).status_code == 201
+        blob = {"notes": "y" * 9000}  # metadata travels with every hit, as long texts do
+        body = "".join(
+            json.dumps({"id": f"l{i}", "text": f"long {i}", "metadata": blob}) + "\n" for i in range(30)
+        )
+        r = await client.post(
+            "/admin/collections/long/documents",
+            content=body,
+            headers={"Content-Type": "application/x-ndjson"},
+        )
+        with anyio.fail_after(30):
+            while (await client.get(r.headers["Location"])).json()["job"]["state"] != "succeeded":
+                await anyio.sleep(0.01)
+        query = {"collection": "long", "query": "long 3", "mode": "dense"}
+        r = await client.post("/search", json=query | {"k": 20})  # 20 documents of 10 KB
+        assert r.status_code == 413, r.text
+        error = r.json()["error"]
+        assert "DAPSEARCH_MAX_RESPONSE_BYTES" in error["message"] and error["param"] == "k"
+        for _ in range(2):  # the second from the cache
+            r = await client.post("/search", json=query | {"k": 5})
+            assert r.status_code == 200 and len(r.json()["results"][0]) == 5
