@@ -17,7 +17,7 @@ import shutil
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 from uuid import uuid4
 
 from core.errors import InputError
@@ -33,6 +33,7 @@ from index.snapshot import (
     SnapshotRefused,
     read_header,
 )
+from index.store import DOCS
 
 log = logging.getLogger(__name__)
 READY_MARK = ".restored"  # in a staging folder: complete and checked, only the rename is left
@@ -55,19 +56,37 @@ def _check_model(header: SnapshotManifest, model_id: str, model_sha256: str | No
         )
 
 
-def _member_bytes(tar: tarfile.TarFile, entry: tarfile.TarInfo, sink: Callable[[bytes], None]) -> str:
-    """Stream one member into ``sink``; returns its sha256."""
-    digest = hashlib.sha256()
-    source = tar.extractfile(entry)
-    if source is None:
-        raise SnapshotRefused(f"the snapshot is damaged: member {entry.name} cannot be read")
-    try:
-        while block := source.read(CHUNK):
-            digest.update(block)
-            sink(block)
-    except (tarfile.TarError, OSError, EOFError):
-        raise SnapshotRefused(f"the snapshot is damaged: member {entry.name} is cut short") from None
-    return digest.hexdigest()
+def _verified(
+    tar: tarfile.TarFile,
+    header: SnapshotManifest,
+    members: dict[str, tarfile.TarInfo],
+    sink: Callable[[str], IO[bytes] | None],
+    progress: Progress | None,
+    check: Callable[[], None] | None = None,
+) -> None:
+    """Stream every member, checking it against its sha256, into ``sink(name)`` (None: read only)."""
+    for member in header.members:
+        if check is not None:
+            check()
+        digest = hashlib.sha256()
+        source = tar.extractfile(members[member.name])
+        if source is None:
+            raise SnapshotRefused(f"the snapshot is damaged: member {member.name} cannot be read")
+        out = sink(member.name)
+        try:
+            while block := source.read(CHUNK):
+                digest.update(block)
+                if out is not None:
+                    out.write(block)
+                if progress is not None:
+                    progress(len(block))
+        except (tarfile.TarError, EOFError):
+            raise SnapshotRefused(f"the snapshot is damaged: member {member.name} is cut short") from None
+        finally:
+            if out is not None:
+                out.close()
+        if digest.hexdigest() != member.sha256:
+            raise SnapshotRefused(f"the snapshot is damaged: member {member.name} does not match its sha256")
 
 
 def inspect_snapshot(
@@ -77,16 +96,7 @@ def inspect_snapshot(
     with _open_archive(path) as tar:
         header, members = read_header(tar)
         _check_model(header, model_id, model_sha256)
-        for member in header.members:
-
-            def count(block: bytes) -> None:
-                if progress is not None:
-                    progress(len(block))
-
-            if _member_bytes(tar, members[member.name], count) != member.sha256:
-                raise SnapshotRefused(
-                    f"the snapshot is damaged: member {member.name} does not match its sha256"
-                )
+        _verified(tar, header, members, lambda _: None, progress)
     return header
 
 
@@ -132,23 +142,8 @@ def _unpack(
     with _open_archive(path) as tar:
         header, members = read_header(tar)
         _check_model(header, model_id, None)
-        for member in header.members:
-            if check is not None:
-                check()
-            target = staging / (MANIFEST if member.name == "collection.json" else member.name)
-            if member.name == "index.faiss":
-                target = staging / f"index.{header.version}.faiss"
-            with target.open("wb") as out:
-
-                def write(block: bytes) -> None:
-                    out.write(block)
-                    if progress is not None:
-                        progress(len(block))
-
-                if _member_bytes(tar, members[member.name], write) != member.sha256:
-                    raise SnapshotRefused(
-                        f"the snapshot is damaged: member {member.name} does not match its sha256"
-                    )
+        files = {"collection.json": MANIFEST, DOCS: DOCS, "index.faiss": f"index.{header.version}.faiss"}
+        _verified(tar, header, members, lambda name: (staging / files[name]).open("wb"), progress, check)
     return header
 
 

@@ -91,9 +91,6 @@ def create_app(settings: Settings | None = None, encoder: Encoder | None = None)
         # What a killed create, delete, restore or snapshot left: removed, or a checked restore finished.
         await anyio.to_thread.run_sync(finish_interrupted, settings.collections_dir)
         await anyio.to_thread.run_sync(clean_snapshots, settings.snapshots_dir)
-        damaged = await anyio.to_thread.run_sync(collections.check_all)
-        for name, what in damaged.items():  # served all the same: the others, and ready says which
-            log.error("collection %s is damaged: %s", name, what)
         if settings.demo:
             await anyio.to_thread.run_sync(lambda: ensure_demo_collection(settings.collections_dir, encoder))
         # Jobs embed through the batcher at bulk priority, never beside it on the engine.

@@ -29,7 +29,6 @@ from index.integrity import is_damage
 from index.manifest import (
     MANIFEST,
     DamagedCollection,
-    ModelMismatch,
     UnknownCollection,
     collection_identity,
     list_collections,
@@ -149,19 +148,12 @@ class Collections:
             # The next reading() finds the manifest gone and drops the stale handle.
             raise UnknownCollection(f"unknown collection {name!r}") from exc
 
-    def check_all(self) -> dict[str, str]:
-        """Open every collection once (at start): damage is found and named before any search,
-        and a vector index that does not match its store is rebuilt from it."""
-        for name in self.names():
-            try:
-                with self.reading(name):
-                    pass
-            except (DamagedCollection, ModelMismatch, UnknownCollection):
-                continue  # recorded (damaged), listed as incompatible, or deleted meanwhile
-        return self.damaged()
-
     def damaged(self) -> dict[str, str]:
-        """Collections found damaged (name -> what), of those still on disk."""
+        """Collections found damaged when last opened (name -> what), of those still on disk.
+
+        Found as they are opened (a search, the listing, a job), never by opening every collection
+        at start: one that aborts the process when opened, or a very large one, must not stop or
+        slow every start."""
         present = set(self.names())
         return {name: what for name, what in sorted(self._damaged.items()) if name in present}
 

@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TypeVar
 
 import anyio
 from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
 
 from core.disk import MIB, require_space
 from service.errors import APIError
 from service.settings import Settings
 
 SPACE_CHECK_BYTES = 8 * MIB  # an upload of unknown length checks the disk's reserve this often
+Body = TypeVar("Body", bound=BaseModel)
 
 
 async def receive_upload(request: Request, settings: Settings, file_name: str, empty: str) -> Path:
@@ -54,3 +58,17 @@ async def receive_upload(request: Request, settings: Settings, file_name: str, e
         part.unlink(missing_ok=True)
         raise
     return final
+
+
+async def json_body(request: Request, settings: Settings, model: type[Body]) -> Body:
+    """A JSON body read by hand (a route that also takes uploads cannot declare it): bounded by
+    DAPSEARCH_MAX_BODY_BYTES, and invalid fields answered as any declared body's are (422)."""
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > settings.max_body_bytes:
+            raise APIError(413, f"request body exceeds {settings.max_body_bytes} bytes")
+    try:
+        return model.model_validate_json(bytes(raw))
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors(include_url=False)) from exc

@@ -14,9 +14,8 @@ from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Query, Request, Response
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from core.disk import require_space
 from core.errors import InputError
@@ -31,7 +30,7 @@ from service.errors import APIError
 from service.jobs.models import IngestParams, Job, JobState, MineParams, new_job_id
 from service.jobs.runner import JobRunner
 from service.settings import Settings
-from service.uploads import receive_upload
+from service.uploads import json_body, receive_upload
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[AdminDep])
 
@@ -319,15 +318,7 @@ async def _upload_job(
 
 async def _path_job(name: str, request: Request, settings: SettingsDep, jobs: JobRunner) -> Job:
     """A job reading a file that must resolve (symlinks followed) inside the data directory."""
-    raw = bytearray()
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > settings.max_body_bytes:
-            raise APIError(413, f"request body exceeds {settings.max_body_bytes} bytes")
-    try:
-        body = IngestPath.model_validate_json(bytes(raw))
-    except ValidationError as exc:
-        raise RequestValidationError(exc.errors(include_url=False)) from exc
+    body = await json_body(request, settings, IngestPath)
     data_dir = settings.resolved_data_dir.resolve()
     given = Path(body.path)
     try:

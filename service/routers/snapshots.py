@@ -15,9 +15,8 @@ from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Query, Request, Response
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from core.disk import require_space
 from core.errors import InputError
@@ -32,7 +31,7 @@ from service.jobs.runner import JobRunner
 from service.jobs.snapshots import folder_bytes
 from service.routers.admin import JobResponse, job_created, known
 from service.settings import Settings
-from service.uploads import receive_upload
+from service.uploads import json_body, receive_upload
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[AdminDep])
 ARCHIVE_TYPES = frozenset({"application/x-tar", "application/octet-stream"})
@@ -186,7 +185,7 @@ async def restore(
         )
         source = None
     else:
-        body = await _restore_from(request, settings)
+        body = await json_body(request, settings, RestoreFrom)
         archive, overwrite, source = (
             _archive(settings, body.source, body.snapshot, "snapshot"),
             body.overwrite,
@@ -201,18 +200,6 @@ async def restore(
         if upload:
             archive.unlink(missing_ok=True)  # a refused restore keeps no upload
         raise
-
-
-async def _restore_from(request: Request, settings: Settings) -> RestoreFrom:
-    raw = bytearray()
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > settings.max_body_bytes:
-            raise APIError(413, f"request body exceeds {settings.max_body_bytes} bytes")
-    try:
-        return RestoreFrom.model_validate_json(bytes(raw))
-    except ValidationError as exc:
-        raise RequestValidationError(exc.errors(include_url=False)) from exc
 
 
 async def _check(

@@ -1,4 +1,5 @@
-"""A started app behind an in-process httpx client, for the API tests."""
+"""What the service tests share: the anyio backend, the dummy encoder, a started app behind an
+in-process httpx client."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ from contextlib import asynccontextmanager
 
 import anyio
 import httpx
+import pytest
 from fastapi import FastAPI
 
+from model.encoder import Encoder
 from service.app import create_app
 from service.settings import Settings
 
@@ -30,3 +33,14 @@ async def started(
                     assert r.json()["status"] == "starting", r.text
                     await anyio.sleep(0.05)
             yield app, client
+
+
+@pytest.fixture(scope="module")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="module")
+def encoder() -> Encoder:
+    """The dummy encoder: deterministic vectors, no model files (a module may use its own)."""
+    return Encoder.dummy(dim=32, max_length=16, batch_size=4)

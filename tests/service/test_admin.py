@@ -38,11 +38,6 @@ AUTH = {"Authorization": "Bearer k1"}
 FINISHED = ("succeeded", "failed", "cancelled")
 
 
-@pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def settings_for(home: Path, model_dir: Path, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "home": home,

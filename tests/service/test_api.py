@@ -30,11 +30,6 @@ pytestmark = [pytest.mark.anyio, pytest.mark.real_model]
 
 
 @pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
 def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("api-home")
 

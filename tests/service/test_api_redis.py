@@ -21,11 +21,6 @@ DB = 14
 
 
 @pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
 def admin() -> Iterator[redis.Redis]:
     r = redis.Redis(host="127.0.0.1", port=6379, db=DB)
     r.ping()  # the real Redis is part of the test environment: fail, never skip

@@ -18,11 +18,6 @@ pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
 def encoder(tiny_model_dir: Path) -> Encoder:
     return Encoder.load(tiny_model_dir, backend="onnx", threads=1)
 

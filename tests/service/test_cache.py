@@ -54,11 +54,6 @@ pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 def prefix() -> str:
     return f"dapsearch:test:{uuid.uuid4().hex}:"
 

@@ -12,29 +12,23 @@ import os
 import shutil
 import subprocess
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
 from core.disk import MIB
 from model.encoder import Encoder
-from service.app import create_app
 from service.settings import Settings
+from tests.service.test_model_free import serve as serve_with
 
 pytestmark = pytest.mark.anyio
 AUTH = {"Authorization": "Bearer k1"}
 FINISHED = ("succeeded", "failed", "cancelled")
-
-
-@pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 @pytest.fixture
@@ -77,16 +71,9 @@ def settings_for(home: Path, data: Path, **overrides: Any) -> Settings:
     return Settings(**(values | overrides))
 
 
-@asynccontextmanager
-async def serve(settings: Settings) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
-    app = create_app(settings, Encoder.dummy(dim=32, max_length=64, batch_size=8))
-    async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30) as manager:
-        transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test", headers=AUTH) as client:
-            with anyio.fail_after(30):
-                while (await client.get("/health/ready")).status_code != 200:
-                    await anyio.sleep(0.01)
-            yield app, client
+def serve(settings: Settings) -> AbstractAsyncContextManager[tuple[FastAPI, httpx.AsyncClient]]:
+    """The app on the dummy encoder, with room for the longer test documents."""
+    return serve_with(settings, Encoder.dummy(dim=32, max_length=64, batch_size=8))
 
 
 def documents(path: Path, n: int, size: int = 2000) -> Path:

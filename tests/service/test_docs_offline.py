@@ -31,11 +31,6 @@ CONTENT_TYPES = {".js": "text/javascript", ".css": "text/css", ".png": "image/pn
 
 
 @pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
 async def app(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ASGIApp]:
     """The real app, started (with admin keys set: the docs stay public all the same)."""
     home = tmp_path_factory.mktemp("home")

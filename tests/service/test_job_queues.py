@@ -25,16 +25,6 @@ from tests.service.test_model_free import _finished, _ingest_job, job_runner, se
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
-def encoder() -> Encoder:
-    return Encoder.dummy(dim=32, max_length=16, batch_size=4)
-
-
 async def test_the_job_queue_is_bounded_with_a_429_that_says_when_to_retry(
     tmp_path: Path, encoder: Encoder
 ) -> None:

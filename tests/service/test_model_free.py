@@ -41,16 +41,6 @@ pytestmark = pytest.mark.anyio
 AUTH = {"Authorization": "Bearer k1"}
 
 
-@pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
-def encoder() -> Encoder:
-    return Encoder.dummy(dim=32, max_length=16, batch_size=4)
-
-
 def settings_for(home: Path, **overrides: Any) -> Settings:
     values: dict[str, Any] = {"home": home, "admin_keys": "k1", "demo": False, "redis_url": None}
     return Settings(**(values | overrides))

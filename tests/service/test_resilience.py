@@ -25,16 +25,6 @@ from tests.service.test_model_free import serve, settings_for
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
-def encoder() -> Encoder:
-    return Encoder.dummy(dim=32, max_length=16, batch_size=4)
-
-
 async def fill(client: httpx.AsyncClient, name: str, n: int) -> None:
     assert (await client.post("/admin/collections", json={"name": name})).status_code == 201
     body = "".join(json.dumps({"id": f"{name}{i}", "text": f"{name} text {i}"}) + "\n" for i in range(n))

@@ -15,10 +15,9 @@ import pytest
 from index.collection import MANIFEST, CollectionManifest
 from index.store import DOCS, Store
 from model.encoder import Encoder
-from tests.service.test_model_free import anyio_backend, serve, settings_for
+from tests.service.test_model_free import serve, settings_for
 
 pytestmark = pytest.mark.anyio
-__all__ = ["anyio_backend"]  # the same event loop fixture as the other model-free tests
 
 
 @pytest.fixture(scope="module")

@@ -352,3 +352,30 @@ def test_a_mining_job_killed_mid_run_runs_again_after_restart(tiny_model_dir: Pa
         if proc.poll() is None:
             proc.terminate()
             proc.wait(timeout=30)
+
+
+def test_an_upload_refused_for_space_is_a_507_over_http_not_a_reset(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Real uvicorn, real sockets: 30 MB refused before it is read, with a declared length and
+    chunked, reach the client as a 507 with the error body, not as a connection reset."""
+    env = _tiny_env(tiny_model_dir, tmp_path, DAPSEARCH_ADMIN_KEYS="k1")
+    subprocess.run([sys.executable, "-m", "service.cli", "index", "create", "a"], env=env, check=True)
+    env["DAPSEARCH_MIN_FREE_BYTES"] = str(1 << 60)  # no volume has that much free: every write is refused
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = _start(env, port)
+    headers = {"Authorization": "Bearer k1", "Content-Type": "application/x-ndjson"}
+    body = b'{"id": "x", "text": "' + b"y" * 30_000_000 + b'"}\n'
+    try:
+        assert _ready_or_dead(proc, base)
+        for content in (body, (body[i : i + (1 << 20)] for i in range(0, len(body), 1 << 20))):
+            r = httpx.post(
+                f"{base}/admin/collections/a/documents", content=content, headers=headers, timeout=60
+            )
+            assert r.status_code == 507, r.text
+            assert "DAPSEARCH_MIN_FREE_BYTES" in r.json()["error"]["message"]
+        assert list((tmp_path / "uploads").iterdir()) == []
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -24,16 +24,6 @@ pytestmark = pytest.mark.anyio
 TAR = {"Content-Type": "application/x-tar"}
 
 
-@pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
-def encoder() -> Encoder:
-    return Encoder.dummy(dim=32, max_length=16, batch_size=4)
-
-
 async def finished(client: httpx.AsyncClient, r: httpx.Response, timeout: float = 60) -> dict[str, Any]:
     assert r.status_code == 202, r.text
     location = r.headers["Location"]
