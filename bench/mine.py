@@ -130,7 +130,8 @@ class _OutOfTime(Exception):
 def worker(args: argparse.Namespace) -> int:
     import faiss
 
-    from index.mining import best_threshold, mine
+    from evaluation.mining import best_threshold
+    from index.mining import mine
 
     faiss.omp_set_num_threads(args.threads)
     x, y, planted = synthetic(args.size, args.seed)

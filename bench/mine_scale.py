@@ -51,7 +51,8 @@ def main(argv: Sequence[str]) -> int:
     import ray
 
     from index.cluster import RayOptions
-    from index.mining import IvfSearch, MiningResult, ivf_nlist, knn_both, mine, recall
+    from index.mining import MiningResult, mine
+    from index.neighbours import IvfSearch, ivf_nlist, knn_both, recall
     from index.ray_mining import RaySearch
     from model.encoder import Encoder
 

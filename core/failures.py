@@ -9,10 +9,13 @@ a message of their own here, naming what happened and never where.
 from __future__ import annotations
 
 import errno
+import sqlite3
 
 from core.disk import DISK_FULL_MESSAGE, is_disk_full
 
 INTERNAL = "an internal error; the service log has it"
+# Errors from the filesystem and the database, answered where they are caught (service.errors).
+SYSTEM_ERRORS: tuple[type[Exception], ...] = (OSError, sqlite3.Error)
 
 _OS_ERRORS: dict[int, str] = {
     errno.ENOENT: "a file or folder it needed was removed while it ran (a deleted collection, a "

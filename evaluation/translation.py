@@ -26,7 +26,8 @@ from typing import Any
 
 from core.errors import InputError
 from evaluation.memo import EmbeddingMemo
-from index.mining import best_threshold, evaluate, mine
+from evaluation.mining import best_threshold, evaluate
+from index.mining import mine
 from model.train.corpus import Pair, find_parallel_files, read_dev, read_pairs
 from model.train.dev import retrieval_p1
 

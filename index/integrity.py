@@ -11,14 +11,18 @@ collection damaged, by name, while the others keep serving.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import faiss
 import numpy as np
 
-from index.manifest import DamagedCollection
+from index.manifest import MANIFEST, DamagedCollection, UnknownCollection
 from index.store import Store
 
+# What SQLite and FAISS raise when a file goes away, is damaged or cannot be read.
+STORAGE_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, OSError, RuntimeError)
 SAMPLED_VECTORS = 8  # stored vectors compared with the index's copy: catches another collection's index
 MIN_COSINE = 0.9  # lossy codecs (PQ, SQ) keep a vector's direction within this
 
@@ -82,3 +86,17 @@ def open_store(path: Path, name: str, readonly: bool) -> Store:
         if not is_damage(exc):
             raise
         raise DamagedCollection(name, "its database is unreadable") from exc
+
+
+@contextmanager
+def vanishing(home_dir: Path, name: str) -> Iterator[None]:
+    """A collection deleted while it is opened or read fails in SQLite or FAISS half-way: that is
+    an unknown collection (404). One still there whose database reads as corrupt is damaged."""
+    try:
+        yield
+    except STORAGE_ERRORS as exc:
+        if (Path(home_dir) / name / MANIFEST).is_file():
+            if is_damage(exc):  # corrupt under a handle already open: named, not a bare 500
+                raise DamagedCollection(name, "its database is unreadable") from exc
+            raise
+        raise UnknownCollection(f"unknown collection {name!r}") from exc

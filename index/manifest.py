@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import re
+import shutil
 from pathlib import Path
+from uuid import uuid4
 
 from pydantic import BaseModel, Field, ValidationError
 
@@ -115,3 +117,18 @@ def list_collections(home_dir: Path) -> list[str]:
     if not root.is_dir():
         return []
     return sorted(p.name for p in root.iterdir() if not p.name.startswith(".") and (p / MANIFEST).is_file())
+
+
+def drop_collection(home_dir: Path, name: str) -> None:
+    """Remove a collection: renamed first (an open sees it gone at once, and a crash half-way
+    never leaves half a collection under the name; the next start removes the rest), then its
+    files. Raises UnknownCollection."""
+    path = Path(home_dir) / check_name(name)
+    if not (path / MANIFEST).is_file():
+        raise UnknownCollection(f"unknown collection {name!r}")
+    doomed = path.with_name(f".deleted-{name}-{uuid4().hex}")
+    try:
+        path.rename(doomed)
+    except FileNotFoundError:  # dropped by a concurrent request (or process) first
+        raise UnknownCollection(f"unknown collection {name!r}") from None
+    shutil.rmtree(doomed, ignore_errors=True)

@@ -2,7 +2,7 @@
 
 Both sides' matrices go once into the object store; each task takes one block (source rows ×
 target columns), finds both directions' top-k inside it, and the driver merges the blocks'
-heaps (``index.mining.BlockMerge``), in whatever order they finish, into the exact result of
+heaps (``index.neighbours.BlockMerge``), in whatever order they finish, into the exact result of
 the local search: the same neighbours and pairs, similarities equal to the last bit or two
 (BLAS sums in another order with another thread count). With ``ivf``, each side gets an IVF
 index trained on a sample (the stopes shape at scale) and tasks search it per shard of
@@ -19,7 +19,7 @@ import faiss
 import numpy as np
 
 from index.cluster import RayOptions, connect
-from index.mining import (
+from index.neighbours import (
     DEFAULT_CHUNK,
     F32,
     I64,

@@ -10,31 +10,32 @@ lock; different collections search in parallel.
 
 from __future__ import annotations
 
-import shutil
-import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from uuid import uuid4
 
-import faiss
 import numpy as np
 
 from core.errors import Conflict
 from index.collection import Collection
 from index.filters import Filter
-from index.integrity import is_damage
+from index.index_choice import use_search_threads
+from index.integrity import STORAGE_ERRORS, vanishing
 from index.manifest import (
     MANIFEST,
     DamagedCollection,
     UnknownCollection,
     collection_identity,
+    drop_collection,
     list_collections,
 )
 from index.passages import PassageOptions
 from index.retrieval import DEFAULT_WEIGHT, Hit, Mode, Query
+
+# What a delete or re-create racing an open or a refresh can make SQLite or FAISS raise.
+LOOK_AGAIN: tuple[type[Exception], ...] = (DamagedCollection, *STORAGE_ERRORS)
 
 
 class Collections:
@@ -90,13 +91,15 @@ class Collections:
             try:
                 handle, lock = self._handle(name)
                 lock.acquire()
-                with self._vanishing(name):
+                with vanishing(self.root, name):
                     handle.refresh()
                 return handle, lock
-            except (DamagedCollection, sqlite3.OperationalError, OSError):
+            except LOOK_AGAIN as exc:
                 if lock is not None:
                     lock.release()
                 if attempt:
+                    if isinstance(exc, DamagedCollection):
+                        self._damaged[name] = exc.what
                     raise
                 self.forget(name)
             except BaseException:
@@ -118,7 +121,7 @@ class Collections:
                 handle = None
             if handle is None:
                 try:
-                    with self._vanishing(name):
+                    with vanishing(self.root, name):
                         handle = Collection.open(self.root, name, self.model_id, readonly=True)
                 except DamagedCollection as exc:
                     self._damaged[name] = exc.what
@@ -132,21 +135,6 @@ class Collections:
             with old_lock:
                 old.close()
         return handle, lock
-
-    @contextmanager
-    def _vanishing(self, name: str) -> Iterator[None]:
-        """A collection deleted while it is opened or read fails in SQLite or FAISS half-way; that
-        is an unknown collection (404), not a server error."""
-        try:
-            yield
-        except (sqlite3.Error, OSError, RuntimeError) as exc:
-            if (self.root / name / MANIFEST).is_file():
-                if is_damage(exc):  # corrupt under a handle already open: named, not a bare 500
-                    self._damaged[name] = "its database is unreadable"
-                    raise DamagedCollection(name, "its database is unreadable") from exc
-                raise
-            # The next reading() finds the manifest gone and drops the stale handle.
-            raise UnknownCollection(f"unknown collection {name!r}") from exc
 
     def damaged(self) -> dict[str, str]:
         """Collections found damaged when last opened (name -> what), of those still on disk.
@@ -168,10 +156,7 @@ class Collections:
         highlight: bool = False,
     ) -> tuple[str, int, list[list[Hit]]]:
         """(identity and version searched, hits per query)."""
-        # OpenMP threads for one query cost more in synchronisation than they save (measured: exact
-        # search over 100k vectors 6 ms on one thread, 44 ms on two while other requests run), and
-        # a server gets its parallelism from concurrent requests. Per thread, so set on each call.
-        faiss.omp_set_num_threads(self.search_threads)
+        use_search_threads(self.search_threads)  # per thread, so set on each call
         with self.reading(name) as coll:
             return coll.manifest.identity, coll.version, coll.search(queries, k, flt, mode, weight, highlight)
 
@@ -212,16 +197,7 @@ class Collections:
     def delete(self, name: str) -> None:
         """Remove a collection and its files. Raises UnknownCollection."""
         self.forget(name)
-        path = self.root / name
-        if name not in self.names():
-            raise UnknownCollection(f"unknown collection {name!r}")
-        # Rename first so a concurrent open sees it gone at once, then remove the files.
-        doomed = path.with_name(f".deleted-{name}-{uuid4().hex}")
-        try:
-            path.rename(doomed)
-        except FileNotFoundError:  # deleted by a concurrent request (or process) first
-            raise UnknownCollection(f"unknown collection {name!r}") from None
-        shutil.rmtree(doomed, ignore_errors=True)
+        drop_collection(self.root, name)
 
     def forget(self, name: str) -> None:
         """Close the cached handle of ``name`` (after it was deleted or rebuilt)."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sqlite3
 from collections.abc import Mapping
 from typing import Any
 
@@ -14,7 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.disk import DISK_FULL_MESSAGE, is_disk_full
 from core.errors import InputError
-from core.failures import describe
+from core.failures import SYSTEM_ERRORS, describe
 
 log = logging.getLogger("dapsearch")
 
@@ -113,5 +112,5 @@ def install_error_handlers(app: FastAPI) -> None:
 
     # Filesystem and database errors are answered where they are caught, like a client error (the
     # server-error middleware would answer, then raise again); anything else reaches the last one.
-    for system_error in (OSError, sqlite3.Error, Exception):
+    for system_error in (*SYSTEM_ERRORS, Exception):
         app.add_exception_handler(system_error, _unexpected)

@@ -9,20 +9,11 @@ import numpy as np
 import typer
 
 from core.errors import InputError
+from evaluation.mining import best_threshold, score_histogram
 from index.cluster import RayOptions
 from index.collection import Collection
-from index.mining import (
-    DEFAULT_K,
-    SCORES,
-    STRATEGIES,
-    IvfSearch,
-    NeighbourSearch,
-    Score,
-    Strategy,
-    best_threshold,
-    mine,
-    score_histogram,
-)
+from index.mining import DEFAULT_K, SCORES, STRATEGIES, Score, Strategy, mine
+from index.neighbours import IvfSearch, NeighbourSearch
 from index.pairs import write_pairs
 from index.ray_mining import RaySearch
 from model.encoder import Encoder

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from importlib import resources
 from pathlib import Path
 
 from index.collection import Collection
 from index.ingest import ingest
-from index.manifest import list_collections
+from index.manifest import drop_collection, list_collections
 from model.encoder import Encoder
 
 DEMO_NAME = "demo"
@@ -44,7 +43,7 @@ def ensure_demo_collection(collections_dir: Path, encoder: Encoder) -> bool:
                     coll.manifest.model_id,
                 )
                 return False
-            _discard(collections_dir / DEMO_NAME)
+            drop_collection(collections_dir, DEMO_NAME)
             log.info("re-embedding the demo collection for %s", encoder.model_id)
             coll = Collection.create(collections_dir, DEMO_NAME, encoder.model_id, encoder.dim)
     else:
@@ -63,11 +62,3 @@ def _is_the_bundled_sample(coll: Collection) -> bool:
         bundled = {row["id"]: row["text"] for row in map(json.loads, fh)}
     held = {doc.id: doc.text for doc in coll.documents()}
     return held.items() <= bundled.items()  # a first fill cut short holds part of it
-
-
-def _discard(path: Path) -> None:
-    """Rename first, so a crash half-way never leaves a half-removed collection under the name."""
-    doomed = path.with_name(f".deleted-{path.name}")
-    shutil.rmtree(doomed, ignore_errors=True)
-    path.rename(doomed)
-    shutil.rmtree(doomed, ignore_errors=True)

@@ -10,20 +10,10 @@ import numpy.typing as npt
 import pytest
 
 from core.errors import InputError
-from index import mining
-from index.mining import (
-    SCORES,
-    STRATEGIES,
-    MiningResult,
-    Score,
-    Strategy,
-    best_threshold,
-    evaluate,
-    knn,
-    knn_both,
-    mine,
-    score_histogram,
-)
+from evaluation.mining import best_threshold, evaluate, score_histogram
+from index import neighbours
+from index.mining import SCORES, STRATEGIES, MiningResult, Score, Strategy, mine
+from index.neighbours import knn, knn_both
 from model.encoder import Encoder
 from tests.conftest import SHARED
 
@@ -101,7 +91,7 @@ def test_knn_both_equals_knn_in_each_direction(
 ) -> None:
     """Partial row and column tiles, k larger than a side, and clustered data where many target
     columns change in every tile all go through the scattered-row heap update."""
-    monkeypatch.setattr(mining, "TILE_COLUMNS", columns)
+    monkeypatch.setattr(neighbours, "TILE_COLUMNS", columns)
     rng = np.random.default_rng(n)
     centres = random_unit(rng, 4)
     x = centres[rng.integers(0, 4, n)] + 0.3 * random_unit(rng, n)

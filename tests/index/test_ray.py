@@ -15,7 +15,8 @@ from core.errors import InputError
 from index.cluster import EmbeddingPool, EncoderSpec, RayOptions, embed_texts, ray_module
 from index.collection import Collection
 from index.ingest import ShardCounts, ingest
-from index.mining import IvfSearch, MiningResult, knn_both, mine, recall
+from index.mining import MiningResult, mine
+from index.neighbours import IvfSearch, knn_both, recall
 from index.ray_ingest import SHARDS, ingest_on_ray
 from index.ray_mining import RaySearch
 from index.reindex import reindex
