@@ -8,29 +8,17 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
-import anyio
 from fastapi import FastAPI
 
-from index.restore import finish_interrupted
-from index.snapshot import clean_snapshots
-from model.artifact import read_manifest
-from model.backend_choice import BackendChoice, choose_backend
-from model.cpu import cpu_features
 from model.encoder import Encoder
 from service.access_log import redact_access_log
 from service.api_docs import install_docs
-from service.batcher import Batcher, BulkEncoder
-from service.cache import create_cache
-from service.collections import Collections
-from service.demo import ensure_demo_collection
-from service.embedding import Embedder
 from service.errors import install_error_handlers
-from service.jobs.runner import JobRunner
 from service.metrics import Metrics
 from service.middleware import install_middleware
 from service.routers import admin, embed, health, info, mine, openai, search, snapshots
-from service.runtime import Runtime
 from service.settings import Settings
+from service.startup import start_runtime
 
 log = logging.getLogger("dapsearch")
 
@@ -46,76 +34,7 @@ def create_app(settings: Settings | None = None, encoder: Encoder | None = None)
 
     async def load(app: FastAPI, stack: AsyncExitStack) -> None:
         """Everything heavy, in order; /health/live answers meanwhile and /health/ready says 503."""
-        cpu = cpu_features()
-        model_dir = settings.resolved_model_dir
-
-        def open_encoder() -> tuple[BackendChoice, Encoder]:
-            """Off the event loop: the choice reads the manifest and looks for the graphs on disk."""
-            if given is not None:
-                return BackendChoice(
-                    settings.backend, given.backend.name, "the encoder given to the app"
-                ), given
-            choice = choose_backend(settings.backend, model_dir, read_manifest(model_dir), cpu)
-            choice.log_fallback()
-            encoder = Encoder.load(
-                model_dir, backend=choice.backend, threads=settings.threads, batch_size=settings.batch_size
-            )
-            return choice, encoder
-
-        choice, encoder = await anyio.to_thread.run_sync(open_encoder)
-        metrics.engine.info(
-            {
-                "backend": choice.backend,
-                "requested": choice.requested,
-                "cpu": cpu.model,
-                "cpu_features": cpu.simd_text,
-            }
-        )
-        # One forward pass before serving: the first request must not pay for session warm-up.
-        await anyio.to_thread.run_sync(lambda: encoder.embed(["warm-up"], "query"))
-        batcher = Batcher(
-            encoder,
-            metrics,
-            settings.batch_size,
-            settings.batch_wait_ms / 1000,
-            settings.max_queue,
-            settings.bulk_batch_size,
-            settings.batch_tokens,
-        )
-        batcher.start()
-        stack.push_async_callback(batcher.stop)
-        cache = create_cache(settings, metrics)
-        stack.push_async_callback(cache.close)
-        collections = Collections(settings.collections_dir, encoder.model_id, settings.search_threads)
-        stack.callback(collections.close)
-        # What a killed create, delete, restore or snapshot left: removed, or a checked restore finished.
-        await anyio.to_thread.run_sync(finish_interrupted, settings.collections_dir)
-        await anyio.to_thread.run_sync(clean_snapshots, settings.snapshots_dir)
-        if settings.demo:
-            await anyio.to_thread.run_sync(lambda: ensure_demo_collection(settings.collections_dir, encoder))
-        # Jobs embed through the batcher at bulk priority, never beside it on the engine.
-        bulk = BulkEncoder(batcher, asyncio.get_running_loop())
-        jobs = JobRunner(settings, bulk, collections, metrics, model=encoder)
-        await jobs.start()
-        stack.push_async_callback(jobs.stop)
-        app.state.runtime = Runtime(
-            encoder=encoder,
-            backend_choice=choice,
-            batcher=batcher,
-            cache=cache,
-            embedder=Embedder(batcher, cache, metrics),
-            collections=collections,
-            jobs=jobs,
-        )
-        log.info(
-            "dapsearch ready: model %s, backend %s (%s) on %s (%s), cache %s",
-            encoder.model_id,
-            choice.backend,
-            choice.reason,
-            cpu.model,
-            cpu.simd_text,
-            cache.name,
-        )
+        app.state.runtime = await start_runtime(settings, metrics, stack, given)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
