@@ -21,6 +21,7 @@ from service.errors import APIError
 from service.jobs.runner import JobRunner
 from service.metrics import Metrics
 from service.runtime import Runtime
+from service.search import SearchService
 from service.settings import Settings
 
 
@@ -71,6 +72,10 @@ async def get_cache(runtime: RuntimeDep) -> Cache:
     return runtime.cache
 
 
+async def get_searches(runtime: RuntimeDep) -> SearchService:
+    return runtime.searches
+
+
 async def get_jobs(runtime: RuntimeDep) -> JobRunner:
     return runtime.jobs
 
@@ -81,3 +86,4 @@ EmbedderDep = Annotated[CallerEmbedder, Depends(get_embedder)]
 CollectionsDep = Annotated[Collections, Depends(get_collections)]
 CacheDep = Annotated[Cache, Depends(get_cache)]
 JobsDep = Annotated[JobRunner, Depends(get_jobs)]
+SearchDep = Annotated[SearchService, Depends(get_searches)]

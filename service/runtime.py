@@ -15,6 +15,7 @@ from service.cache import Cache
 from service.collections import Collections
 from service.embedding import Embedder
 from service.jobs.runner import JobRunner
+from service.search import SearchService
 
 
 @dataclass(frozen=True)
@@ -26,3 +27,4 @@ class Runtime:
     embedder: Embedder
     collections: Collections
     jobs: JobRunner
+    searches: SearchService

@@ -28,6 +28,7 @@ from service.embedding import Embedder
 from service.jobs.runner import JobRunner
 from service.metrics import Metrics
 from service.runtime import Runtime
+from service.search import SearchService
 from service.settings import Settings
 
 log = logging.getLogger("dapsearch")
@@ -104,6 +105,7 @@ async def start_runtime(
         embedder=embedder,
         collections=collections,
         jobs=jobs,
+        searches=SearchService(encoder, collections, cache, metrics, settings.max_response_bytes),
     )
 
 
