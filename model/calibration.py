@@ -65,10 +65,6 @@ def _dev_sides(folders: list[Path]) -> set[str]:
     return sides
 
 
-def _both(lang: str, source: str, x: str, en: str) -> list[dict[str, str]]:
-    return [{"lang": lang, "source": source, "text": x}, {"lang": "en", "source": source, "text": en}]
-
-
 def make_calibration(parallel_dir: Path, extra_dir: Path) -> list[dict[str, str]]:
     """Rows ``{"lang", "source", "text"}``, both sides of each pair: the first NTREX training
     pairs of each language, then the first lines of each allowed parallel-extra source; no pair

