@@ -3,7 +3,7 @@ ingest job running, and the job's throughput alone and under that online load.
 
 Each server tree (this checkout, and with ``--baseline-src`` another one, for example a git
 worktree of an older commit, so two versions are compared in one run on one machine) runs as
-``python -m service.cli serve`` on a temporary home with an admin key, an empty collection and a
+``python -m cli serve`` on a temporary home with an admin key, an empty collection and a
 JSONL file of ``--docs`` unique short passages in its data directory. Three phases of
 ``--seconds`` each:
 

@@ -1,6 +1,6 @@
 """Benchmark the served HTTP API end to end: /embed (cache miss and hit) and /search under load.
 
-Starts the real service (``python -m service.cli serve``) in a subprocess on a temporary
+Starts the real service (``python -m cli serve``) in a subprocess on a temporary
 DAPSEARCH_HOME holding a synthetic collection of ``--docs`` clustered unit vectors, then drives it
 with 1, 8 and 32 concurrent keep-alive clients for ``--seconds`` per cell: wrk where it is installed
 (a C load generator outside any Python process, ``bench/load.lua``), else httpx loops in this one.
@@ -169,7 +169,7 @@ def start_server(
     if redis:
         env["DAPSEARCH_REDIS_URL"] = redis
     env.update(settings or {})
-    cmd = [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    cmd = [sys.executable, "-m", "cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
     with (home / "server.log").open("wb") as log:
         return subprocess.Popen(
             cmd, cwd=home, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -573,7 +573,7 @@ def main(argv: Sequence[str]) -> int:
     cache = ready.get("cache") or {}
     extra = f" (inherited: {', '.join(inherited)})" if inherited else ""
     print(
-        f"server: `python -m service.cli serve`, model {manifest.id} ({backend}, auto), "
+        f"server: `python -m cli serve`, model {manifest.id} ({backend}, auto), "
         f"cache {cache.get('backend')} (ok: {cache.get('ok')}), other settings default{extra}"
     )
     print(

@@ -227,7 +227,7 @@ def test_sigkill_mid_ingest_never_loses_or_corrupts(tmp_path: Path, tiny_model_d
     passages_per_long = 0
     home = tmp_path / "home"
     env = {**os.environ, "DAPSEARCH_HOME": str(home), "DAPSEARCH_MODEL_DIR": str(tiny_model_dir)}
-    cli = [sys.executable, "-m", "service.cli"]
+    cli = [sys.executable, "-m", "cli"]
     subprocess.run([*cli, "index", "create", "k"], env=env, check=True, capture_output=True)
     cmd = [*cli, "index", "ingest", "k", str(src), "--chunk-size", "200"]
     rng = random.Random(1234)
@@ -275,7 +275,7 @@ def test_reader_process_serves_committed_versions_during_a_live_ingest(
     )
     home = tmp_path / "home"
     env = {**os.environ, "DAPSEARCH_HOME": str(home), "DAPSEARCH_MODEL_DIR": str(tiny_model_dir)}
-    cli = [sys.executable, "-m", "service.cli", "index"]
+    cli = [sys.executable, "-m", "cli", "index"]
     subprocess.run([*cli, "create", "live", "--index", "Flat"], env=env, check=True, capture_output=True)
     writer = subprocess.Popen(
         [*cli, "ingest", "live", str(src), "--chunk-size", "500"],

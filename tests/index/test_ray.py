@@ -270,7 +270,7 @@ def test_reindex_on_ray_resumes_and_copies_what_the_local_one_copies(tmp_path: P
 def test_the_local_engine_never_imports_ray() -> None:
     """The CLI, the app and every local path load without Ray: it is the extra's, on demand."""
     code = (
-        "import sys, service.cli, service.app, index.ingest, index.reindex, index.mining, index.ray_ingest; "
+        "import sys, cli, service.app, index.ingest, index.reindex, index.mining, index.ray_ingest; "
         "from service.settings import Settings; Settings().ray(); "
         "assert 'ray' not in sys.modules, 'ray was imported'"
     )

@@ -180,7 +180,7 @@ def test_the_build_is_reproducible(dap_model_dir: Path, tmp_path: Path) -> None:
 
 def test_model_info_says_what_it_is_and_how_it_was_trained(dap_model_dir: Path) -> None:
     info = subprocess.run(
-        [sys.executable, "-m", "service.cli", "model", "info", "--model-dir", str(dap_model_dir)],
+        [sys.executable, "-m", "cli", "model", "info", "--model-dir", str(dap_model_dir)],
         capture_output=True,
         text=True,
         timeout=120,

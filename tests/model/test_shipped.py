@@ -132,7 +132,7 @@ def test_cli_pack_and_build_and_a_missing_file(trained: Path, tmp_path: Path) ->
         "lr": 5e-5,
     }
     (run / "config.json").write_text(json.dumps(config), encoding="utf-8")
-    cli = [sys.executable, "-m", "service.cli", "model"]
+    cli = [sys.executable, "-m", "cli", "model"]
     args = ["--model-dir", str(trained), "--out", str(shipped), "--meta", "wall_time=2h", "--run", str(run)]
     packed = subprocess.run([*cli, "pack", *args], capture_output=True, text=True, timeout=300)
     assert packed.returncode == 0, packed.stderr[-2000:]
@@ -248,7 +248,7 @@ def test_cli_builds_the_base_on_request_and_info_shows_the_provenance(tmp_path: 
     import os
 
     env = {**os.environ, "DAPSEARCH_HOME": str(tmp_path)}
-    cli = [sys.executable, "-m", "service.cli", "model"]
+    cli = [sys.executable, "-m", "cli", "model"]
     built = subprocess.run([*cli, "build", "--base"], capture_output=True, text=True, timeout=300, env=env)
     assert built.returncode == 0, built.stderr[-2000:]
     assert f"in {tmp_path / 'models' / 'multilingual-e5-small'}" in built.stdout
@@ -308,7 +308,7 @@ def test_per_group_interpolation_weighs_each_group_of_layers(tiny_model_dir: Pat
 
 
 def test_cli_interpolate_takes_one_alpha_or_one_per_group(tiny_model_dir: Path, tmp_path: Path) -> None:
-    cli = [sys.executable, "-m", "service.cli", "model", "interpolate", "--base", str(tiny_model_dir)]
+    cli = [sys.executable, "-m", "cli", "model", "interpolate", "--base", str(tiny_model_dir)]
     cli += ["--trained", str(tiny_model_dir), "--out"]
     neither = subprocess.run([*cli, str(tmp_path / "a")], capture_output=True, text=True)
     both = subprocess.run(

@@ -141,7 +141,7 @@ def test_two_processes_under_torchrun(data_dir: Path, tiny_model_dir: Path, tmp_
         "2",
         "--standalone",
         "-m",
-        "service.cli",
+        "cli",
         "train",
         "--data",
         str(data_dir),
@@ -178,7 +178,7 @@ def test_cli_refuses_to_overwrite_a_run_and_bad_options(
     base = [
         sys.executable,
         "-m",
-        "service.cli",
+        "cli",
         "train",
         "--data",
         str(data_dir),
@@ -236,7 +236,7 @@ def test_trained_model_exports_and_evaluates_beside_its_base(
     cmd = [
         sys.executable,
         "-m",
-        "service.cli",
+        "cli",
         "eval",
         "--model",
         str(tiny_model_dir),

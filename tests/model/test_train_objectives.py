@@ -83,7 +83,7 @@ def test_distillation_keeps_a_frozen_teacher(
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "service.cli", "train", *args], capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "cli", "train", *args], capture_output=True, text=True, timeout=600
     )
 
 

@@ -293,7 +293,7 @@ async def test_a_job_queued_for_a_deleted_collection_never_fills_its_successor(
         shutil.rmtree(settings.collections_dir / "c1")
         env = {**os.environ, "DAPSEARCH_HOME": str(settings.home), "DAPSEARCH_MODEL_DIR": str(tiny_model_dir)}
         done = subprocess.run(
-            [sys.executable, "-m", "service.cli", "index", "create", "c1"],
+            [sys.executable, "-m", "cli", "index", "create", "c1"],
             capture_output=True,
             text=True,
             timeout=120,

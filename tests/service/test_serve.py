@@ -28,7 +28,7 @@ def test_serve_answers_the_official_openai_client_and_search(
 
     port = free_port()
     env = {**os.environ, "DAPSEARCH_MODEL_DIR": str(real_model_dir), "DAPSEARCH_HOME": str(tmp_path)}
-    cmd = [sys.executable, "-m", "service.cli", "serve", "--port", str(port)]
+    cmd = [sys.executable, "-m", "cli", "serve", "--port", str(port)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -76,7 +76,7 @@ def test_serve_answers_the_official_openai_client_and_search(
 def test_serve_refuses_a_model_that_is_not_built(tmp_path: Path) -> None:
     env = {**os.environ, "DAPSEARCH_MODEL_DIR": str(tmp_path / "missing")}
     result = subprocess.run(
-        [sys.executable, "-m", "service.cli", "serve", "--port", str(free_port())],
+        [sys.executable, "-m", "cli", "serve", "--port", str(free_port())],
         env=env,
         capture_output=True,
         text=True,
@@ -91,7 +91,7 @@ def test_serving_path_never_imports_torch(real_model_dir: Path) -> None:
     """A serving-only install (no torch, no transformers) must be able to run the API."""
     code = f"""
 import sys
-import service.cli
+import cli
 from model.encoder import Encoder
 from service.app import create_app
 create_app()
@@ -112,7 +112,7 @@ def _tiny_env(model_dir: Path, home: Path, **settings: str) -> dict[str, str]:
 
 
 def _start(env: dict[str, str], port: int) -> subprocess.Popen[str]:
-    cmd = [sys.executable, "-m", "service.cli", "serve", "--port", str(port)]
+    cmd = [sys.executable, "-m", "cli", "serve", "--port", str(port)]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -360,7 +360,7 @@ def test_an_upload_refused_for_space_is_a_507_over_http_not_a_reset(
     """Real uvicorn, real sockets: 30 MB refused before it is read, with a declared length and
     chunked, reach the client as a 507 with the error body, not as a connection reset."""
     env = _tiny_env(tiny_model_dir, tmp_path, DAPSEARCH_ADMIN_KEYS="k1")
-    subprocess.run([sys.executable, "-m", "service.cli", "index", "create", "a"], env=env, check=True)
+    subprocess.run([sys.executable, "-m", "cli", "index", "create", "a"], env=env, check=True)
     env["DAPSEARCH_MIN_FREE_BYTES"] = str(1 << 60)  # no volume has that much free: every write is refused
     port = free_port()
     base = f"http://127.0.0.1:{port}"

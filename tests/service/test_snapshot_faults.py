@@ -46,7 +46,7 @@ def home(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path
 
 def cli(home: Path, model_dir: Path, *args: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "DAPSEARCH_HOME": str(home), "DAPSEARCH_MODEL_DIR": str(model_dir)}
-    command = [sys.executable, "-m", "service.cli", "index", *args]
+    command = [sys.executable, "-m", "cli", "index", *args]
     return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 

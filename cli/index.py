@@ -9,6 +9,17 @@ from typing import Annotated, Any
 
 import typer
 
+from cli.common import (
+    ActorsOpt,
+    EngineOpt,
+    ModelDirOpt,
+    RayAddressOpt,
+    bar,
+    load_encoder,
+    load_settings,
+    model_dir_or_default,
+    ray_options,
+)
 from core.errors import InputError
 from index.collection import Collection
 from index.cutting import lexicon_of
@@ -19,21 +30,8 @@ from index.ray_ingest import ingest_on_ray
 from index.reindex import reindex
 from index.retrieval import DEFAULT_WEIGHT, MODES, Mode, Query
 from model.artifact import BACKENDS
-from service.cli.common import (
-    ActorsOpt,
-    EngineOpt,
-    ModelDirOpt,
-    RayAddressOpt,
-    app,
-    bar,
-    load_encoder,
-    load_settings,
-    model_dir_or_default,
-    ray_options,
-)
 
 index_app = typer.Typer(help="Create, fill and query collections of documents.", no_args_is_help=True)
-app.add_typer(index_app, name="index")
 
 BackendOpt = Annotated[str | None, typer.Option("--backend", help=", ".join(BACKENDS))]
 ChunkOpt = Annotated[int, typer.Option(min=1, help="Documents embedded and committed together.")]

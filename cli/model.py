@@ -11,6 +11,20 @@ from typing import Annotated, TextIO
 import numpy as np
 import typer
 
+from cli.common import (
+    ActorsOpt,
+    EngineOpt,
+    ModelDirOpt,
+    RayAddressOpt,
+    bar,
+    dequant_progress,
+    embed_lines,
+    load_encoder,
+    load_settings,
+    model_dir_or_default,
+    parse_backend,
+    ray_options,
+)
 from core.errors import InputError
 from model.artifact import (
     BACKENDS,
@@ -22,24 +36,8 @@ from model.artifact import (
     read_manifest,
 )
 from model.encoder import KINDS, Kind
-from service.cli.common import (
-    ActorsOpt,
-    EngineOpt,
-    ModelDirOpt,
-    RayAddressOpt,
-    app,
-    bar,
-    dequant_progress,
-    embed_lines,
-    load_encoder,
-    load_settings,
-    model_dir_or_default,
-    parse_backend,
-    ray_options,
-)
 
 model_app = typer.Typer(help="Build, export and inspect encoder models.", no_args_is_help=True)
-app.add_typer(model_app, name="model")
 
 
 @model_app.command("build")
@@ -265,7 +263,6 @@ def _jsonl(lines: list[str], vectors: np.ndarray, truncated: set[int]) -> Iterat
         yield json.dumps(row, ensure_ascii=False) + "\n"
 
 
-@app.command("embed")
 def embed_cmd(
     source: Annotated[str, typer.Argument(help="Text file, one text per line, or - for stdin.")] = "-",
     out: Annotated[str, typer.Option("--out", "-o", help="Output: FILE.npy, FILE.jsonl or - (JSONL).")] = "-",

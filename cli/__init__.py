@@ -1,4 +1,4 @@
-"""The ``dapsearch`` command line.
+"""The ``dapsearch`` command line: ``serve``, and every sub-command registered here by name.
 
 User mistakes (missing files, corrupt weights, bad options) print one line and exit 2.
 """
@@ -9,16 +9,32 @@ from typing import Annotated
 
 import typer
 
+from cli.common import dequant_progress, load_settings
+from cli.index import index_app
+from cli.mine import mine_cmd
+from cli.model import embed_cmd, model_app
+from cli.snapshots import restore_cmd, snapshot_cmd
+from cli.train import eval_cmd, train_cmd
 from core.errors import InputError
 from model.artifact import read_manifest
 from model.backend_choice import choose_backend, default_export
 from model.cpu import cpu_features
-from service.cli import index as _index  # noqa: F401  (registers `dapsearch index`)
-from service.cli import mine as _mine  # noqa: F401  (registers `dapsearch mine`)
-from service.cli import model as _model  # noqa: F401  (registers `dapsearch model`, `embed`)
-from service.cli import snapshots as _snapshots  # noqa: F401  (registers `dapsearch index snapshot|restore`)
-from service.cli import train as _train  # noqa: F401  (registers `dapsearch train`, `eval`)
-from service.cli.common import app, dequant_progress, load_settings
+
+app = typer.Typer(
+    help="dapsearch: multilingual semantic search with a DAP-aligned encoder.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+# Every command, by name, in one place: what `dapsearch --help` lists is what this file says.
+index_app.command("snapshot")(snapshot_cmd)
+index_app.command("restore")(restore_cmd)
+app.add_typer(index_app, name="index")
+app.add_typer(model_app, name="model")
+app.command("embed")(embed_cmd)
+app.command("mine")(mine_cmd)
+app.command("train")(train_cmd)
+app.command("eval")(eval_cmd)
 
 
 @app.command("serve")

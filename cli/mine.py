@@ -8,6 +8,18 @@ from typing import Annotated
 import numpy as np
 import typer
 
+from cli.common import (
+    ActorsOpt,
+    EngineOpt,
+    ModelDirOpt,
+    RayAddressOpt,
+    bar,
+    embed_lines,
+    load_encoder,
+    load_settings,
+    ray_options,
+)
+from cli.model import read_lines
 from core.errors import InputError
 from evaluation.mining import best_threshold, score_histogram
 from index.cluster import RayOptions
@@ -17,19 +29,6 @@ from index.neighbours import IvfSearch, NeighbourSearch
 from index.pairs import write_pairs
 from index.ray_mining import RaySearch
 from model.encoder import Encoder
-from service.cli.common import (
-    ActorsOpt,
-    EngineOpt,
-    ModelDirOpt,
-    RayAddressOpt,
-    app,
-    bar,
-    embed_lines,
-    load_encoder,
-    load_settings,
-    ray_options,
-)
-from service.cli.model import read_lines
 
 COLLECTION_PREFIX = "collection:"
 
@@ -73,7 +72,6 @@ def _gold(path: Path) -> list[tuple[int, int]]:
     return pairs
 
 
-@app.command("mine")
 def mine_cmd(
     source: Annotated[
         str, typer.Argument(help="Source sentences: a text file (one per line) or collection:NAME.")

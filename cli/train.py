@@ -8,9 +8,9 @@ from typing import Annotated, Any
 
 import typer
 
+from cli.common import bar, base_model_dir, dequant_progress, parse_backend
 from core.errors import InputError
 from model.artifact import BACKENDS
-from service.cli.common import app, bar, base_model_dir, dequant_progress, parse_backend
 
 LangsOpt = Annotated[
     str | None, typer.Option("--langs", help="Comma-separated language codes [default: every file found].")
@@ -68,7 +68,6 @@ def _apply_preset(ctx: typer.Context, preset: str | None, values: dict[str, Any]
     return out
 
 
-@app.command("train")
 def train_cmd(
     ctx: typer.Context,
     data: Annotated[
@@ -307,7 +306,6 @@ def _resumed_config(cfg: Any) -> Any:
         raise InputError(f"cannot read the run's options from {path}: {exc}") from exc
 
 
-@app.command("eval")
 def eval_cmd(
     model: Annotated[list[Path], typer.Option("--model", help="Built model directory (repeat to compare).")],
     data: Annotated[

@@ -12,12 +12,11 @@ from typing import Annotated
 
 import typer
 
+from cli.common import ModelDirOpt, bar, load_settings, model_dir_or_default
 from index.manifest import read_manifest as read_collection_manifest
 from index.restore import inspect_snapshot, restore_snapshot
 from index.snapshot import take_snapshot
 from model.artifact import MANIFEST, read_manifest
-from service.cli.common import ModelDirOpt, bar, load_settings, model_dir_or_default
-from service.cli.index import index_app
 
 
 def _model_sha256(model_dir: Path, model_id: str) -> str | None:
@@ -28,7 +27,6 @@ def _model_sha256(model_dir: Path, model_id: str) -> str | None:
     return manifest.weights_sha256 if manifest.id == model_id else None
 
 
-@index_app.command("snapshot")
 def snapshot_cmd(
     name: Annotated[str, typer.Argument(help="Collection.")],
     out: Annotated[
@@ -49,7 +47,6 @@ def snapshot_cmd(
     )
 
 
-@index_app.command("restore")
 def restore_cmd(
     archive: Annotated[
         Path, typer.Argument(help="A snapshot archive (.snapshot.tar).", exists=True, dir_okay=False)

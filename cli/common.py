@@ -19,13 +19,6 @@ from model.cpu import cpu_features
 from model.encoder import Encoder, Kind
 from service.settings import Settings
 
-app = typer.Typer(
-    help="dapsearch: multilingual semantic search with a DAP-aligned encoder.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
-
 ModelDirOpt = Annotated[
     Path | None,
     typer.Option(

@@ -15,7 +15,7 @@ from model.encoder import Encoder
 
 
 def run(*args: str, stdin: str | None = None, home: Path | None = None) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "service.cli", *args]
+    cmd = [sys.executable, "-m", "cli", *args]
     env = dict(os.environ)
     if home is not None:
         env["DAPSEARCH_HOME"] = str(home)

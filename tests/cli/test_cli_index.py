@@ -18,7 +18,7 @@ from index.collection import Collection
 
 def cli(home: Path, model_dir: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "DAPSEARCH_HOME": str(home), "DAPSEARCH_MODEL_DIR": str(model_dir)}
-    cmd = [sys.executable, "-m", "service.cli", "index", *args]
+    cmd = [sys.executable, "-m", "cli", "index", *args]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
 
 
@@ -100,7 +100,7 @@ def test_reindex_resumes_after_a_kill_and_refuses_a_foreign_target(
     assert cli(home, tiny_model_dir, "ingest", "old", str(src), "--chunk-size", "1000").returncode == 0
 
     env = {**os.environ, "DAPSEARCH_HOME": str(home), "DAPSEARCH_MODEL_DIR": str(tiny_model_dir)}
-    cmd = [sys.executable, "-m", "service.cli", "index", "reindex", "old", "new", "--chunk-size", "50"]
+    cmd = [sys.executable, "-m", "cli", "index", "reindex", "old", "new", "--chunk-size", "50"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while _target_version(home, "new") < 3 and proc.poll() is None and time.monotonic() < deadline:
@@ -163,7 +163,7 @@ def test_ingest_reindex_and_embed_on_a_ray_cluster_given_by_its_address(
     lines = tmp_path / "lines.txt"
     lines.write_text("".join(f"line {i}\n" for i in range(50)))
     env = {**os.environ, "DAPSEARCH_HOME": str(home), "DAPSEARCH_MODEL_DIR": str(tiny_model_dir)}
-    embed = [sys.executable, "-m", "service.cli", "embed", str(lines), "-o", str(tmp_path / "v.npy")]
+    embed = [sys.executable, "-m", "cli", "embed", str(lines), "-o", str(tmp_path / "v.npy")]
     local = subprocess.run(embed, capture_output=True, text=True, env=env, timeout=300)
     remote = subprocess.run(
         [*embed[:-1], str(tmp_path / "r.npy"), *on_ray], capture_output=True, text=True, env=env, timeout=300
@@ -180,7 +180,7 @@ def test_ingest_reindex_and_embed_on_a_ray_cluster_given_by_its_address(
     for name in ("r.npy", "o.npy"):
         np.testing.assert_allclose(np.load(tmp_path / name), np.load(tmp_path / "v.npy"), atol=2e-5)
 
-    mine = [sys.executable, "-m", "service.cli", "mine", str(lines), str(lines), "--threshold", "1.0"]
+    mine = [sys.executable, "-m", "cli", "mine", str(lines), str(lines), "--threshold", "1.0"]
     here = subprocess.run([*mine, "-o", str(tmp_path / "here.tsv")], capture_output=True, text=True, env=env)
     there = subprocess.run(
         [*mine, "-o", str(tmp_path / "there.tsv"), *on_ray, "--knn", "ivf"],
