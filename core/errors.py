@@ -16,6 +16,12 @@ class InputError(ValueError):
 
     status: ClassVar[int] = 400
 
+    def __init__(self, message: str, param: str | None = None) -> None:
+        """``param``: the request field the error is about, where there is one (the service's
+        error body names it, so a route need not catch and re-raise to say which field)."""
+        super().__init__(message)
+        self.param = param
+
     def headers(self) -> Mapping[str, str]:
         """Response headers the service adds (``Retry-After`` for a full queue)."""
         return {}

@@ -72,11 +72,13 @@ class ModelMismatch(Conflict):
     """The collection's vectors come from another model than the caller's (409): never mix them."""
 
 
-def check_name(name: str) -> str:
+def check_name(name: str, param: str | None = None) -> str:
+    """``name`` if it can name a collection; ``param`` is the request field it came in, if any."""
     if not NAME_RE.fullmatch(name):
         raise InputError(
             f"invalid collection name {name!r}: 1-64 letters, digits, '_', '-' or '.', "
-            "starting with a letter or digit"
+            "starting with a letter or digit",
+            param,
         )
     return name
 

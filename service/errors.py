@@ -84,7 +84,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(InputError)
     async def _input_error(_: Request, exc: InputError) -> JSONResponse:
         """Every domain error, whatever its layer: its class says the status."""
-        return envelope(exc.status, str(exc), headers=exc.headers())
+        return envelope(exc.status, str(exc), exc.param, headers=exc.headers())
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

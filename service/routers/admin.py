@@ -22,7 +22,14 @@ from core.errors import InputError
 from index.cluster import Engine, probe, ray_module
 from index.index_choice import INDEX_PATTERN
 from index.ingest import Format, detect_format
-from index.manifest import NAME_RE, CollectionExists, DamagedCollection, ModelMismatch, UnknownCollection
+from index.manifest import (
+    NAME_RE,
+    CollectionExists,
+    DamagedCollection,
+    ModelMismatch,
+    UnknownCollection,
+    check_name,
+)
 from service.auth import AdminDep
 from service.collections import Collections
 from service.deps import CollectionsDep, EncoderDep, JobsDep, SettingsDep
@@ -113,7 +120,7 @@ async def _engine(engine: Engine, settings: Settings) -> None:
 
 def _error(exc: InputError, param: str | None = None) -> APIError:
     """A domain error (its own status) naming the request field it is about."""
-    return APIError(exc.status, str(exc), param, headers=exc.headers())
+    return APIError(exc.status, str(exc), param or exc.param, headers=exc.headers())
 
 
 def known(collections: Collections, name: str, param: str | None = None) -> None:
@@ -188,13 +195,7 @@ _CREATED_LINKS = {
 async def create_collection(
     body: CreateCollection, collections: CollectionsDep, encoder: EncoderDep, settings: SettingsDep
 ) -> dict[str, Any]:
-    if not NAME_RE.fullmatch(body.name):
-        raise APIError(
-            400,
-            f"invalid collection name {body.name!r}: 1-64 letters, digits, '_', '-' or '.', "
-            "starting with a letter or digit",
-            "name",
-        )
+    check_name(body.name, "name")  # 400 naming the rule and the field
     require_space(settings.home, settings.min_free_bytes, "create a collection")
     try:
         create = partial(

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from core.disk import require_space
 from core.errors import InputError
-from index.manifest import MANIFEST, NAME_RE
+from index.manifest import MANIFEST, NAME_RE, check_name
 from index.restore import inspect_snapshot
 from index.snapshot import SNAPSHOT_NAME, SnapshotRefused, read_header
 from service.auth import AdminDep
@@ -171,8 +171,7 @@ async def restore(
     JSON naming a snapshot this server keeps. Refused at once (4xx, naming why) for an archive
     that is not a snapshot, is damaged, is of a newer format or of another model, or for a name
     in use without ``overwrite``."""
-    if not NAME_RE.fullmatch(name):
-        raise APIError(400, f"invalid collection name {name!r}: 1-64 letters, digits, '_', '-' or '.'")
+    check_name(name)  # 400 naming the rule
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     upload = media != "application/json"
     if upload:

@@ -68,7 +68,14 @@ def running_server(model_dir: Path, home: Path) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def base_url(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def base_url(
+    tiny_model_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    local_ray: None,  # noqa: ARG001
+) -> Iterator[str]:
+    """``local_ray``: generated cases submit Ray jobs, and a local Ray started from a server's job
+    thread has its processes killed when that thread ends (Linux's parent-death signal follows the
+    thread), which would take this process down a minute later."""
     with running_server(tiny_model_dir, tmp_path_factory.mktemp("fuzz-home")) as base:
         yield base
     if SEEN:
