@@ -14,7 +14,7 @@ import shutil
 import sqlite3
 from pathlib import Path
 
-from core.errors import InputError
+from core.errors import InputError, causes
 
 MIB = 1 << 20
 _FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
@@ -29,10 +29,7 @@ class DiskFull(InputError):
 
 def is_disk_full(exc: BaseException) -> bool:
     """Whether ``exc``, or an exception it was raised from, is a full disk or quota."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
+    for current in causes(exc):
         if isinstance(current, DiskFull):
             return True
         if isinstance(current, OSError) and current.errno in _FULL_ERRNOS:
@@ -46,7 +43,6 @@ def is_disk_full(exc: BaseException) -> bool:
             text = str(current).lower()
             if any(t in text for t in _FULL_TEXTS):
                 return True
-        current = current.__cause__ or current.__context__
     return False
 
 

@@ -7,7 +7,7 @@ and keeps its traceback.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import ClassVar
 
 
@@ -25,6 +25,16 @@ class InputError(ValueError):
     def headers(self) -> Mapping[str, str]:
         """Response headers the service adds (``Retry-After`` for a full queue)."""
         return {}
+
+
+def causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and the exceptions it was raised from or during, nearest first, each once."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
 
 
 class NotFound(InputError):

@@ -12,6 +12,7 @@ import errno
 import sqlite3
 
 from core.disk import DISK_FULL_MESSAGE, is_disk_full
+from core.errors import causes
 
 INTERNAL = "an internal error; the service log has it"
 # Errors from the filesystem and the database, answered where they are caught (service.errors).
@@ -34,11 +35,7 @@ def describe(exc: BaseException) -> str | None:
     """A public one-line cause for ``exc`` or an exception it came from; None if it is a bug."""
     if is_disk_full(exc):
         return DISK_FULL_MESSAGE
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
+    for current in causes(exc):
         if isinstance(current, OSError) and current.errno in _OS_ERRORS:
             return _OS_ERRORS[current.errno]
-        current = current.__cause__ or current.__context__
     return None

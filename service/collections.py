@@ -120,13 +120,9 @@ class Collections:
                 self._seen.pop(name, None)
                 handle = None
             if handle is None:
-                try:
-                    with vanishing(self.root, name):
-                        handle = Collection.open(self.root, name, self.model_id, readonly=True)
-                except DamagedCollection as exc:
-                    self._damaged[name] = exc.what
-                    raise
-                self._damaged.pop(name, None)
+                with vanishing(self.root, name):
+                    handle = Collection.open(self.root, name, self.model_id, readonly=True)
+                self._damaged.pop(name, None)  # damage is recorded by _refreshed, on its last look
                 self._handles[name] = handle
                 self._locks[name] = threading.Lock()
             lock = self._locks[name]

@@ -24,7 +24,7 @@ def folder_bytes(folder: Path) -> int:
 
 
 class _Bytes:
-    """Progress in bytes, saved at most twice a second, with the job's stop check between."""
+    """Progress in bytes, saved at most twice a second (the stop check is the job's own ``check``)."""
 
     def __init__(self, run: RunningJob, total: int) -> None:
         self.run, self.total, self.done = run, total, 0
