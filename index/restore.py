@@ -31,6 +31,7 @@ from index.snapshot import (
     SnapshotManifest,
     SnapshotModelMismatch,
     SnapshotRefused,
+    open_archive,
     read_header,
 )
 from index.store import DOCS
@@ -38,13 +39,6 @@ from index.store import DOCS
 log = logging.getLogger(__name__)
 READY_MARK = ".restored"  # in a staging folder: complete and checked, only the rename is left
 STAGING_PREFIXES = (".restoring-", ".creating-", ".deleted-")
-
-
-def _open_archive(path: Path) -> tarfile.TarFile:
-    try:
-        return tarfile.open(path, mode="r:")
-    except (tarfile.TarError, OSError, EOFError):
-        raise SnapshotRefused("not a dapsearch snapshot: the file is not a tar archive") from None
 
 
 def _check_model(header: SnapshotManifest, model_id: str, model_sha256: str | None) -> None:
@@ -93,7 +87,7 @@ def inspect_snapshot(
     path: Path, model_id: str, model_sha256: str | None = None, progress: Progress | None = None
 ) -> SnapshotManifest:
     """The archive's header once every member matches its sha256 and the model is the server's."""
-    with _open_archive(path) as tar:
+    with open_archive(path) as tar:
         header, members = read_header(tar)
         _check_model(header, model_id, model_sha256)
         _verified(tar, header, members, lambda _: None, progress)
@@ -139,7 +133,7 @@ def restore_snapshot(
 def _unpack(
     path: Path, staging: Path, model_id: str, progress: Progress | None, check: Callable[[], None] | None
 ) -> SnapshotManifest:
-    with _open_archive(path) as tar:
+    with open_archive(path) as tar:
         header, members = read_header(tar)
         _check_model(header, model_id, None)
         files = {"collection.json": MANIFEST, DOCS: DOCS, "index.faiss": f"index.{header.version}.faiss"}

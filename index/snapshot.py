@@ -211,9 +211,20 @@ class _Counting:
         return block
 
 
+def open_archive(path: Path) -> tarfile.TarFile:
+    """A snapshot archive opened for reading; SnapshotRefused if it is no tar at all."""
+    try:
+        return tarfile.open(path, mode="r:")
+    except (tarfile.TarError, OSError, EOFError):
+        raise SnapshotRefused("not a dapsearch snapshot: the file is not a tar archive") from None
+
+
 def read_header(tar: tarfile.TarFile) -> tuple[SnapshotManifest, dict[str, tarfile.TarInfo]]:
     """The archive's header and its members, refused unless they are exactly what it declares."""
-    entries = tar.getmembers()
+    try:
+        entries = tar.getmembers()
+    except (tarfile.TarError, EOFError):
+        raise SnapshotRefused("the snapshot is damaged: the archive is cut short") from None
     if not entries or entries[0].name != HEADER or not entries[0].isfile():
         raise SnapshotRefused(f"not a dapsearch snapshot: the archive does not start with {HEADER}")
     raw = tar.extractfile(entries[0])

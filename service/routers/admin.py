@@ -136,6 +136,13 @@ async def _stats(collections: Collections, name: str, param: str | None = None) 
         raise _error(exc, param) from exc
 
 
+def idle(jobs: JobRunner, name: str) -> None:
+    """409 while a job reads or writes the collection (deleting or replacing it would pull it away)."""
+    active = jobs.active_for(name)
+    if active:
+        raise APIError(409, f"collection {name!r} has queued or running jobs: {', '.join(active)}")
+
+
 def job_created(job: Job, response: Response, jobs: JobRunner) -> JobResponse:
     response.headers["Location"] = f"/admin/jobs/{job.id}"
     return JobResponse(job=jobs.public(job))
@@ -217,9 +224,7 @@ async def get_collection(name: str, collections: CollectionsDep) -> dict[str, An
 @router.delete("/collections/{name}", status_code=204, response_class=Response)
 async def delete_collection(name: str, collections: CollectionsDep, jobs: JobsDep) -> Response:
     known(collections, name)
-    active = jobs.active_for(name)
-    if active:
-        raise APIError(409, f"collection {name!r} has queued or running jobs: {', '.join(active)}")
+    idle(jobs, name)
     try:
         await anyio.to_thread.run_sync(collections.delete, name)
     except InputError as exc:

@@ -8,7 +8,6 @@ would refuse is a 4xx at once, not a failed job later. Snapshots are kept under
 
 from __future__ import annotations
 
-import tarfile
 from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
@@ -22,14 +21,14 @@ from core.disk import require_space
 from core.errors import InputError
 from index.manifest import MANIFEST, NAME_RE, check_name
 from index.restore import inspect_snapshot
-from index.snapshot import SNAPSHOT_NAME, SnapshotRefused, read_header
+from index.snapshot import SNAPSHOT_NAME, SnapshotRefused, open_archive, read_header
 from service.auth import AdminDep
 from service.deps import CollectionsDep, EncoderDep, JobsDep, SettingsDep
 from service.errors import APIError
 from service.jobs.models import RestoreParams, SnapshotParams, new_job, new_job_id
 from service.jobs.runner import JobRunner
 from service.jobs.snapshots import folder_bytes
-from service.routers.admin import JobResponse, job_created, known
+from service.routers.admin import JobResponse, idle, job_created, known
 from service.settings import Settings
 from service.uploads import json_body, receive_upload
 
@@ -80,9 +79,9 @@ def _archive(settings: Settings, collection: str, snapshot: str, param: str | No
 
 def _describe(path: Path) -> SnapshotInfo | None:
     try:
-        with tarfile.open(path, mode="r:") as tar:
+        with open_archive(path) as tar:
             header, _ = read_header(tar)
-    except (SnapshotRefused, tarfile.TarError, OSError, EOFError):
+    except SnapshotRefused:
         return None  # a damaged archive is not listed as a snapshot
     return SnapshotInfo(
         name=path.name,
@@ -205,9 +204,7 @@ async def _check(
     archive: Path, name: str, overwrite: bool, model: tuple[str, str | None], jobs: JobRunner
 ) -> None:
     """What the restore would refuse, refused now: a busy or taken name, then the archive itself."""
-    active = jobs.active_for(name)
-    if active:
-        raise APIError(409, f"collection {name!r} has queued or running jobs: {', '.join(active)}")
+    idle(jobs, name)
     if not overwrite and (jobs.settings.collections_dir / name / MANIFEST).is_file():
         raise APIError(409, f"collection {name!r} already exists; restore with overwrite to replace it")
     try:

@@ -106,6 +106,10 @@ def test_a_restore_refuses_a_newer_format_and_what_is_no_snapshot(tmp_path: Path
     _rewrite_header(archive, lying, documents=7)  # the sha256s match, the counts do not
     with pytest.raises(SnapshotRefused, match="its manifest says version"):
         restore_snapshot(lying, home, "l", MODEL)
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(archive.read_bytes()[:1500])  # the header block whole, the rest cut off
+    with pytest.raises(SnapshotRefused, match="the archive is cut short"):
+        inspect_snapshot(cut, MODEL)
     junk = tmp_path / "junk.tar"
     junk.write_bytes(b"not a tar at all" * 100)
     with pytest.raises(SnapshotRefused, match="not a tar archive"):

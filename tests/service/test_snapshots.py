@@ -139,6 +139,7 @@ async def test_a_restore_is_refused_at_once_naming_why(tmp_path: Path, encoder: 
         damaged[damaged.find(b"SQLite format 3") + 5000] ^= 0xFF
         await refused("c", bytes(damaged), 400, "member docs.sqlite does not match its sha256")
         await refused("d", b"plain text, not an archive" * 50, 400, "not a tar archive")
+        await refused("f", good[: len(good) // 2], 400, "the archive is cut short")
         r = await client.post("/admin/collections/e/restore", json={"source": "news", "snapshot": "nope"})
         assert r.status_code == 404 and r.json()["error"]["param"] == "snapshot"
         r = await client.post(
